@@ -1,0 +1,169 @@
+"""Batched augmentation on the device: every image in the batch draws its own random parameters.
+
+The geometry (random resized crop, flip, rotation) is folded into one affine matrix per image
+and applied with a single `grid_sample`; colour ops are per-image blends. Input is a uint8 or
+float batch (B, C, H, W); output is float in [0, 1], (B, C, size, size).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Parameters of one view distribution; probabilities are per image."""
+
+    size: int | None = None  # output side; None keeps the input size
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # area fraction of the crop
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    rotate: float = 0.0  # max degrees either way
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grey_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # in pixels at 224; scaled with the image side
+    solarize_p: float = 0.0
+
+
+PRESETS: dict[str, Augment] = {
+    # SimCLR's colour recipe (Chen et al. 2020, appendix A).
+    "simclr": Augment(),
+    # Digits: no flips (a flipped 2 is not a 2), a gentler crop, small rotations, no colour.
+    "greyscale": Augment(crop_scale=(0.4, 1.0), crop_ratio=(0.8, 1.25), flip_p=0.0, rotate=15.0, jitter_p=0.8,
+                         brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, grey_p=0.0, blur_p=0.3),
+    # No augmentation: resize only (used for evaluation and as an ablation).
+    "none": Augment(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0, jitter_p=0, grey_p=0, blur_p=0),
+}
+
+
+def preset(name: str, channels: int, size: int | None = None) -> Augment:
+    """A preset by name; 'auto' picks `simclr` for colour and `greyscale` for 1-channel data."""
+    if name == "auto":
+        name = "simclr" if channels == 3 else "greyscale"
+    if name not in PRESETS:
+        raise ConfigError(f"unknown augmentation preset {name!r}; choose one of: auto, {', '.join(PRESETS)}")
+    return replace(PRESETS[name], size=size) if size else PRESETS[name]
+
+
+def _uniform(lo: float, hi: float, n: int, g, device) -> Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
+
+
+def _coin(p: float, n: int, g, device) -> Tensor:
+    return torch.rand(n, generator=g, device=device) < p
+
+
+def affine_params(a: Augment, n: int, g, device) -> Tensor:
+    """Per-image affine matrices (n, 2, 3) mapping output to input coordinates in [-1, 1]."""
+    area = _uniform(*a.crop_scale, n, g, device)
+    log_r = _uniform(math.log(a.crop_ratio[0]), math.log(a.crop_ratio[1]), n, g, device)
+    ratio = log_r.exp()
+    w = (area * ratio).sqrt().clamp(max=1.0)  # crop width as a fraction of the image
+    h = (area / ratio).sqrt().clamp(max=1.0)
+    cx = (1 - w) * (2 * torch.rand(n, generator=g, device=device) - 1)  # crop stays inside the image
+    cy = (1 - h) * (2 * torch.rand(n, generator=g, device=device) - 1)
+    flip = torch.where(_coin(a.flip_p, n, g, device), -1.0, 1.0)
+    angle = _uniform(-a.rotate, a.rotate, n, g, device) * (math.pi / 180)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([
+        torch.stack([cos * w * flip, -sin * h, cx], dim=1),
+        torch.stack([sin * w * flip, cos * h, cy], dim=1),
+    ], dim=1)  # (n, 2, 3)
+    return theta
+
+
+def _grey(x: Tensor) -> Tensor:
+    if x.shape[1] == 1:
+        return x
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])  # (B, 1, H, W)
+
+
+def _per_image(v: Tensor) -> Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+def colour_jitter(x: Tensor, a: Augment, g) -> Tensor:
+    """Brightness, contrast, saturation and hue (a rotation of chroma in YIQ space), each image its own factors."""
+    n, dev = x.shape[0], x.device
+    on = _coin(a.jitter_p, n, g, dev)
+
+    def factor(strength: float) -> Tensor:
+        f = _uniform(max(0.0, 1 - strength), 1 + strength, n, g, dev)
+        return _per_image(torch.where(on, f, torch.ones_like(f)))
+
+    x = x * factor(a.brightness)
+    mean = _grey(x).mean(dim=(1, 2, 3), keepdim=True)
+    x = mean + factor(a.contrast) * (x - mean)
+    if x.shape[1] == 3:
+        if a.saturation > 0:
+            x = _grey(x) + factor(a.saturation) * (x - _grey(x))
+        if a.hue > 0:
+            turn = _uniform(-a.hue, a.hue, n, g, dev) * 2 * math.pi * on
+            x = _rotate_hue(x, turn)
+    return x.clamp(0, 1)
+
+
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
+
+
+def _rotate_hue(x: Tensor, turn: Tensor) -> Tensor:
+    to_yiq, from_yiq = _RGB2YIQ.to(x), _YIQ2RGB.to(x)
+    c, s = turn.cos(), turn.sin()
+    one, zero = torch.ones_like(c), torch.zeros_like(c)
+    rot = torch.stack([torch.stack([one, zero, zero], 1), torch.stack([zero, c, -s], 1), torch.stack([zero, s, c], 1)], 1)
+    m = from_yiq @ rot @ to_yiq  # (B, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", m, x)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
+    """Separable Gaussian blur with one sigma (in pixels) per image, as a weighted sum of shifted copies."""
+    b, c, h, w = x.shape
+    k = max(3, int(0.1 * min(h, w)) | 1)  # odd kernel, ~10% of the side as in SimCLR
+    r = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
+    kern = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))  # (B, k)
+    kern = (kern / kern.sum(1, keepdim=True)).view(b, 1, 1, 1, k)
+    p = k // 2
+    xp = F.pad(x, (p, p, 0, 0), mode="reflect")
+    x = sum(kern[..., j] * xp[..., j:j + w] for j in range(k))
+    xp = F.pad(x, (0, 0, p, p), mode="reflect")
+    return sum(kern[..., j] * xp[:, :, j:j + h] for j in range(k))
+
+
+def augment(x: Tensor, a: Augment, generator: torch.Generator | None = None) -> Tensor:
+    """One random view of each image in the batch: (B, C, H, W) uint8/float -> (B, C, S, S) float in [0, 1]."""
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255)
+    n, c, h, w = x.shape
+    dev, g = x.device, generator
+    size = a.size or h
+    theta = affine_params(a, n, g, dev)
+    grid = F.affine_grid(theta, [n, c, size, size], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if a.jitter_p > 0:
+        x = colour_jitter(x, a, g)
+    if a.grey_p > 0 and c == 3:
+        x = torch.where(_per_image(_coin(a.grey_p, n, g, dev)), _grey(x).expand_as(x), x)
+    if a.blur_p > 0:
+        sigma = _uniform(*a.blur_sigma, n, g, dev) * (size / 224)  # sigma scales with the side
+        blurred = gaussian_blur(x, sigma.clamp(min=0.1))
+        x = torch.where(_per_image(_coin(a.blur_p, n, g, dev)), blurred, x)
+    if a.solarize_p > 0:
+        x = torch.where(_per_image(_coin(a.solarize_p, n, g, dev)) & (x >= 0.5), 1 - x, x)
+    return x.clamp_(0, 1)  # blur and resampling can overshoot by an ulp
+
+
+def to_float(x: Tensor) -> Tensor:
+    """The un-augmented view used for evaluation: uint8 -> float in [0, 1]."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x

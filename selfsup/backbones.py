@@ -1,0 +1,86 @@
+"""Encoders that map images (B, C, H, W) to pooled features (B, out_dim)."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .registry import Registry
+
+BACKBONES: Registry = Registry("backbone")
+
+
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """A feature extractor: `stem`, `body`, global average pool. `out_dim` is the feature size."""
+
+    def __init__(self, stem: nn.Module, body: nn.Module, out_dim: int, in_channels: int):
+        super().__init__()
+        self.stem, self.body = stem, body
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_dim, self.in_channels = out_dim, in_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.body(self.stem(x)))  # (B, out_dim)
+
+    def first_conv(self) -> nn.Conv2d:
+        return next(m for m in self.modules() if isinstance(m, nn.Conv2d))
+
+
+@BACKBONES.register("small_cnn", "4 conv layers (width, 2w, 4w, 8w), stride 2 from the second; 256-d for width 32")
+def small_cnn(in_channels: int = 1, width: int = 32) -> Encoder:
+    w = width
+    body = nn.Sequential(conv_bn(w, 2 * w, stride=2), conv_bn(2 * w, 4 * w, stride=2), conv_bn(4 * w, 8 * w, stride=2))
+    return Encoder(conv_bn(in_channels, w), body, 8 * w, in_channels)
+
+
+class Basic(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        cout = width * self.expansion
+        self.f = nn.Sequential(conv_bn(cin, width, 3, stride), conv_bn(width, cout, 3, relu=False))
+        self.skip = nn.Identity() if stride == 1 and cin == cout else conv_bn(cin, cout, 1, stride, relu=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (self.f(x) + self.skip(x)).relu_()
+
+
+class Bottleneck(Basic):
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__(cin, width, stride)
+        self.f = nn.Sequential(conv_bn(cin, width, 1), conv_bn(width, width, 3, stride),
+                               conv_bn(width, width * 4, 1, relu=False))
+
+
+def resnet(block: type[Basic], depths: tuple[int, ...], in_channels: int, stem: str, width: int) -> Encoder:
+    """ResNet (He et al. 2016). stem='small': 3x3 conv, no max-pool (for 32-96 px); 'imagenet': 7x7/2 conv + max-pool."""
+    if stem == "small":
+        first = conv_bn(in_channels, width, 3)
+    elif stem == "imagenet":
+        first = nn.Sequential(conv_bn(in_channels, width, 7, 2), nn.MaxPool2d(3, 2, 1))
+    else:
+        from .errors import ConfigError
+        raise ConfigError(f"unknown stem {stem!r}; choose 'small' or 'imagenet'")
+    stages, cin = [], width
+    for i, n in enumerate(depths):
+        w = width * 2 ** i
+        for j in range(n):
+            stages.append(block(cin, w, 2 if (j == 0 and i > 0) else 1))
+            cin = w * block.expansion
+    return Encoder(first, nn.Sequential(*stages), cin, in_channels)
+
+
+@BACKBONES.register("resnet18", "ResNet-18, 512-d; stem='small' (default) or 'imagenet'")
+def resnet18(in_channels: int = 3, stem: str = "small", width: int = 64) -> Encoder:
+    return resnet(Basic, (2, 2, 2, 2), in_channels, stem, width)
+
+
+@BACKBONES.register("resnet50", "ResNet-50 (bottlenecks), 2048-d; stem='small' (default) or 'imagenet'")
+def resnet50(in_channels: int = 3, stem: str = "small", width: int = 64) -> Encoder:
+    return resnet(Bottleneck, (3, 4, 6, 3), in_channels, stem, width)

@@ -1,0 +1,100 @@
+"""Readers for the on-disk formats of each dataset. Each returns uint8 (N, C, H, W) images."""
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (MNIST's format): images come back as (N, 1, H, W) uint8, labels as (N,) int64."""
+    try:
+        with _open(path) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+                raise DataError(f"{path} is not an unsigned-byte IDX file; re-fetch it with `selfsup data fetch mnist`")
+            ndim = head[3]
+            dims = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+            data = np.frombuffer(f.read(), dtype=np.uint8)
+    except (OSError, EOFError, struct.error) as e:
+        raise DataError(f"{path} is unreadable ({e}); delete it and run `selfsup data fetch mnist`") from None
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated ({data.size} of {int(np.prod(dims))} bytes); delete it and re-fetch")
+    data = data.reshape(dims)
+    if ndim == 1:
+        return data.astype(np.int64)
+    return data.reshape(dims[0], 1, *dims[1:])
+
+
+def read_mnist_pickle(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read the classic `mnist.pkl.gz` (50k/10k/10k float32 in [0, 1)); 'train' is train + valid, as in the IDX release."""
+    try:
+        with gzip.open(path, "rb") as f:
+            (xtr, ytr), (xva, yva), (xte, yte) = pickle.load(f, encoding="latin1")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
+        raise DataError(f"{path} is not a readable mnist.pkl.gz ({e}); delete it and run `selfsup data fetch mnist`") from None
+
+    def to_u8(x):  # pixel values are multiples of 1/256
+        return np.clip(np.rint(np.asarray(x, np.float32) * 256), 0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
+
+    return {
+        "train": (np.concatenate([to_u8(xtr), to_u8(xva)]), np.concatenate([ytr, yva]).astype(np.int64)),
+        "test": (to_u8(xte), np.asarray(yte, np.int64)),
+    }
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
+        raise DataError(f"{path} is not a readable CIFAR batch ({e}); delete it and re-fetch") from None
+
+
+def _key(d: dict, name: str):
+    return d.get(name.encode(), d.get(name))
+
+
+def read_cifar(folder: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read CIFAR python-pickle batches: rows of 3072 bytes, R then G then B planes of 32x32."""
+    xs, ys = [], []
+    for name in files:
+        d = _unpickle(folder / name)
+        data, labels = _key(d, "data"), _key(d, label_key)
+        if data is None or labels is None:
+            raise DataError(f"{folder / name} lacks 'data' or '{label_key}'; it is not a CIFAR batch")
+        xs.append(np.asarray(data, np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(labels, np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def read_cifar_names(path: Path, key: str) -> list[str]:
+    names = _key(_unpickle(path), key) or []
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def read_stl10(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Memory-map STL-10's binary files: each image is 3 planes of 96x96 stored column-major."""
+    xpath = folder / f"{split}_X.bin"
+    n_bytes = xpath.stat().st_size
+    if n_bytes % (3 * 96 * 96):
+        raise DataError(f"{xpath} has {n_bytes} bytes, not a whole number of 3x96x96 images; delete it and re-fetch")
+    raw = np.memmap(xpath, dtype=np.uint8, mode="r", shape=(n_bytes // (3 * 96 * 96), 3, 96, 96))
+    images = raw.transpose(0, 1, 3, 2)  # column-major planes -> (N, 3, H, W), still a view of the map
+    ypath = folder / f"{split}_y.bin"
+    if ypath.exists():
+        labels = np.fromfile(ypath, dtype=np.uint8).astype(np.int64) - 1  # stored as 1..10
+        if len(labels) != len(images):
+            raise DataError(f"{ypath} has {len(labels)} labels for {len(images)} images; re-fetch stl10")
+    else:
+        labels = np.full(len(images), -1, np.int64)
+    return images, labels

@@ -1,0 +1,48 @@
+"""Name-to-constructor registries that drive the command line and the tests."""
+from __future__ import annotations
+
+from typing import Callable, Generic, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named map of constructors, each with a one-line description."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, tuple[Callable[..., T], str]] = {}
+
+    def register(self, name: str, description: str = "") -> Callable:
+        def deco(fn: Callable[..., T]) -> Callable[..., T]:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = (fn, description or (fn.__doc__ or "").strip().split("\n")[0])
+            return fn
+
+        return deco
+
+    def get(self, name: str) -> Callable[..., T]:
+        if name not in self._items:
+            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+        return self._items[name][0]
+
+    def build(self, name: str, *args, **kwargs) -> T:
+        fn = self.get(name)
+        try:
+            return fn(*args, **kwargs)
+        except TypeError as e:  # an unknown keyword in a config's *_args
+            if "unexpected keyword" in str(e):
+                raise ConfigError(f"{self.kind} {name!r}: {e}") from None
+            raise
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def describe(self) -> dict[str, str]:
+        return {n: self._items[n][1] for n in self.names()}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items

@@ -1,0 +1,85 @@
+from dataclasses import replace
+
+import pytest
+import torch
+
+from selfsup.augment import PRESETS, augment, gaussian_blur, preset
+from selfsup.errors import ConfigError
+
+
+def batch(n=16, c=3, s=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, c, s, s), generator=g, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes_and_range(name, channels):
+    x = batch(c=channels)
+    y = augment(x, preset(name, channels, size=24), torch.Generator().manual_seed(0))
+    assert y.shape == (16, channels, 24, 24) and y.dtype == torch.float32
+    assert y.min() >= 0 and y.max() <= 1
+
+
+def test_same_seed_same_views_other_seed_other_views():
+    x, a = batch(), preset("simclr", 3)
+    v1 = augment(x, a, torch.Generator().manual_seed(3))
+    v2 = augment(x, a, torch.Generator().manual_seed(3))
+    v3 = augment(x, a, torch.Generator().manual_seed(4))
+    assert torch.equal(v1, v2) and not torch.allclose(v1, v3)
+
+
+def test_each_image_gets_its_own_parameters():
+    x = batch(n=1).expand(32, -1, -1, -1).contiguous()  # the same image 32 times
+    y = augment(x, preset("simclr", 3), torch.Generator().manual_seed(0))
+    distinct = {tuple(v.flatten()[:50].tolist()) for v in y}
+    assert len(distinct) == 32
+
+
+def test_identity_and_flip_are_exact():
+    x = batch()
+    none = preset("none", 3)
+    assert torch.allclose(augment(x, none), x.float() / 255, atol=1e-5)
+    flip = replace(none, flip_p=1.0)
+    assert torch.allclose(augment(x, flip), x.float().flip(-1) / 255, atol=1e-5)
+
+
+def test_uint8_and_float_inputs_agree():
+    x, a = batch(), preset("simclr", 3)
+    u = augment(x, a, torch.Generator().manual_seed(1))
+    f = augment(x.float() / 255, a, torch.Generator().manual_seed(1))
+    assert torch.allclose(u, f, atol=1e-6)
+
+
+def test_blur_keeps_constant_images_and_smooths_noise():
+    flat = torch.full((2, 3, 32, 32), 0.3)
+    assert torch.allclose(gaussian_blur(flat, torch.tensor([0.5, 2.0])), flat, atol=1e-6)
+    noise = torch.rand(2, 1, 32, 32)
+    out = gaussian_blur(noise, torch.tensor([0.1, 2.0]))
+    assert out[1].std() < 0.6 * noise[1].std()  # strong blur
+    assert torch.allclose(out[0], noise[0], atol=1e-3)  # sigma 0.1 is ~identity
+
+
+def test_hue_and_saturation_leave_grey_images_grey():
+    x = torch.rand(8, 1, 16, 16).expand(-1, 3, -1, -1)
+    a = replace(preset("none", 3), jitter_p=1.0, brightness=0, contrast=0, saturation=0.9, hue=0.5)
+    y = augment(x, a, torch.Generator().manual_seed(0))
+    assert torch.allclose(y[:, 0], y[:, 1], atol=1e-5) and torch.allclose(y[:, 1], y[:, 2], atol=1e-5)
+
+
+def test_greyscale_probability_one_makes_channels_equal():
+    a = replace(preset("none", 3), grey_p=1.0)
+    y = augment(batch(), a)
+    assert torch.allclose(y[:, 0], y[:, 2])
+
+
+def test_solarize_inverts_bright_pixels():
+    a = replace(preset("none", 1), solarize_p=1.0)
+    y = augment(torch.tensor([[[[0, 100, 200, 255]]]], dtype=torch.uint8).expand(1, 1, 4, 4), a)
+    assert torch.allclose(y[0, 0, 0], torch.tensor([0, 100 / 255, 1 - 200 / 255, 0]), atol=1e-5)
+
+
+def test_auto_preset_and_unknown():
+    assert preset("auto", 1).flip_p == 0 and preset("auto", 3).flip_p == 0.5
+    with pytest.raises(ConfigError, match="unknown augmentation preset"):
+        preset("fancy", 3)

@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from selfsup.cli import main
+from selfsup.demo import run_demo
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err):
+    lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_unknown_dataset(capsys, tmp_path):
+    code, _, err = run(capsys, "pretrain", "--dataset", "imagenet", "--steps", "1", "--out", str(tmp_path))
+    assert code == 2 and "unknown dataset 'imagenet'; choose one of: cifar10" in one_line_error(err)
+
+
+def test_data_missing_offline_says_where_to_put_it(capsys, data_root):
+    code, _, err = run(capsys, "data", "info", "cifar10")
+    line = one_line_error(err)
+    assert code == 2 and "selfsup data fetch cifar10" in line and "cifar-10-python.tar.gz" in line and str(data_root) in line
+
+
+def test_too_many_labels_per_class(capsys, tmp_path):
+    code, _, _ = run(capsys, "pretrain", "--dataset", "digits", "--steps", "1", "--batch-size", "32",
+                     "--backbone-args", "width=4", "--out", str(tmp_path / "r"))
+    assert code == 0
+    code, _, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "r"), "--labels-per-class", "1,500")
+    assert code == 2 and "labels_per_class=500 is more than class" in one_line_error(err)
+    code, out, _ = run(capsys, "eval", "--checkpoint", str(tmp_path / "r"), "--labels-per-class", "1,2")
+    assert code == 0 and "knn@2" in out
+    rows = json.loads((tmp_path / "r" / "eval.json").read_text())["rows"]
+    assert {(r["eval"], r["labels_per_class"]) for r in rows} == {("knn", 1), ("knn", 2), ("linear", 1), ("linear", 2)}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain", "--dataset", "digits", "--minutes", "0"], "--minutes must be positive"),
+    (["pretrain", "--dataset", "digits"], "give a budget"),
+    (["pretrain", "--dataset", "digits", "--steps", "1", "--method", "nope"], "unknown method 'nope'"),
+    (["eval", "--checkpoint", "/nonexistent/run"], "no checkpoint at"),
+])
+def test_errors_are_one_line(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in one_line_error(err)
+
+
+def test_lists(capsys):
+    assert "simclr" in run(capsys, "methods")[1]
+    assert "resnet18" in run(capsys, "backbones")[1]
+    assert "folder:PATH" in run(capsys, "datasets")[1]
+
+
+def test_demo_results_shape(tmp_path, capsys):
+    res = run_demo(tmp_path / "demo", minutes=0.05, labels_per_class=(1, 10), dataset="digits", show_progress=False)
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert saved == json.loads(json.dumps(res))
+    assert saved["dataset"] == "digits" and saved["pretrain_seconds"] > 0 and saved["config"]["method"] == "simclr"
+    keys = {(r["method"], r["eval"], r["labels_per_class"]) for r in saved["rows"]}
+    assert keys == {(m, e, n) for m in ("random-init", "simclr") for e in ("knn", "linear") for n in (1, 10)}
+    assert all(0 <= r["accuracy"] <= 1 and r["seed"] == 0 for r in saved["rows"])
+    assert "random-init" in capsys.readouterr().out
