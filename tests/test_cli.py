@@ -67,3 +67,23 @@ def test_demo_results_shape(tmp_path, capsys):
     assert keys == {(m, e, n) for m in ("random-init", "simclr") for e in ("knn", "linear") for n in (1, 10)}
     assert all(0 <= r["accuracy"] <= 1 and r["seed"] == 0 for r in saved["rows"])
     assert "random-init" in capsys.readouterr().out
+
+
+def test_yaml_config_then_flags_override(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: digits\nbatch_size: 32\nsteps: 5\nbackbone_args: {width: 4}\n")
+    code, _, _ = run(capsys, "pretrain", "--config", str(cfg), "--steps", "2", "--out", str(tmp_path / "r"))
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert code == 0 and saved["steps"] == 2 and saved["batch_size"] == 32 and saved["backbone_args"] == {"width": 4}
+    cfg.write_text("learning_rate: 1\n")
+    code, _, err = run(capsys, "pretrain", "--config", str(cfg))
+    assert code == 2 and "unknown config field(s) learning_rate" in one_line_error(err)
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    from selfsup.config import PretrainConfig, load_yaml
+
+    for path in (Path(__file__).parent.parent / "configs").glob("*.yaml"):
+        PretrainConfig.from_dict(load_yaml(path)).validate()
