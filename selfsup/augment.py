@@ -42,15 +42,17 @@ PRESETS: dict[str, Augment] = {
     # Digits: no flips (a flipped 2 is not a 2), a gentler crop, small rotations, no colour.
     "greyscale": Augment(crop_scale=(0.4, 1.0), crop_ratio=(0.8, 1.25), flip_p=0.0, rotate=15.0, jitter_p=0.8,
                          brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, grey_p=0.0, blur_p=0.3),
+    # Geometry only, no colour: for pretext tasks whose target is the colour or the orientation.
+    "crop": Augment(crop_scale=(0.5, 1.0), flip_p=0.5, jitter_p=0, grey_p=0, blur_p=0),
     # No augmentation: resize only (used for evaluation and as an ablation).
     "none": Augment(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0, jitter_p=0, grey_p=0, blur_p=0),
 }
 
 
-def preset(name: str, channels: int, size: int | None = None) -> Augment:
-    """A preset by name; 'auto' picks `simclr` for colour and `greyscale` for 1-channel data."""
+def preset(name: str, channels: int, size: int | None = None, method_default: str | None = None) -> Augment:
+    """A preset by name; 'auto' takes the method's default, else `simclr` for colour and `greyscale` for 1 channel."""
     if name == "auto":
-        name = "simclr" if channels == 3 else "greyscale"
+        name = method_default or ("simclr" if channels == 3 else "greyscale")
     if name not in PRESETS:
         raise ConfigError(f"unknown augmentation preset {name!r}; choose one of: auto, {', '.join(PRESETS)}")
     return replace(PRESETS[name], size=size) if size else PRESETS[name]

@@ -47,9 +47,13 @@ def build_method(cfg: PretrainConfig, in_channels: int) -> nn.Module:
     from .backbones import BACKBONES
     from .methods import METHODS
 
-    args = dict(cfg.backbone_args)
+    cls = METHODS.get(cfg.method)
+    args, method_args = dict(cfg.backbone_args), dict(cfg.method_args)
+    if hasattr(cls, "input_channels"):  # e.g. colorization: the conv net sees one channel of colour data
+        args["in_channels"] = cls.input_channels(in_channels)
+        method_args["data_channels"] = in_channels
     args.setdefault("in_channels", in_channels)
-    return METHODS.build(cfg.method, BACKBONES.build(cfg.backbone, **args), **cfg.method_args)
+    return METHODS.build(cfg.method, BACKBONES.build(cfg.backbone, **args), **method_args)
 
 
 def load_encoder(path: str | Path) -> tuple[nn.Module, PretrainConfig]:

@@ -17,3 +17,15 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.2) -> Tensor:
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))  # no self-pairs
     partner = torch.arange(2 * n, device=z.device).roll(n)  # i <-> i + N
     return F.cross_entropy(sim, partner)
+
+
+def byol_loss(p: Tensor, z_target: Tensor) -> Tensor:
+    """BYOL's normalized MSE, 2 - 2 cos(p, z'), averaged over the batch; z_target carries no gradient."""
+    p, z = F.normalize(p.float(), dim=1), F.normalize(z_target.detach().float(), dim=1)
+    return (2 - 2 * (p * z).sum(dim=1)).mean()
+
+
+def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
+    """SimSiam's D(p, stopgrad(z)) = -cos(p, z), averaged over the batch; the stop-gradient is part of the loss."""
+    p, z = F.normalize(p.float(), dim=1), F.normalize(z.detach().float(), dim=1)
+    return -(p * z).sum(dim=1).mean()

@@ -16,6 +16,7 @@ from .augment import augment, preset
 from .config import PretrainConfig, write_json
 from .data import ImageSet, load
 from .errors import ConfigError
+from .monitor import collapse_stats, is_collapsed
 
 
 def auto_precision(accelerator: str) -> str:
@@ -105,6 +106,9 @@ class Progress:
         if not self.enabled:
             return
         text = f"loss={stats['loss']:.4f} img/s={stats['img_per_s']:.0f}"
+        if "embed_std_ratio" in stats:
+            text += f" std*sqrt(d)={stats['embed_std_ratio']:.2f} rank={stats['effective_rank']:.0f}"
+        text += "".join(f" {k}={stats[k]:.3f}" for k in ("rotation_acc", "ab_l1", "hole_l1") if k in stats)
         if self.bar is not None:
             self.bar.n = round(100 * progress, 1)
             self.bar.set_postfix_str(text, refresh=True)
@@ -129,9 +133,8 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
     fabric.launch()
     fabric.seed_everything(cfg.seed, verbose=False)
     data = data if data is not None else load(cfg.dataset, cfg.split, cfg.data_root)
-    view = preset(cfg.augment, data.channels, cfg.image_size)
-
     method = checkpoint.build_method(cfg, data.channels)
+    view = preset(cfg.augment, data.channels, cfg.image_size, getattr(method, "default_augment", None))
     memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
     method = method.to(memory_format=memory)
     optimizer = make_optimizer(method, cfg)
@@ -147,7 +150,7 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
     bar = Progress(show_progress and fabric.is_global_zero)
     step, epoch, seen, progress = 0, 0, 0, 0.0
     window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
-    last_ckpt, history = time.perf_counter(), []
+    last_ckpt, history, warned = time.perf_counter(), [], False
 
     def state(final: bool) -> dict:
         return {"method_state": method.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
@@ -176,6 +179,15 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
                 stats = {"step": step, "epoch": epoch, "progress": round(progress, 4), "loss": window_loss / window_n,
                          "img_per_s": window_n * x.shape[0] * fabric.world_size / (now - window_t),
                          "lr": optimizer.param_groups[0]["lr"], "seconds": round(now - budget.start, 2)}
+                stats |= getattr(method, "metrics", {})
+                z = getattr(method, "last_embedding", None)
+                if z is not None and z.shape[0] > 1:
+                    stats |= collapse_stats(z)
+                    if is_collapsed(stats) and not warned and fabric.is_global_zero:
+                        warned = True
+                        print(f"warning: embeddings have collapsed at step {step}: std {stats['embed_std']:.4f} vs "
+                              f"{stats['embed_std_ref']:.4f} (1/sqrt(d)); lower the learning rate or check the method's "
+                              f"settings", file=sys.stderr, flush=True)
                 history.append(stats)
                 bar.update(progress, stats)
                 if fabric.is_global_zero:

@@ -1,0 +1,196 @@
+"""Every registered method: runs, saves its full state, and (slow) learns. Plus each method's defining property."""
+import copy
+import math
+from statistics import mean
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup import checkpoint
+from selfsup.backbones import BACKBONES
+from selfsup.colour import Lightness, lab_to_rgb, rgb_to_lab
+from selfsup.config import PretrainConfig
+from selfsup.data import ImageSet, load
+from selfsup.evaluate import extract_features, few_label_rows
+from selfsup.losses import byol_loss, negative_cosine
+from selfsup.methods import METHODS
+from selfsup.methods.byol import ema_update, tau_at
+from selfsup.methods.colorization import WithInput, square_holes
+from selfsup.methods.rotation import rotate_batch
+from selfsup.train import pretrain
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load("digits", "train"), load("digits", "test")
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_few_steps_on_digits_and_full_state_saved(name, digits, tmp_path):
+    cfg = PretrainConfig(dataset="digits", method=name, steps=3, batch_size=32, backbone_args={"width": 8}, out=str(tmp_path))
+    path = pretrain(cfg, digits[0], show_progress=False)
+    state = torch.load(path, weights_only=False)
+    assert all(math.isfinite(h["loss"]) for h in state["history"])
+    fresh = checkpoint.build_method(cfg, 1)
+    fresh.load_state_dict(state["method_state"])  # strict: every buffer and submodule (e.g. BYOL's target) is there
+    assert set(fresh.state_dict()) == set(state["method_state"])
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, state["method_state"][k]), k
+
+
+def test_methods_list_has_descriptions(capsys):
+    from selfsup.cli import main
+
+    main(["methods"])
+    out = capsys.readouterr().out
+    for name in ("simclr", "byol", "simsiam", "rotation", "colorization"):
+        line = next(l for l in out.splitlines() if l.startswith(name))
+        assert len(line.split(None, 1)[1]) > 20
+
+
+# --- BYOL -------------------------------------------------------------------------------------------
+
+def test_byol_ema_matches_hand_computation():
+    online = torch.nn.Linear(3, 2)
+    target = copy.deepcopy(online)
+    with torch.no_grad():
+        target.weight.fill_(1.0)
+        target.bias.fill_(-1.0)
+    w, b = online.weight.detach().clone(), online.bias.detach().clone()
+    ema_update(target, online, tau=0.9)
+    assert torch.allclose(target.weight, 0.9 * 1.0 + 0.1 * w)
+    assert torch.allclose(target.bias, 0.9 * -1.0 + 0.1 * b)
+
+
+def test_byol_tau_schedule():
+    assert tau_at(0.0, 0.996) == pytest.approx(0.996)
+    assert tau_at(0.5, 0.996) == pytest.approx(0.998)
+    assert tau_at(1.0, 0.996) == pytest.approx(1.0)
+
+
+def test_byol_target_gets_no_gradient_and_follows_ema():
+    m = METHODS.build("byol", BACKBONES.build("small_cnn", in_channels=1, width=4), proj_hidden=16, proj_dim=8, pred_hidden=16)
+    views = [torch.rand(6, 1, 12, 12), torch.rand(6, 1, 12, 12)]
+    m.loss(views).backward()
+    assert all(p.grad is None and not p.requires_grad for p in m.target.parameters())
+    assert all(p.grad is not None for p in m.predictor.parameters())
+    before = [p.clone() for p in m.target.parameters()]
+    online = [p.detach().clone() for p in list(m.backbone.parameters()) + list(m.projector.parameters())]
+    tau = float(m.tau)
+    m.after_step(0.5)
+    for t0, o, t1 in zip(before, online, m.target.parameters()):
+        assert torch.allclose(t1, tau * t0 + (1 - tau) * o)
+    assert float(m.tau) == pytest.approx(tau_at(0.5, m.tau_base)) and int(m.ema_steps) == 1
+
+
+def test_byol_loss_reference():
+    g = torch.Generator().manual_seed(0)
+    p, z = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    ref = mean(float(((p[i] / p[i].norm() - z[i] / z[i].norm()) ** 2).sum()) for i in range(5))
+    assert byol_loss(p, z).item() == pytest.approx(ref, rel=1e-5)
+
+
+# --- SimSiam ----------------------------------------------------------------------------------------
+
+def test_simsiam_stop_gradient():
+    p = torch.randn(4, 6, requires_grad=True)
+    z = torch.randn(4, 6, requires_grad=True)
+    negative_cosine(p, z).backward()
+    assert p.grad is not None and z.grad is None  # nothing flows into the target branch
+    ref = -mean(float(p[i].detach() @ z[i].detach() / (p[i].norm() * z[i].norm()).detach()) for i in range(4))
+    assert negative_cosine(p, z).item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_simsiam_gradient_reaches_z_only_through_the_predictor_branch():
+    predictor = METHODS.build("simsiam", BACKBONES.build("small_cnn", in_channels=1, width=4), proj_dim=8, pred_hidden=4).predictor
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(6, 8, generator=g, requires_grad=True), torch.randn(6, 8, generator=g, requires_grad=True)
+    full = 0.5 * negative_cosine(predictor(z1), z2) + 0.5 * negative_cosine(predictor(z2), z1)
+    (g_full,) = torch.autograd.grad(full, z1)
+    (g_pred,) = torch.autograd.grad(0.5 * negative_cosine(predictor(z1), z2), z1)  # the predictor branch alone
+    assert torch.allclose(g_full, g_pred) and g_full.abs().sum() > 0
+
+
+# --- Rotation ---------------------------------------------------------------------------------------
+
+def test_rotation_labels_match_the_rotation_applied():
+    x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).view(2, 1, 3, 3)
+    rotated, k = rotate_batch(x)
+    assert rotated.shape == (8, 1, 3, 3) and k.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    for i in range(8):
+        expected = np.rot90(x[i % 2, 0].numpy(), int(k[i]))  # numpy's own rotation, counter-clockwise
+        assert np.array_equal(rotated[i, 0].numpy(), expected)
+    with pytest.raises(ValueError, match="square"):
+        rotate_batch(torch.rand(1, 1, 3, 4))
+
+
+def test_rotation_logs_pretext_accuracy():
+    m = METHODS.build("rotation", BACKBONES.build("small_cnn", in_channels=1, width=4))
+    m.loss([torch.rand(4, 1, 8, 8)])
+    assert 0 <= m.metrics["rotation_acc"] <= 1
+
+
+# --- Colorization -----------------------------------------------------------------------------------
+
+def test_lab_known_values_and_roundtrip():
+    px = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]).T.reshape(1, 3, 3, 1)
+    lab = rgb_to_lab(px)[0, :, :, 0].T
+    assert torch.allclose(lab[0], torch.tensor([100.0, 0.0, 0.0]), atol=0.05)
+    assert torch.allclose(lab[1], torch.tensor([53.24, 80.09, 67.20]), atol=0.05)  # sRGB red, D65
+    assert torch.allclose(lab[2], torch.zeros(3), atol=0.05)
+    rgb = torch.rand(2, 3, 5, 5)
+    assert torch.allclose(lab_to_rgb(rgb_to_lab(rgb)), rgb, atol=1e-4)
+
+
+def test_colorization_on_colour_keeps_first_layer_and_input_path(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (64, 3, 16, 16), dtype=np.uint8)
+    data = ImageSet("colour", x, np.zeros(64, np.int64))
+    cfg = PretrainConfig(dataset="colour", method="colorization", steps=2, batch_size=16, backbone_args={"width": 8}, out=str(tmp_path))
+    trained = torch.load(pretrain(cfg, data, show_progress=False), weights_only=False)["method_state"]
+    encoder, _ = checkpoint.load_encoder(tmp_path)
+    assert isinstance(encoder, WithInput) and encoder.in_channels == 3
+    assert encoder.first_conv().in_channels == 1
+    assert torch.equal(encoder.first_conv().weight, trained["net.stem.0.weight"])  # the pretrained first layer, not a fresh one
+    rgb = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(encoder(rgb), encoder.encoder(Lightness()(rgb)))  # downstream sees the same L input
+    assert extract_features(encoder, x[:4], precision="32-true").shape == (4, 64)
+
+
+def test_colorization_on_grey_is_inpainting(capsys):
+    m = METHODS.build("colorization", BACKBONES.build("small_cnn", in_channels=1, width=4), data_channels=1)
+    assert m.variant == "inpainting" and "inpainting variant" in capsys.readouterr().err
+    loss = m.loss([torch.rand(4, 1, 12, 12)])
+    assert math.isfinite(loss.item()) and "hole_l1" in m.metrics
+    hole = square_holes(torch.zeros(3, 1, 8, 8))
+    assert hole.sum(dim=(1, 2, 3)).tolist() == [16.0, 16.0, 16.0]
+
+
+# --- Learning: slow, one per method ---------------------------------------------------------------
+
+LEARN = {  # a short run per method on digits that should clearly beat random-init features
+    "simclr": dict(steps=200, batch_size=256, backbone_args={"width": 16}),
+    "byol": dict(steps=200, batch_size=256, backbone_args={"width": 16}),
+    "simsiam": dict(steps=200, batch_size=256, backbone_args={"width": 16}),
+    "rotation": dict(steps=600, batch_size=128, lr=1e-3, backbone_args={"width": 32}),
+    "colorization": dict(steps=600, batch_size=256, backbone_args={"width": 16}),  # inpainting on 1-channel digits
+}
+
+
+def test_every_method_has_a_learning_check():
+    assert set(LEARN) == set(METHODS.names())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(LEARN))
+def test_method_beats_random_init_on_digits(name, digits, tmp_path):
+    train, test = digits
+    cfg = PretrainConfig(dataset="digits", method=name, out=str(tmp_path), **LEARN[name])
+    torch.manual_seed(0)
+    random_init = checkpoint.build_method(cfg, 1).backbone
+    before = few_label_rows(random_init, train, test, [10], "random", ("knn",), seeds=(0, 1, 2))
+    encoder, _ = checkpoint.load_encoder(pretrain(cfg, train, show_progress=False))
+    after = few_label_rows(encoder, train, test, [10], name, ("knn",), seeds=(0, 1, 2))
+    gain = mean(r["accuracy"] for r in after) - mean(r["accuracy"] for r in before)
+    assert gain > 0.04, (name, before, after)
