@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 # torch is pinned and installed first: a bare `torch` requirement would pull GBs of CUDA wheels.
 $(VENV)/.installed: pyproject.toml
@@ -12,8 +12,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# Browser tests use Debian's chromium; it is installed here when missing (root) and never downloaded by a tool.
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "warning: chromium is missing (apt-get install chromium); browser tests will be skipped"; fi; fi
 	touch $@
 
 demo: $(VENV)/.installed
@@ -22,6 +26,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/throughput.py

@@ -44,6 +44,10 @@ PRESETS: dict[str, Augment] = {
                          brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, grey_p=0.0, blur_p=0.3),
     # Geometry only, no colour: for pretext tasks whose target is the colour or the orientation.
     "crop": Augment(crop_scale=(0.5, 1.0), flip_p=0.5, jitter_p=0, grey_p=0, blur_p=0),
+    # Supervised training and fine-tuning on few labels: mild crops; grey digits get small turns instead of flips.
+    "supervised": Augment(crop_scale=(0.6, 1.0), crop_ratio=(0.8, 1.25), flip_p=0.5, jitter_p=0, grey_p=0, blur_p=0),
+    "supervised-grey": Augment(crop_scale=(0.6, 1.0), crop_ratio=(0.8, 1.25), flip_p=0, rotate=10.0, jitter_p=0,
+                               grey_p=0, blur_p=0),
     # No augmentation: resize only (used for evaluation and as an ablation).
     "none": Augment(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0, jitter_p=0, grey_p=0, blur_p=0),
 }

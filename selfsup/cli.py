@@ -70,7 +70,7 @@ def cmd_eval(args) -> None:
     from .checkpoint import load_encoder, resolve
     from .config import write_json
     from .data import load
-    from .evaluate import few_label_rows
+    from .evaluate import aggregate, few_label_rows
     from .report import format_table
 
     encoder, cfg = load_encoder(args.checkpoint)
@@ -81,7 +81,8 @@ def cmd_eval(args) -> None:
     evals = tuple(args.evals.split(","))
     rows = few_label_rows(encoder, train, test, args.labels_per_class, cfg.method, evals, tuple(args.seeds))
     out = Path(args.out) if args.out else resolve(args.checkpoint).parent.parent / "eval.json"
-    write_json(out, {"dataset": dataset, "rows": rows, "checkpoint": str(resolve(args.checkpoint)), "config": cfg.to_dict()})
+    write_json(out, {"dataset": dataset, "rows": aggregate(rows), "rows_per_seed": rows,
+                     "checkpoint": str(resolve(args.checkpoint)), "config": cfg.to_dict()})
     print(format_table(rows))
     print(f"results: {out}")
 
@@ -90,6 +91,22 @@ def cmd_demo(args) -> None:
     from .demo import run_demo
 
     run_demo(args.out, tuple(args.methods.split(",")), args.minutes, tuple(args.labels_per_class), seed=args.seed)
+
+
+def cmd_compare(args) -> None:
+    from .compare import CompareConfig, run_compare
+    from .config import PretrainConfig, load_yaml
+    from .evaluate import FinetuneConfig
+
+    base = PretrainConfig.from_dict(load_yaml(args.config)) if args.config else PretrainConfig()
+    base = base.override(backbone=args.backbone, backbone_args=args.backbone_args, batch_size=args.batch_size)
+    split = lambda text: tuple(v for v in text.split(",") if v)  # noqa: E731
+    cc = CompareConfig(dataset=args.dataset, methods=split(args.methods), baselines=split(args.baselines),
+                       labels_per_class=tuple(args.labels_per_class), evals=split(args.evals),
+                       minutes_per_method=args.minutes_per_method, seeds=tuple(args.seeds), out=args.out,
+                       val_per_class=args.val_per_class, pretrain=base,
+                       finetune=FinetuneConfig(steps=args.finetune_steps))
+    run_compare(cc)
 
 
 def cmd_data(args) -> None:
@@ -129,13 +146,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised pretraining on images, evaluated against few-label baselines.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="the main job: SimCLR vs random init on MNIST at 1/10/100 labels per class")
+    d = sub.add_parser("demo", help="the main job: SimCLR vs supervised and random init on MNIST at 1/10/100 labels per class")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--methods", default="simclr")
     d.add_argument("--minutes", type=float, default=5.0, help="pretraining minutes per method")
     d.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100])
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(run=cmd_demo)
+
+    c = sub.add_parser("compare", help="methods vs supervised-from-scratch and random-init, one table and report.html")
+    c.add_argument("--dataset", default="mnist")
+    c.add_argument("--methods", default="simclr", help="comma-separated; see `selfsup methods`")
+    c.add_argument("--baselines", default="supervised,random")
+    c.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100])
+    c.add_argument("--evals", default="knn,linear,finetune")
+    c.add_argument("--minutes-per-method", type=float, default=3.0)
+    c.add_argument("--seeds", type=_csv_ints, default=[0])
+    c.add_argument("--val-per-class", type=int, default=10, help="held-out labeled images per class for early stopping")
+    c.add_argument("--finetune-steps", type=int, default=300)
+    c.add_argument("--backbone", default=None)
+    c.add_argument("--backbone-args", type=_kv, default=None, metavar="K=V,...")
+    c.add_argument("--batch-size", type=int, default=None)
+    c.add_argument("--config", help="YAML of PretrainConfig fields shared by every method")
+    c.add_argument("--out", default="runs/cmp")
+    c.set_defaults(run=cmd_compare)
 
     t = sub.add_parser("pretrain", help="pretrain an encoder without labels")
     t.add_argument("--config", help="YAML file of config fields; flags override it")
@@ -145,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="kNN and linear probe of a checkpoint at few labels per class")
     e.add_argument("--checkpoint", required=True, help="a .pt file or a run directory")
     e.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100])
-    e.add_argument("--evals", default="knn,linear")
+    e.add_argument("--evals", default="knn,linear", help="knn, linear, finetune")
     e.add_argument("--seeds", type=_csv_ints, default=[0])
     e.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     e.add_argument("--out", help="JSON path (default: RUN/eval.json)")

@@ -39,6 +39,8 @@ class PretrainConfig:
     num_nodes: int = 1
     seed: int = 0
     checkpoint_minutes: float = 5.0
+    monitor_seconds: float = 30.0  # online kNN on a small labeled holdout this often (0 turns it off)
+    monitor_per_class: int = 50  # holdout bank and queries, per class, from the pretraining split's labels
     out: str = "runs/pretrain"
 
     def validate(self) -> "PretrainConfig":

@@ -29,8 +29,12 @@ def auto_precision(accelerator: str) -> str:
 
 
 def make_fabric(cfg: PretrainConfig):
+    import logging
+
     from lightning.fabric import Fabric
 
+    for name in ("lightning.fabric", "lightning.pytorch"):  # the chosen precision goes into summary.json instead
+        logging.getLogger(name).setLevel(logging.WARNING)
     precision = auto_precision(cfg.accelerator) if cfg.precision == "auto" else cfg.precision
     return Fabric(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, precision=precision)
 
@@ -75,6 +79,37 @@ class Batches:
                 yield torch.from_numpy(self.images[np.sort(idx.numpy())]).to(self.device, non_blocking=True)
 
 
+class OnlineKNN:
+    """kNN accuracy of the current encoder on a small labeled holdout of the pretraining split.
+
+    The labels are read only here, to show representation quality during training; they never reach the loss.
+    """
+
+    def __init__(self, data: ImageSet, per_class: int, seed: int):
+        from .data import few_labels
+
+        self.enabled = False
+        labels = data.labels
+        if per_class < 1 or (labels >= 0).sum() == 0:
+            return
+        smallest = np.bincount(labels[labels >= 0]).min() if (labels >= 0).any() else 0
+        per_class = min(per_class, int(smallest) // 2)
+        if per_class < 1:
+            return
+        bank = few_labels(labels, per_class, seed + 1)
+        queries = few_labels(labels, per_class, seed + 2, exclude=bank)
+        self.bank_x, self.bank_y = data.images[bank], torch.from_numpy(labels[bank])
+        self.query_x, self.query_y = data.images[queries], torch.from_numpy(labels[queries])
+        self.enabled = True
+
+    def __call__(self, encoder: torch.nn.Module) -> float:
+        from .evaluate.features import extract_features
+        from .evaluate.knn import knn_accuracy
+
+        bank = extract_features(encoder, self.bank_x)
+        return knn_accuracy(bank, self.bank_y, extract_features(encoder, self.query_x), self.query_y)
+
+
 @dataclass
 class Budget:
     """Progress in [0, 1] measured in epochs, steps or wall-clock minutes."""
@@ -108,13 +143,14 @@ class Progress:
         text = f"loss={stats['loss']:.4f} img/s={stats['img_per_s']:.0f}"
         if "embed_std_ratio" in stats:
             text += f" std*sqrt(d)={stats['embed_std_ratio']:.2f} rank={stats['effective_rank']:.0f}"
-        text += "".join(f" {k}={stats[k]:.3f}" for k in ("rotation_acc", "ab_l1", "hole_l1") if k in stats)
+        text += "".join(f" {k}={stats[k]:.3f}" for k in ("knn_acc", "rotation_acc", "ab_l1", "hole_l1") if k in stats)
         if self.bar is not None:
             self.bar.n = round(100 * progress, 1)
             self.bar.set_postfix_str(text, refresh=True)
         elif time.perf_counter() - self.last >= self.every or progress >= 1:
             self.last = time.perf_counter()
-            print(f"[{100 * progress:5.1f}%] step {stats['step']} {text}", file=sys.stderr, flush=True)
+            eta = stats["seconds"] * (1 - progress) / max(progress, 1e-9)
+            print(f"[{100 * progress:5.1f}%] step {stats['step']} {text} eta {eta:.0f}s", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -146,11 +182,18 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
         write_json(out / "config.json", cfg.to_dict())
         (out / "metrics.jsonl").write_text("")
 
+    monitor = OnlineKNN(data, cfg.monitor_per_class, cfg.seed) if cfg.monitor_seconds > 0 and fabric.is_global_zero else None
     budget = Budget(cfg, batches.steps_per_epoch, time.perf_counter())
     bar = Progress(show_progress and fabric.is_global_zero)
     step, epoch, seen, progress = 0, 0, 0, 0.0
     window_loss, window_n, window_t = 0.0, 0, time.perf_counter()
     last_ckpt, history, warned = time.perf_counter(), [], False
+    if monitor is not None and monitor.enabled:
+        history.append({"step": 0, "seconds": 0.0, "knn_acc": monitor(method.backbone)})  # where random init starts
+        if fabric.is_global_zero:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(history[-1]) + "\n")
+    last_monitor = time.perf_counter()
 
     def state(final: bool) -> dict:
         return {"method_state": method.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
@@ -180,6 +223,9 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
                          "img_per_s": window_n * x.shape[0] * fabric.world_size / (now - window_t),
                          "lr": optimizer.param_groups[0]["lr"], "seconds": round(now - budget.start, 2)}
                 stats |= getattr(method, "metrics", {})
+                if monitor is not None and monitor.enabled and (now - last_monitor >= cfg.monitor_seconds or progress >= 1.0):
+                    stats["knn_acc"] = monitor(method.backbone)
+                    last_monitor = now = time.perf_counter()  # the monitor's time stays out of the next img/s window
                 z = getattr(method, "last_embedding", None)
                 if z is not None and z.shape[0] > 1:
                     stats |= collapse_stats(z)

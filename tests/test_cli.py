@@ -59,13 +59,20 @@ def test_lists(capsys):
 
 
 def test_demo_results_shape(tmp_path, capsys):
-    res = run_demo(tmp_path / "demo", minutes=0.05, labels_per_class=(1, 10), dataset="digits", show_progress=False)
+    from selfsup.evaluate import FinetuneConfig
+
+    res = run_demo(tmp_path / "demo", minutes=0.05, labels_per_class=(1, 10), dataset="digits", show_progress=False,
+                   finetune=FinetuneConfig(steps=20, eval_every=10))
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved == json.loads(json.dumps(res))
-    assert saved["dataset"] == "digits" and saved["pretrain_seconds"] > 0 and saved["config"]["method"] == "simclr"
+    assert saved["dataset"] == "digits" and saved["pretrain_seconds"] > 0
+    assert saved["config"]["pretrain"]["simclr"]["method"] == "simclr"
     keys = {(r["method"], r["eval"], r["labels_per_class"]) for r in saved["rows"]}
-    assert keys == {(m, e, n) for m in ("random-init", "simclr") for e in ("knn", "linear") for n in (1, 10)}
+    want = {(m, e, n) for m, evals in (("simclr", ("knn", "linear", "finetune")), ("random-init", ("knn", "linear")),
+                                        ("supervised", ("finetune",))) for e in evals for n in (1, 10)}
+    assert keys == want
     assert all(0 <= r["accuracy"] <= 1 and r["seed"] == 0 for r in saved["rows"])
+    assert (tmp_path / "demo" / "report.html").exists()
     assert "random-init" in capsys.readouterr().out
 
 

@@ -34,7 +34,9 @@ def test_two_step_smoke_run_writes_everything(tmp_path, digits):
     assert state["step"] == 2 and state["final"] and state["config"] == cfg.to_dict()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and math.isfinite(summary["final_loss"])
-    assert all(math.isfinite(json.loads(line)["loss"]) for line in (run / "metrics.jsonl").read_text().splitlines())
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["step"] == 0 and 0 <= lines[0]["knn_acc"] <= 1  # the online monitor starts at random init
+    assert all(math.isfinite(r["loss"]) for r in lines[1:]) and "knn_acc" in lines[-1]
 
 
 def test_checkpoint_reloads_the_trained_encoder(tmp_path, digits):

@@ -1,5 +1,12 @@
-"""Evaluation takes features and labels and returns numbers; `few_label_rows` ties it to an encoder."""
+"""Evaluation takes features and labels and returns numbers; `few_label_rows` ties it to encoders and splits.
+
+Splits of the labeled training data: a fixed validation split (`val_per_class` per class, its own seed)
+for early stopping, and per-seed label subsets drawn from the rest. The test split is only ever scored.
+"""
 from __future__ import annotations
+
+from statistics import mean, stdev
+from typing import Callable
 
 import numpy as np
 import torch
@@ -7,32 +14,80 @@ from torch import nn
 
 from ..data import ImageSet, few_labels
 from .features import extract_features
+from .finetune import FinetuneConfig, accuracy, train_classifier
 from .knn import knn_accuracy
 from .linear import linear_accuracy
 
-EVALS = {"knn": knn_accuracy, "linear": linear_accuracy}
+FROZEN = {"knn": knn_accuracy, "linear": linear_accuracy}
+EVALS = (*FROZEN, "finetune")
+VAL_SEED = 10_007  # the validation split never moves with the evaluation seeds
 
 
-def few_label_rows(encoder: nn.Module, train: ImageSet, test: ImageSet, labels_per_class: list[int], name: str,
-                   evals: tuple[str, ...] = ("knn", "linear"), seeds: tuple[int, ...] = (0,),
-                   device: str | torch.device | None = None) -> list[dict]:
-    """Frozen-feature accuracies for each labels-per-class count, eval and seed, as result rows.
+def validation_split(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Indices of the held-out labeled validation images (the same for every seed and method)."""
+    return few_labels(labels, per_class, VAL_SEED)
 
-    Only the labeled subsets and the test split are embedded; the probe never sees other labels.
+
+def label_subset(labels: np.ndarray, per_class: int, seed: int, val_idx: np.ndarray) -> np.ndarray:
+    """The few labels an evaluation may train on: stratified, per seed, disjoint from validation."""
+    return few_labels(labels, per_class, seed, exclude=val_idx)
+
+
+def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: ImageSet, test: ImageSet,
+                   labels_per_class: list[int], name: str, evals: tuple[str, ...] = ("knn", "linear"),
+                   seeds: tuple[int, ...] = (0,), device: str | torch.device | None = None, val_per_class: int = 10,
+                   finetune: FinetuneConfig | None = None, encoder_lr_scale: float | None = None) -> list[dict]:
+    """Accuracy rows for each seed, labels-per-class count and eval.
+
+    `encoder` is a module, or a function of the seed that builds one (random-init and supervised baselines).
+    Frozen evals embed only the labeled subset and the test split; fine-tuning early-stops on validation.
     """
-    subsets = {(n, s): few_labels(train.labels, n, s) for n in labels_per_class for s in seeds}
-    needed = np.unique(np.concatenate(list(subsets.values())))
-    feats = extract_features(encoder, train.images[needed], device=device)  # (len(needed), D)
-    row_of = {int(i): r for r, i in enumerate(needed)}
-    test_f, test_y = extract_features(encoder, test.images, device=device), torch.from_numpy(test.labels)
+    val_idx = validation_split(train.labels, val_per_class)  # held out for every eval, so subsets match across evals
+    finetune = finetune or FinetuneConfig()
+    n_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    test_y = torch.from_numpy(test.labels)
     rows = []
-    for (n, s), idx in subsets.items():
-        f = feats[[row_of[int(i)] for i in idx]]
-        y = torch.from_numpy(train.labels[idx])
-        for e in evals:
-            acc = EVALS[e](f, y, test_f, test_y)
-            rows.append({"method": name, "eval": e, "labels_per_class": n, "accuracy": round(acc, 4), "seed": s})
+    for s in seeds:
+        enc = encoder(s) if callable(encoder) and not isinstance(encoder, nn.Module) else encoder
+        dev = device or next(enc.parameters()).device
+        subsets = {n: label_subset(train.labels, n, s, val_idx) for n in labels_per_class}
+        frozen = [e for e in evals if e in FROZEN]
+        if frozen:
+            needed = np.unique(np.concatenate(list(subsets.values())))
+            feats = extract_features(enc, train.images[needed], device=dev)  # (len(needed), D)
+            pos = {int(i): r for r, i in enumerate(needed)}
+            test_f = extract_features(enc, test.images, device=dev)
+        for n, idx in subsets.items():
+            for e in evals:
+                row = {"method": name, "eval": e, "labels_per_class": n, "seed": s}
+                if e in FROZEN:
+                    f = feats[[pos[int(i)] for i in idx]]
+                    row["accuracy"] = round(FROZEN[e](f, torch.from_numpy(train.labels[idx]), test_f, test_y), 4)
+                else:
+                    model, info = train_classifier(enc, train.images[idx], train.labels[idx], train.images[val_idx],
+                                                   train.labels[val_idx], n_classes, finetune, s, encoder_lr_scale, dev)
+                    row["accuracy"] = round(accuracy(model, torch.from_numpy(test.images), test_y), 4)  # test: scored once
+                    row |= {"val_accuracy": round(info["val_accuracy"], 4), "best_step": info["best_step"]}
+                rows.append(row)
     return rows
 
 
-__all__ = ["extract_features", "knn_accuracy", "linear_accuracy", "few_label_rows", "EVALS"]
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per (method, eval, labels_per_class): mean accuracy, with std and per-seed values when seeds > 1."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["eval"], r["labels_per_class"]), []).append(r)
+    out = []
+    for (m, e, n), rs in groups.items():
+        accs = [r["accuracy"] for r in rs]
+        row = {"method": m, "eval": e, "labels_per_class": n, "accuracy": round(mean(accs), 4)}
+        if len(rs) > 1:
+            row |= {"std": round(stdev(accs), 4), "seeds": [r["seed"] for r in rs], "accuracies": accs}
+        else:
+            row["seed"] = rs[0]["seed"]
+        out.append(row)
+    return out
+
+
+__all__ = ["extract_features", "knn_accuracy", "linear_accuracy", "few_label_rows", "aggregate", "EVALS",
+           "FinetuneConfig", "validation_split", "label_subset"]

@@ -2,23 +2,30 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from statistics import mean
+from statistics import mean, stdev
 
 
 def format_table(rows: list[dict]) -> str:
-    """Pivot result rows (method, eval, labels_per_class, accuracy) into a fixed-width table; seeds are averaged."""
+    """Pivot per-seed or aggregated rows (method, eval, labels_per_class, accuracy) into a fixed-width table.
+
+    Several seeds show as mean±std.
+    """
     cells: dict[tuple, list[float]] = defaultdict(list)
     methods, cols = [], []
     for r in rows:
         col = (r["eval"], r["labels_per_class"])
-        cells[(r["method"], col)].append(r["accuracy"])
+        cells[(r["method"], col)] += r.get("accuracies", [r["accuracy"]])
         if r["method"] not in methods:
             methods.append(r["method"])
         if col not in cols:
             cols.append(col)
-    cols.sort(key=lambda c: (c[0], c[1]))
+    order = {"knn": 0, "linear": 1, "finetune": 2}
+    cols.sort(key=lambda c: (order.get(c[0], 3), c[1]))
     head = ["method"] + [f"{e}@{n}" for e, n in cols]
-    body = [[m] + [f"{mean(cells[(m, c)]):.3f}" if cells.get((m, c)) else "-" for c in cols] for m in methods]
+    def show(v: list[float]) -> str:
+        return f"{mean(v):.3f}±{stdev(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+
+    body = [[m] + [show(cells[(m, c)]) if cells.get((m, c)) else "-" for c in cols] for m in methods]
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
     line = lambda row: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in body])

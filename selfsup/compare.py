@@ -1,0 +1,201 @@
+"""`selfsup compare`: every method and baseline, the same budget, the same label subsets, one table and report.
+
+Work is reused: a method's pretraining is skipped when a finished checkpoint with the same config
+exists, and each (name, eval, labels per class, seed) result is cached in OUT/evals.jsonl.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .backbones import BACKBONES
+from .config import PretrainConfig, write_json
+from .data import ImageSet, fetch, load
+from .errors import ConfigError, DataError
+from .evaluate import EVALS, FinetuneConfig, aggregate, few_label_rows
+from .methods import METHODS
+from .report import format_table
+from .train import pretrain
+
+BASELINES = {"random": "random-init", "supervised": "supervised"}
+
+
+@dataclass
+class CompareConfig:
+    dataset: str = "mnist"
+    methods: tuple[str, ...] = ("simclr",)
+    baselines: tuple[str, ...] = ("supervised", "random")
+    labels_per_class: tuple[int, ...] = (1, 10, 100)
+    evals: tuple[str, ...] = ("knn", "linear", "finetune")
+    minutes_per_method: float | None = 3.0  # None: keep the budget in `pretrain`
+    seeds: tuple[int, ...] = (0,)
+    val_per_class: int = 10
+    out: str = "runs/cmp"
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def validate(self) -> "CompareConfig":
+        for m in self.methods:
+            METHODS.get(m)
+        for b in self.baselines:
+            if b not in BASELINES:
+                raise ConfigError(f"unknown baseline {b!r}; choose from: {', '.join(BASELINES)}")
+        for e in self.evals:
+            if e not in EVALS:
+                raise ConfigError(f"unknown eval {e!r}; choose from: {', '.join(EVALS)}")
+        if not self.methods and not self.baselines:
+            raise ConfigError("nothing to compare: give --methods and/or --baselines")
+        if any(n < 1 for n in self.labels_per_class):
+            raise ConfigError("--labels-per-class values must be at least 1")
+        if self.minutes_per_method is not None and not self.minutes_per_method > 0:
+            raise ConfigError(f"--minutes-per-method must be positive, got {self.minutes_per_method}")
+        return self
+
+    def method_config(self, method: str) -> PretrainConfig:
+        budget = {"minutes": self.minutes_per_method, "epochs": None, "steps": None} if self.minutes_per_method else {}
+        d = self.pretrain.to_dict() | {"dataset": self.dataset, "method": method, "out": str(Path(self.out) / "pretrain" / method)}
+        return PretrainConfig.from_dict(d | budget).validate()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _key(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_splits(dataset: str, root: str | None) -> tuple[ImageSet, ImageSet]:
+    try:
+        return load(dataset, "train", root), load(dataset, "test", root)
+    except DataError:
+        if dataset != "mnist":
+            raise
+        fetch("mnist")
+        return load(dataset, "train", root), load(dataset, "test", root)
+
+
+def pretrained(cfg: PretrainConfig, train: ImageSet, show_progress: bool) -> tuple[Path, dict, bool]:
+    """Pretrain, or reuse a finished checkpoint made with exactly this config. Returns (path, summary, reused)."""
+    path = Path(cfg.out) / "checkpoints" / "last.pt"
+    if path.exists():
+        try:
+            state = checkpoint.load(path)
+            if state.get("final") and state.get("config") == cfg.to_dict():
+                return path, state.get("summary", {}), True
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint is simply redone
+            pass
+    print(f"pretraining {cfg.method} on {cfg.dataset}", file=sys.stderr, flush=True)
+    path = pretrain(cfg, train, show_progress)
+    return path, checkpoint.load(path).get("summary", {}), False
+
+
+class EvalCache:
+    """Rows already computed, keyed by everything that determines them; appended as they are made."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows = path, {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                    self.rows[r["key"]] = r
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a torn last line from an interrupted run
+
+    def add(self, key: str, row: dict) -> None:
+        self.rows[key] = row | {"key": key}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(self.rows[key]) + "\n")
+
+
+def run_compare(cc: CompareConfig, show_progress: bool = True) -> dict:
+    """Pretrain each method (or reuse), evaluate methods and baselines, write results.json and report.html."""
+    from .report.html import write_report
+
+    cc.validate()
+    configs = {m: cc.method_config(m) for m in cc.methods}
+    out = Path(cc.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot write to output directory {out} ({e.strerror}); choose another --out") from None
+    train, test = load_splits(cc.dataset, cc.pretrain.data_root)
+    cache = EvalCache(out / "evals.jsonl")
+    base = cc.pretrain
+    ft = cc.finetune
+
+    # name -> (encoder or seed->encoder, evals, lr scale, identity of the weights)
+    subjects: dict[str, tuple] = {}
+    summaries, reused = {}, {}
+    for m, cfg in configs.items():
+        path, summaries[m], reused[m] = pretrained(cfg, train, show_progress)
+        encoder, _ = checkpoint.load_encoder(path)
+        subjects[m] = (encoder, cc.evals, None, cfg.to_dict())
+
+    def fresh(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return checkpoint.build_method(base.override(dataset=cc.dataset, steps=1), train.channels).backbone
+
+    arch = {"backbone": base.backbone, "backbone_args": base.backbone_args, "method": base.method}
+    if "random" in cc.baselines:
+        subjects[BASELINES["random"]] = (fresh, tuple(e for e in cc.evals if e != "finetune"), None, arch)
+    if "supervised" in cc.baselines:
+        subjects[BASELINES["supervised"]] = (fresh, ("finetune",), 1.0, arch)  # from scratch: one learning rate
+
+    t_eval = time.perf_counter()
+    per_seed = []
+    for name, (encoder, evals, lr_scale, identity) in subjects.items():
+        for s in cc.seeds:
+            for e in evals:
+                todo, keys = [], {}
+                for n in cc.labels_per_class:
+                    keys[n] = _key([name, identity, cc.dataset, e, n, s, cc.val_per_class, ft.to_dict() if e == "finetune" else None])
+                    if keys[n] not in cache.rows:
+                        todo.append(n)
+                if todo:
+                    print(f"evaluating {name}: {e} at {todo} labels per class, seed {s}", file=sys.stderr, flush=True)
+                    for r in few_label_rows(encoder, train, test, todo, name, (e,), (s,), val_per_class=cc.val_per_class,
+                                            finetune=ft, encoder_lr_scale=lr_scale):
+                        cache.add(keys[r["labels_per_class"]], r)
+                per_seed += [{k: v for k, v in cache.rows[keys[n]].items() if k != "key"} for n in cc.labels_per_class]
+    rows = aggregate(per_seed)
+    histories = {m: [json.loads(line) for line in (Path(c.out) / "metrics.jsonl").read_text().splitlines()]
+                 for m, c in configs.items() if (Path(c.out) / "metrics.jsonl").exists()}
+    results = {
+        "dataset": cc.dataset, "rows": rows, "rows_per_seed": per_seed,
+        "pretrain_seconds": round(sum(s.get("seconds", 0) for s in summaries.values()), 1),
+        "pretrain": {m: summaries[m] | {"reused": reused[m]} for m in configs},
+        "eval_seconds": round(time.perf_counter() - t_eval, 1),
+        "config": {"compare": {k: v for k, v in cc.to_dict().items() if k not in ("pretrain", "finetune")},
+                   "pretrain": {m: c.to_dict() for m, c in configs.items()}, "finetune": ft.to_dict()},
+    }
+    results["headline"] = headline(rows, cc.labels_per_class)
+    write_json(out / "results.json", results)
+    write_report(results, histories, out / "report.html")
+    print(format_table(rows))
+    if results["headline"]:
+        print(results["headline"]["text"])
+    print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'}")
+    return results
+
+
+def headline(rows: list[dict], labels_per_class: tuple[int, ...]) -> dict:
+    """Best self-supervised row vs supervised-from-scratch at 10 labels per class (or the middle count)."""
+    n = 10 if 10 in labels_per_class else sorted(labels_per_class)[len(labels_per_class) // 2]
+    sup = [r for r in rows if r["method"] == "supervised" and r["labels_per_class"] == n]
+    ssl = [r for r in rows if r["method"] not in BASELINES.values() and r["labels_per_class"] == n]
+    if not sup or not ssl:
+        return {}
+    best = max(ssl, key=lambda r: r["accuracy"])
+    gain = best["accuracy"] - sup[0]["accuracy"]
+    verb = "ahead of" if gain > 0 else "behind"
+    text = (f"At {n} labels per class, the best self-supervised result ({best['method']}, {best['eval']}: "
+            f"{best['accuracy']:.3f}) is {abs(gain) * 100:.1f} points {verb} supervised from scratch ({sup[0]['accuracy']:.3f}).")
+    return {"labels_per_class": n, "best": best, "supervised": sup[0]["accuracy"], "gain": round(gain, 4), "text": text}

@@ -1,0 +1,87 @@
+"""The HTML report: content checks, and a real render in headless Chromium."""
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from selfsup.report import format_table
+from selfsup.report.html import table_html, write_report
+
+ROWS = [
+    {"method": "simclr", "eval": "linear", "labels_per_class": 10, "accuracy": 0.91, "std": 0.01, "seeds": [0, 1], "accuracies": [0.9, 0.92]},
+    {"method": "simclr", "eval": "finetune", "labels_per_class": 10, "accuracy": 0.95, "seed": 0},
+    {"method": "supervised", "eval": "finetune", "labels_per_class": 10, "accuracy": 0.83, "seed": 0},
+    {"method": "random-init", "eval": "linear", "labels_per_class": 10, "accuracy": 0.52, "seed": 0},
+    {"method": "simclr", "eval": "linear", "labels_per_class": 1, "accuracy": 0.5, "seed": 0},
+    {"method": "random-init", "eval": "linear", "labels_per_class": 1, "accuracy": 0.3, "seed": 0},
+]
+RESULTS = {"dataset": "digits", "rows": ROWS, "pretrain": {"simclr": {"seconds": 60, "img_per_s": 900, "epochs": 3}},
+           "eval_seconds": 12, "headline": {"text": "At 10 labels per class, simclr is 12.0 points ahead."},
+           "config": {"compare": {"seeds": [0], "val_per_class": 10}, "pretrain": {"simclr": {"backbone": "small_cnn"}}}}
+HISTORY = {"simclr": [{"step": 0, "seconds": 0, "knn_acc": 0.4}] +
+           [{"step": i, "seconds": i, "loss": 3 - i / 10, "knn_acc": 0.5 + i / 100, "embed_std_ratio": 0.8} for i in range(1, 10)]}
+
+
+def test_table_bold_best_and_gain():
+    t = table_html(ROWS)
+    assert "<b>0.910 ± 0.010</b>" in t and "<b>0.950</b>" in t
+    assert "+12.0 pts" in t  # simclr's best at 10 (0.95) minus supervised (0.83)
+    assert "gain vs supervised @10" in t
+
+
+def test_text_table_shows_std():
+    assert "0.910±0.014" in format_table(ROWS)
+
+
+def test_report_is_self_contained(tmp_path):
+    path = write_report(RESULTS, HISTORY, tmp_path / "report.html")
+    page = path.read_text()
+    assert page.count("<svg") == 2 and 'id="results"' in page and "12.0 points ahead" in page
+    assert not re.search(r'(src|href)="https?://', page)  # nothing fetched from the network
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_of_a_real_compare_renders_in_headless_chromium(tmp_path):
+    """Table and every plot render with no console errors; the screenshot is kept in the run directory."""
+    browser = chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; `make test` installs it (apt-get install chromium)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    from selfsup.compare import CompareConfig, run_compare
+    from selfsup.config import PretrainConfig
+    from selfsup.evaluate import FinetuneConfig
+
+    run = tmp_path / "cmp"
+    base = PretrainConfig(dataset="digits", steps=30, batch_size=64, backbone_args={"width": 8}, monitor_seconds=0.2)
+    run_compare(CompareConfig(dataset="digits", methods=("simclr", "rotation"), labels_per_class=(1, 10), minutes_per_method=None,
+                              out=str(run), pretrain=base, finetune=FinetuneConfig(steps=30, eval_every=10)), show_progress=False)
+    path = run / "report.html"
+    errors = []
+    with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=browser, headless=True, args=CHROMIUM_ARGS)
+        page = ctx.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(path.as_uri())
+        assert page.locator("#results tbody tr").count() == 4  # simclr, rotation, supervised, random-init
+        assert page.locator("#results b").count() >= 4  # a best value per column
+        for plot in ("#label-efficiency svg", "#pretraining svg"):
+            box = page.locator(plot).bounding_box()
+            assert box and box["width"] > 300 and box["height"] > 100, plot
+        page.screenshot(path=str(run / "report.png"), full_page=True)
+        ctx.close()
+    assert errors == []
+    assert (run / "report.png").stat().st_size > 10_000
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
