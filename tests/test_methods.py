@@ -32,6 +32,7 @@ def test_few_steps_on_digits_and_full_state_saved(name, digits, tmp_path):
     path = pretrain(cfg, digits[0], show_progress=False)
     state = torch.load(path, weights_only=False)
     assert all(math.isfinite(h["loss"]) for h in state["history"] if "loss" in h) and "loss" in state["history"][-1]
+    assert "embed_std_ratio" in state["history"][-1]  # every method feeds the collapse monitor
     fresh = checkpoint.build_method(cfg, 1)
     fresh.load_state_dict(state["method_state"])  # strict: every buffer and submodule (e.g. BYOL's target) is there
     assert set(fresh.state_dict()) == set(state["method_state"])

@@ -77,6 +77,14 @@ def test_report_of_a_real_compare_renders_in_headless_chromium(tmp_path):
         for plot in ("#label-efficiency svg", "#pretraining svg"):
             box = page.locator(plot).bounding_box()
             assert box and box["width"] > 300 and box["height"] > 100, plot
+        # every panel drew its data: a curve per method and baseline, a pretraining curve per method and quantity
+        for e, names in {"knn": ("simclr", "rotation", "random-init"), "linear": ("simclr", "rotation", "random-init"),
+                         "finetune": ("simclr", "rotation", "supervised")}.items():
+            for m in names:
+                assert page.locator(f'#label-efficiency svg [id="curve-{e}-{m}"]').count() >= 1, (e, m)
+        for key in ("loss", "knn_acc", "embed_std_ratio"):
+            for m in ("simclr", "rotation"):
+                assert page.locator(f'#pretraining svg [id="curve-{key}-{m}"]').count() == 1, (key, m)
         page.screenshot(path=str(run / "report.png"), full_page=True)
         ctx.close()
     assert errors == []

@@ -23,4 +23,5 @@ class SimCLR(nn.Module):
 
     def loss(self, views: list[Tensor]) -> Tensor:
         z1, z2 = self.embed(views[0]), self.embed(views[1])
+        self.last_embedding = z1.detach()
         return nt_xent(z1, z2, self.temperature)

@@ -41,13 +41,16 @@ def label_efficiency_svg(rows: list[dict]) -> str:
         for m, pts in lines.items():
             pts.sort()
             x, y, s = zip(*pts)
-            ax.errorbar(x, y, yerr=s, marker="o", capsize=3, label=m, **BASELINE_STYLE.get(m, {}))
+            ax.errorbar(x, y, yerr=s, marker="o", capsize=3, label=m, gid=f"curve-{e}-{m}", **BASELINE_STYLE.get(m, {}))
         ax.set_xscale("log")
+        ticks = sorted({r["labels_per_class"] for r in rows})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_title(e)
+        ax.legend(fontsize=8, loc="lower right")
         ax.set_xlabel("labels per class")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
     return _svg(fig)
 
 
@@ -59,7 +62,7 @@ def pretraining_svg(histories: dict[str, list[dict]]) -> str:
         for m, hist in histories.items():
             pts = [(h["seconds"], h[key]) for h in hist if key in h]
             if pts:
-                ax.plot(*zip(*pts), marker="." if key == "knn_acc" else None, label=m)
+                ax.plot(*zip(*pts), marker="." if key == "knn_acc" else None, label=m, gid=f"curve-{key}-{m}")
         if key == "embed_std_ratio":
             ax.axhline(1.0, color="grey", lw=0.8, ls=":")
             ax.axhline(0.1, color="red", lw=0.8, ls=":")
@@ -119,7 +122,7 @@ def run_facts(results: dict) -> dict[str, str]:
         "pretraining": "; ".join(f"{m}: {s.get('seconds', 0) / 60:.1f} min, {s.get('img_per_s', 0):.0f} img/s, "
                                  f"{s.get('epochs', 0)} epochs, {s.get('precision', '?')}{' (reused)' if s.get('reused') else ''}"
                                  for m, s in results.get("pretrain", {}).items()) or "none",
-        "evaluation": f"{results.get('eval_seconds', 0) / 60:.1f} min; seeds {results['config']['compare']['seeds']}; "
+        "evaluation": f"{results.get('eval_seconds', 0) / 60:.1f} min; seeds {', '.join(map(str, results['config']['compare']['seeds']))}; "
                       f"validation {results['config']['compare']['val_per_class']} per class (early stopping only)",
         "versions": f"selfsup {__version__}, torch {torch.__version__}, python {platform.python_version()}",
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
