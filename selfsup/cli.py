@@ -109,6 +109,47 @@ def cmd_compare(args) -> None:
     run_compare(cc)
 
 
+def cmd_embed(args) -> None:
+    from pathlib import Path
+
+    import torch
+
+    from .checkpoint import build_method, load_encoder
+    from .config import PretrainConfig
+    from .data import load
+    from .report.embedding import PROJECTIONS, write_embedding
+
+    if args.projection not in PROJECTIONS:
+        raise ConfigError(f"unknown projection {args.projection!r}; choose from: {', '.join(PROJECTIONS)}")
+    if not args.out and not args.export:
+        raise ConfigError("say what to write: --out map.html, --out map.png, and/or --export feats.npy|.csv")
+    for o in args.out or []:
+        if Path(o).suffix not in (".html", ".png"):
+            raise ConfigError(f"--out writes .html or .png, not {o}")
+    if args.export and Path(args.export).suffix not in (".npy", ".csv"):
+        raise ConfigError(f"--export writes .npy or .csv, not {args.export}")
+    if args.checkpoint:
+        encoder, cfg = load_encoder(args.checkpoint)
+        dataset = args.dataset or cfg.dataset
+    elif args.random_init:
+        if not args.dataset:
+            raise ConfigError("--random-init without --checkpoint needs --dataset (and optionally --backbone)")
+        cfg, dataset = PretrainConfig(backbone=args.backbone or "small_cnn", steps=1), args.dataset
+    else:
+        raise ConfigError("give --checkpoint CKPT, or --random-init with --dataset")
+    data = load(dataset, args.split, cfg.data_root)
+    if args.random_init:
+        torch.manual_seed(args.seed)
+        encoder = build_method(cfg.override(dataset=dataset), data.channels).backbone
+    if data.channels != encoder.in_channels:
+        raise ConfigError(f"{dataset} has {data.channels} channel(s) but the encoder takes {encoder.in_channels}")
+    title = f"{'random init' if args.random_init else cfg.method} on {dataset} {args.split}"
+    written = write_embedding(encoder, data, [Path(o) for o in args.out or []], title, args.projection,
+                              args.max_points or None, args.seed, Path(args.export) if args.export else None)
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+
+
 def cmd_data(args) -> None:
     from .data import fetch, load
 
@@ -184,6 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     e.add_argument("--out", help="JSON path (default: RUN/eval.json)")
     e.set_defaults(run=cmd_eval)
+
+    m = sub.add_parser("embed", help="2-D map of an encoder's features: interactive HTML, PNG, or raw export")
+    m.add_argument("--checkpoint", help="a .pt file or run directory")
+    m.add_argument("--random-init", action="store_true", help="an untrained encoder (of the checkpoint's architecture, if given)")
+    m.add_argument("--backbone", help="with --random-init and no checkpoint (default small_cnn)")
+    m.add_argument("--dataset", help="default: the checkpoint's dataset")
+    m.add_argument("--split", default="test")
+    m.add_argument("--out", action="append", help="map.html and/or map.png (repeat the flag for both)")
+    m.add_argument("--projection", default="tsne", help="tsne (default), umap (needs umap-learn), pca")
+    m.add_argument("--max-points", type=int, default=10000, help="subsample to at most this many images (0: all)")
+    m.add_argument("--export", help="write the raw features with labels: feats.npy (+ feats.labels.npy) or feats.csv")
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(run=cmd_embed)
 
     da = sub.add_parser("data", help="fetch datasets or describe them")
     da.add_argument("action", choices=["fetch", "info"])

@@ -18,8 +18,10 @@ from . import checkpoint
 from .backbones import BACKBONES
 from .config import PretrainConfig, write_json
 from .data import ImageSet, fetch, load
+from .augment import preset
 from .errors import ConfigError, DataError
-from .evaluate import EVALS, FinetuneConfig, aggregate, few_label_rows
+from .evaluate import EVALS, FinetuneConfig, aggregate, few_label_rows, label_subset, validation_split
+from .evaluate.finetune import train_classifier
 from .methods import METHODS
 from .report import format_table
 from .train import pretrain
@@ -37,6 +39,8 @@ class CompareConfig:
     minutes_per_method: float | None = 3.0  # None: keep the budget in `pretrain`
     seeds: tuple[int, ...] = (0,)
     val_per_class: int = 10
+    pictures: bool = True  # maps, filters, neighbours, views and colorization samples in the report
+    map_points: int = 2000  # test images per embedding map (t-SNE time grows with this)
     out: str = "runs/cmp"
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -117,6 +121,7 @@ class EvalCache:
 
 def run_compare(cc: CompareConfig, show_progress: bool = True) -> dict:
     """Pretrain each method (or reuse), evaluate methods and baselines, write results.json and report.html."""
+    from .report.gallery import gallery_html
     from .report.html import write_report
 
     cc.validate()
@@ -133,11 +138,15 @@ def run_compare(cc: CompareConfig, show_progress: bool = True) -> dict:
 
     # name -> (encoder or seed->encoder, evals, lr scale, identity of the weights)
     subjects: dict[str, tuple] = {}
-    summaries, reused = {}, {}
+    summaries, reused, shown = {}, {}, {}
     for m, cfg in configs.items():
         path, summaries[m], reused[m] = pretrained(cfg, train, show_progress)
         encoder, _ = checkpoint.load_encoder(path)
         subjects[m] = (encoder, cc.evals, None, cfg.to_dict())
+        method = checkpoint.build_method(cfg, train.channels)
+        method.load_state_dict(checkpoint.load(path)["method_state"])
+        view = preset(cfg.augment, train.channels, cfg.image_size, getattr(method, "default_augment", None))
+        shown[m] = {"encoder": encoder, "identity": cfg.to_dict(), "method": method, "view": view}
 
     def fresh(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
@@ -146,6 +155,7 @@ def run_compare(cc: CompareConfig, show_progress: bool = True) -> dict:
     arch = {"backbone": base.backbone, "backbone_args": base.backbone_args, "method": base.method}
     if "random" in cc.baselines:
         subjects[BASELINES["random"]] = (fresh, tuple(e for e in cc.evals if e != "finetune"), None, arch)
+        shown[BASELINES["random"]] = {"encoder": fresh(cc.seeds[0]), "identity": arch | {"seed": cc.seeds[0]}}
     if "supervised" in cc.baselines:
         subjects[BASELINES["supervised"]] = (fresh, ("finetune",), 1.0, arch)  # from scratch: one learning rate
 
@@ -178,7 +188,15 @@ def run_compare(cc: CompareConfig, show_progress: bool = True) -> dict:
     }
     results["headline"] = headline(rows, cc.labels_per_class)
     write_json(out / "results.json", results)
-    write_report(results, histories, out / "report.html")
+    if cc.pictures and "supervised" in cc.baselines:  # its pictures: the encoder trained at ~10 labels per class, first seed
+        n = max([k for k in cc.labels_per_class if k <= 10] or [min(cc.labels_per_class)])
+        val = validation_split(train.labels, cc.val_per_class)
+        idx = label_subset(train.labels, n, cc.seeds[0], val)
+        model, _ = train_classifier(fresh(cc.seeds[0]), train.images[idx], train.labels[idx], train.images[val],
+                                    train.labels[val], int(train.labels.max()) + 1, ft, cc.seeds[0], 1.0)
+        shown[BASELINES["supervised"]] = {"encoder": model.encoder, "identity": arch | {"n": n, "ft": ft.to_dict()}}
+    extra = gallery_html(shown, test, out / "maps", cc.map_points, cc.seeds[0]) if cc.pictures else ""
+    write_report(results, histories, out / "report.html", extra)
     print(format_table(rows))
     if results["headline"]:
         print(results["headline"]["text"])

@@ -84,6 +84,11 @@ def test_compare_writes_results_and_report_and_skips_done_work(tmp_path, capsys)
     assert all("std" in r and r["seeds"] == [0, 1] for r in saved["rows"])
     assert len(saved["rows_per_seed"]) == 2 * len(expected)
     assert (tmp_path / "cmp" / "report.html").exists() and res["headline"]["labels_per_class"] == 5
+    page = (tmp_path / "cmp" / "report.html").read_text()
+    for name in ("simclr", "random-init", "supervised"):
+        assert f'id="pictures-{name}"' in page and (tmp_path / "cmp" / "maps" / f"{name}.html").exists()
+    assert page.count("<figcaption>first-layer filters") == 3 and page.count("<figcaption>augmented views") == 1  # views: methods only
+    map_time = (tmp_path / "cmp" / "maps" / "simclr.png").stat().st_mtime
     n_cached = len((tmp_path / "cmp" / "evals.jsonl").read_text().splitlines())
 
     again = run_compare(cc, show_progress=False)  # everything is reused
@@ -91,6 +96,7 @@ def test_compare_writes_results_and_report_and_skips_done_work(tmp_path, capsys)
     assert "pretraining" not in err and "evaluating" not in err
     assert again["pretrain"]["simclr"]["reused"] and again["rows"] == res["rows"]
     assert len((tmp_path / "cmp" / "evals.jsonl").read_text().splitlines()) == n_cached
+    assert (tmp_path / "cmp" / "maps" / "simclr.png").stat().st_mtime == map_time  # the map is reused too
 
     run_compare(tiny_compare(tmp_path, labels_per_class=(1, 5, 10)), show_progress=False)  # only 10 is new
     err = capsys.readouterr().err

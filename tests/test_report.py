@@ -62,7 +62,7 @@ def test_report_of_a_real_compare_renders_in_headless_chromium(tmp_path):
 
     run = tmp_path / "cmp"
     base = PretrainConfig(dataset="digits", steps=30, batch_size=64, backbone_args={"width": 8}, monitor_seconds=0.2)
-    run_compare(CompareConfig(dataset="digits", methods=("simclr", "rotation"), labels_per_class=(1, 10), minutes_per_method=None,
+    run_compare(CompareConfig(dataset="digits", methods=("simclr", "rotation", "colorization"), labels_per_class=(1, 10), minutes_per_method=None,
                               out=str(run), pretrain=base, finetune=FinetuneConfig(steps=30, eval_every=10)), show_progress=False)
     path = run / "report.html"
     errors = []
@@ -72,18 +72,21 @@ def test_report_of_a_real_compare_renders_in_headless_chromium(tmp_path):
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(path.as_uri())
-        assert page.locator("#results tbody tr").count() == 4  # simclr, rotation, supervised, random-init
+        assert page.locator("#results tbody tr").count() == 5  # 3 methods, supervised, random-init
+        images = page.locator("section.extra img")
+        assert images.count() == 3 * 4 + 2 * 3 + 1  # map, filters, neighbours, views per method; 3 per baseline; inpainting
+        assert page.evaluate("() => [...document.querySelectorAll('section.extra img')].every(i => i.complete && i.naturalWidth > 0)")
         assert page.locator("#results b").count() >= 4  # a best value per column
         for plot in ("#label-efficiency svg", "#pretraining svg"):
             box = page.locator(plot).bounding_box()
             assert box and box["width"] > 300 and box["height"] > 100, plot
         # every panel drew its data: a curve per method and baseline, a pretraining curve per method and quantity
-        for e, names in {"knn": ("simclr", "rotation", "random-init"), "linear": ("simclr", "rotation", "random-init"),
-                         "finetune": ("simclr", "rotation", "supervised")}.items():
+        for e, names in {"knn": ("simclr", "rotation", "colorization", "random-init"),
+                         "linear": ("simclr", "rotation", "random-init"), "finetune": ("simclr", "rotation", "supervised")}.items():
             for m in names:
                 assert page.locator(f'#label-efficiency svg [id="curve-{e}-{m}"]').count() >= 1, (e, m)
         for key in ("loss", "knn_acc", "embed_std_ratio"):
-            for m in ("simclr", "rotation"):
+            for m in ("simclr", "rotation", "colorization"):
                 assert page.locator(f'#pretraining svg [id="curve-{key}-{m}"]').count() == 1, (key, m)
         page.screenshot(path=str(run / "report.png"), full_page=True)
         ctx.close()

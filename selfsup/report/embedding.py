@@ -126,3 +126,26 @@ def export(features: np.ndarray, labels: np.ndarray, path: str | Path) -> Path:
     else:
         raise ConfigError(f"--export writes .npy or .csv, not {path.suffix or 'no suffix'}")
     return path
+
+
+def write_embedding(encoder, data, outs: list[Path], title: str, how: str = "tsne", max_points: int | None = 10000,
+                    seed: int = 0, export_to: Path | None = None) -> dict[str, Path]:
+    """Embed (a subsample of) `data`, then write each of `outs` (.html map, .png map) and the optional raw export."""
+    from ..evaluate import extract_features
+
+    idx = subsample(len(data), max_points, seed)
+    images, labels = np.ascontiguousarray(data.images[idx]), data.labels[idx]
+    feats = extract_features(encoder, images).numpy()
+    written = {}
+    if export_to is not None:
+        written["features"] = export(feats, labels, export_to)
+    if outs:
+        xy = project(feats, how, seed)
+        for path in map(Path, outs):
+            if path.suffix not in (".html", ".png"):
+                raise ConfigError(f"a map is written as .html or .png, not {path.name}")
+            if path.suffix == ".html":
+                written["html"] = map_html(xy, labels, data.classes, images, path, title)
+            else:
+                written["png"] = map_png(xy, labels, data.classes, path, title)
+    return written

@@ -151,7 +151,8 @@ CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 thead th{background:#f3f3f3}tbody th{text-align:left}td.up{color:#176117}td.down{color:#a11}
 .facts td,.facts th{text-align:left}.plot svg{max-width:100%;height:auto}.headline{font-size:1.1em;background:#f6f8ff;padding:.6em 1em}
-section.extra img{image-rendering:pixelated}"""
+section.extra img{image-rendering:pixelated;max-width:100%}section.extra figure{display:inline-block;vertical-align:top;margin:.3em 1em .3em 0}
+section.extra img.map{width:360px;image-rendering:auto}figcaption{font-size:.85em;color:#555}"""
 
 
 def write_report(results: dict, histories: dict[str, list[dict]], path: str | Path, extra_html: str = "") -> Path:
