@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
-from .backbones import BACKBONES
 from .config import PretrainConfig, write_json
 from .data import ImageSet, fetch, load
 from .augment import preset

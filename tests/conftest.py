@@ -19,3 +19,35 @@ def data_root(tmp_path, monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def browser_page():
+    """A headless Debian-chromium page (never a downloaded browser), with its console errors and remote requests.
+
+    Skips where chromium is absent, but fails under CI, where `make test` installs it.
+    """
+    import shutil
+    import tempfile
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; `make test` installs it (apt-get install chromium)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    errors, remote = [], []
+    with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=browser, headless=True, args=CHROMIUM_ARGS,
+                                                   viewport={"width": 1000, "height": 850})
+        page = ctx.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: remote.append(r.url) if not r.url.startswith(("file:", "data:", "blob:")) else None)
+        yield page, errors, remote
+        ctx.close()

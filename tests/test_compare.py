@@ -37,12 +37,13 @@ def test_finetune_early_stopping_never_sees_the_test_split(digits):
     train, test = digits
     scrambled = ImageSet("digits", test.images, np.roll(test.labels, 1))
     runs = []
+    def fresh(seed):
+        torch.manual_seed(seed)
+        return BACKBONES.build("small_cnn", in_channels=1, width=8)
+
     for t in (test, scrambled):
-        enc = BACKBONES.build("small_cnn", in_channels=1, width=8)
-        torch.manual_seed(0)
-        runs.append(few_label_rows(lambda s: BACKBONES.build("small_cnn", in_channels=1, width=8), train, t, [5],
-                                   "supervised", ("finetune",), (0,), finetune=FAST_FT, encoder_lr_scale=1.0))
-        del enc
+        runs.append(few_label_rows(fresh, train, t, [5], "supervised", ("finetune",), (0,), finetune=FAST_FT,
+                                   encoder_lr_scale=1.0))
     (a,), (b,) = runs
     assert (a["best_step"], a["val_accuracy"]) == (b["best_step"], b["val_accuracy"])
     assert a["accuracy"] != b["accuracy"]

@@ -1,8 +1,4 @@
 """Pictures: filter grids, neighbours, views, colorization samples, embedding maps and exports."""
-import os
-import shutil
-import tempfile
-
 import numpy as np
 import pytest
 import torch
@@ -99,49 +95,33 @@ def test_embed_cli_writes_map_png_and_export(tmp_path, capsys):
     assert "writes .html or .png" in capsys.readouterr().err
 
 
-def test_map_in_headless_chromium_with_10k_points(tmp_path):
+def test_map_in_headless_chromium_with_10k_points(tmp_path, browser_page):
     """Renders, holds every point, and hovering a point shows its thumbnail and class name."""
-    browser = shutil.which("chromium")
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; `make test` installs it (apt-get install chromium)")
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
+    page, errors, remote = browser_page
     digits = load("digits", "train")
     reps = -(-10_000 // len(digits))
     data = ImageSet("digits", np.tile(digits.images, (reps, 1, 1, 1))[:10_000], np.tile(digits.labels, reps)[:10_000], digits.classes)
     torch.manual_seed(0)
     enc = BACKBONES.build("small_cnn", in_channels=1, width=8)
     path = embedding.write_embedding(enc, data, [tmp_path / "map.html"], "10k points", "pca", None)["html"]
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
-    errors, remote = [], []
-    with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
-        ctx = p.chromium.launch_persistent_context(profile, executable_path=browser, headless=True, args=args,
-                                                   viewport={"width": 1000, "height": 850})
-        page = ctx.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: remote.append(r.url) if not r.url.startswith(("file:", "data:", "blob:")) else None)
-        page.goto(path.as_uri())
-        page.wait_for_function("() => window.Bokeh && Bokeh.index.roots.length > 0", timeout=30_000)
-        info = page.evaluate("""() => {
-            const view = Bokeh.index.roots[0];
-            const renderers = view.model.renderers.filter(r => r.data_source && r.data_source.data.x);
-            const ds = renderers[3].data_source;
-            const rect = view.canvas_view.el.getBoundingClientRect();
-            return {points: renderers.reduce((a, r) => a + r.data_source.data.x.length, 0), classes: renderers.length,
-                    hide: [...view.model.center, ...view.model.left, ...view.model.right].find(m => m.click_policy !== undefined)?.click_policy, cls: ds.data.cls[0],
-                    x: rect.left + view.frame.x_scale.compute(ds.data.x[0]), y: rect.top + view.frame.y_scale.compute(ds.data.y[0])};
-        }""")
-        assert info["points"] == 10_000 and info["classes"] == 10 and info["hide"] == "hide"
-        page.mouse.move(info["x"] + 40, info["y"] + 40)
-        page.mouse.move(info["x"], info["y"], steps=4)
-        tip = page.locator(".selfsup-tip").first
-        tip.wait_for(state="visible", timeout=10_000)
-        assert tip.locator("img").get_attribute("src").startswith("data:image/png;base64,")
-        assert "class: " in tip.inner_text()  # the hovered class (points of several classes may overlap here)
-        page.screenshot(path=str(tmp_path / "map.png"))
-        ctx.close()
+    page.goto(path.as_uri())
+    page.wait_for_function("() => window.Bokeh && Bokeh.index.roots.length > 0", timeout=30_000)
+    info = page.evaluate("""() => {
+        const view = Bokeh.index.roots[0];
+        const renderers = view.model.renderers.filter(r => r.data_source && r.data_source.data.x);
+        const ds = renderers[3].data_source;
+        const rect = view.canvas_view.el.getBoundingClientRect();
+        return {points: renderers.reduce((a, r) => a + r.data_source.data.x.length, 0), classes: renderers.length,
+                hide: [...view.model.center, ...view.model.left, ...view.model.right].find(m => m.click_policy !== undefined)?.click_policy, cls: ds.data.cls[0],
+                x: rect.left + view.frame.x_scale.compute(ds.data.x[0]), y: rect.top + view.frame.y_scale.compute(ds.data.y[0])};
+    }""")
+    assert info["points"] == 10_000 and info["classes"] == 10 and info["hide"] == "hide"
+    page.mouse.move(info["x"] + 40, info["y"] + 40)
+    page.mouse.move(info["x"], info["y"], steps=4)
+    tip = page.locator(".selfsup-tip").first
+    tip.wait_for(state="visible", timeout=10_000)
+    assert tip.locator("img").get_attribute("src").startswith("data:image/png;base64,")
+    assert "class: " in tip.inner_text()  # the hovered class (points of several classes may overlap here)
+    page.screenshot(path=str(tmp_path / "map.png"))
     assert errors == [] and remote == []
     assert (tmp_path / "map.png").stat().st_size > 10_000
