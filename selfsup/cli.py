@@ -17,6 +17,16 @@ def _csv_ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,10,100, got {text!r}") from None
 
 
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of seeds (1 or more), got {text!r}")
+    return n
+
+
 def _kv(text: str) -> dict:
     """'width=64,stem=small' or a JSON object -> dict with typed values."""
     import yaml
@@ -79,7 +89,7 @@ def cmd_eval(args) -> None:
     if train.channels != encoder.in_channels:
         raise ConfigError(f"{dataset} has {train.channels} channel(s) but the checkpoint's encoder takes {encoder.in_channels}")
     evals = tuple(args.evals.split(","))
-    rows = few_label_rows(encoder, train, test, args.labels_per_class, cfg.method, evals, tuple(args.seeds))
+    rows = few_label_rows(encoder, train, test, args.labels_per_class, cfg.method, evals, tuple(range(args.seeds)))
     out = Path(args.out) if args.out else resolve(args.checkpoint).parent.parent / "eval.json"
     write_json(out, {"dataset": dataset, "rows": aggregate(rows), "rows_per_seed": rows,
                      "checkpoint": str(resolve(args.checkpoint)), "config": cfg.to_dict()})
@@ -103,7 +113,7 @@ def cmd_compare(args) -> None:
     split = lambda text: tuple(v for v in text.split(",") if v)  # noqa: E731
     cc = CompareConfig(dataset=args.dataset, methods=split(args.methods), baselines=split(args.baselines),
                        labels_per_class=tuple(args.labels_per_class), evals=split(args.evals),
-                       minutes_per_method=args.minutes_per_method, seeds=tuple(args.seeds), out=args.out,
+                       minutes_per_method=args.minutes_per_method, seeds=tuple(range(args.seeds)), out=args.out,
                        val_per_class=args.val_per_class, pretrain=base,
                        finetune=FinetuneConfig(steps=args.finetune_steps))
     run_compare(cc)
@@ -202,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100])
     c.add_argument("--evals", default="knn,linear,finetune")
     c.add_argument("--minutes-per-method", type=float, default=3.0)
-    c.add_argument("--seeds", type=_csv_ints, default=[0])
+    c.add_argument("--seeds", type=_count, default=1, help="how many seeds (label subsets and initializations): 0..N-1")
     c.add_argument("--val-per-class", type=int, default=10, help="held-out labeled images per class for early stopping")
     c.add_argument("--finetune-steps", type=int, default=300)
     c.add_argument("--backbone", default=None)
@@ -221,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, help="a .pt file or a run directory")
     e.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100])
     e.add_argument("--evals", default="knn,linear", help="knn, linear, finetune")
-    e.add_argument("--seeds", type=_csv_ints, default=[0])
+    e.add_argument("--seeds", type=_count, default=1, help="how many seeds (label subsets): 0..N-1")
     e.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     e.add_argument("--out", help="JSON path (default: RUN/eval.json)")
     e.set_defaults(run=cmd_eval)

@@ -94,3 +94,17 @@ def test_shipped_configs_are_valid():
 
     for path in (Path(__file__).parent.parent / "configs").glob("*.yaml"):
         PretrainConfig.from_dict(load_yaml(path)).validate()
+
+
+def test_compare_cli_seeds_is_a_count(capsys, tmp_path):
+    out = tmp_path / "cmp"
+    code, printed, _ = run(capsys, "compare", "--dataset", "digits", "--methods", "simclr", "--baselines", "random",
+                           "--labels-per-class", "1", "--evals", "knn", "--minutes-per-method", "0.02", "--seeds", "2",
+                           "--backbone-args", "width=4", "--out", str(out))
+    assert code == 0 and "±" in printed
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["method"] for r in rows} == {"simclr", "random-init"} and all(r["seeds"] == [0, 1] for r in rows)
+    assert (out / "report.html").exists()
+    with pytest.raises(SystemExit):
+        main(["compare", "--seeds", "0"])
+    assert "number of seeds" in capsys.readouterr().err
