@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, SelfsupError
+from .errors import ConfigError, Interrupted, SelfsupError
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -69,10 +69,25 @@ def _config_from(args: argparse.Namespace):
 def cmd_pretrain(args) -> None:
     from .train import pretrain
 
-    cfg = _config_from(args)
-    if cfg.epochs is None and cfg.minutes is None and cfg.steps is None:
-        raise ConfigError("give a budget: --minutes M, --epochs E or --steps S")
-    path = pretrain(cfg)
+    if args.resume:
+        from .checkpoint import latest
+        from .config import PretrainConfig, load_yaml
+
+        if args.out is not None and Path(args.out) != Path(args.resume):
+            raise ConfigError(f"--resume {args.resume} continues that run in place; drop --out {args.out}")
+        _, state = latest(args.resume)
+        base = PretrainConfig.from_dict(state["config"])
+        base = base.override(**load_yaml(args.config)) if args.config else base
+        changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)}
+        if any(changes[k] is not None for k in ("epochs", "minutes", "steps")):  # a new budget replaces the old one
+            base.epochs = base.minutes = base.steps = None
+        cfg = base.override(**changes | {"out": str(args.resume)})
+        path = pretrain(cfg, resume=True)
+    else:
+        cfg = _config_from(args)
+        if cfg.epochs is None and cfg.minutes is None and cfg.steps is None:
+            raise ConfigError("give a budget: --minutes M, --epochs E or --steps S")
+        path = pretrain(cfg, overwrite=args.overwrite)
     print(f"checkpoint: {path}")
 
 
@@ -224,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("pretrain", help="pretrain an encoder without labels")
     t.add_argument("--config", help="YAML file of config fields; flags override it")
+    t.add_argument("--resume", metavar="RUN", help="continue the run in RUN exactly, from its newest readable checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     _add_config_flags(t)
     t.set_defaults(run=cmd_pretrain)
 
@@ -270,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             if bad:
                 raise ConfigError(f"unknown eval {bad[0]!r}; choose from: {', '.join(EVALS)}")
         args.run(args)
+    except Interrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
     except SelfsupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from . import checkpoint
 from .config import PretrainConfig, write_json
 from .data import ImageSet, fetch, load
 from .augment import preset
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, SelfsupError
 from .evaluate import EVALS, FinetuneConfig, aggregate, few_label_rows, label_subset, validation_split
 from .evaluate.finetune import train_classifier
 from .methods import METHODS
@@ -85,17 +85,20 @@ def load_splits(dataset: str, root: str | None) -> tuple[ImageSet, ImageSet]:
 
 
 def pretrained(cfg: PretrainConfig, train: ImageSet, show_progress: bool) -> tuple[Path, dict, bool]:
-    """Pretrain, or reuse a finished checkpoint made with exactly this config. Returns (path, summary, reused)."""
-    path = Path(cfg.out) / "checkpoints" / "last.pt"
-    if path.exists():
+    """Pretrain, reuse a finished checkpoint made with exactly this config, or resume an interrupted one.
+    Returns (path, summary, reused)."""
+    resume = False
+    if checkpoint.candidates(cfg.out):
         try:
-            state = checkpoint.load(path)
-            if state.get("final") and state.get("config") == cfg.to_dict():
-                return path, state.get("summary", {}), True
-        except Exception:  # noqa: BLE001 - an unreadable checkpoint is simply redone
+            path, state = checkpoint.latest(cfg.out)
+            if state.get("config") == cfg.to_dict():
+                if state.get("final"):
+                    return path, state.get("summary", {}), True
+                resume = True
+        except SelfsupError:  # nothing readable: the run is redone
             pass
-    print(f"pretraining {cfg.method} on {cfg.dataset}", file=sys.stderr, flush=True)
-    path = pretrain(cfg, train, show_progress)
+    print(f"{'resuming' if resume else 'pretraining'} {cfg.method} on {cfg.dataset}", file=sys.stderr, flush=True)
+    path = pretrain(cfg, train, show_progress, resume=resume, overwrite=not resume)
     return path, checkpoint.load(path).get("summary", {}), False
 
 

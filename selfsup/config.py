@@ -17,6 +17,7 @@ class PretrainConfig:
     dataset: str = "mnist"
     split: str = "train"  # e.g. "train+unlabeled" for stl10
     data_root: str | None = None  # default: $SELFSUP_DATA or ~/.cache/selfsup
+    strict: bool = False  # an image folder with unreadable files is an error (default: skip them with a warning)
     method: str = "simclr"
     method_args: dict[str, Any] = field(default_factory=dict)
     backbone: str = "small_cnn"
@@ -38,7 +39,11 @@ class PretrainConfig:
     devices: int = 1
     num_nodes: int = 1
     seed: int = 0
-    checkpoint_minutes: float = 5.0
+    checkpoint_minutes: float = 5.0  # a checkpoint at least this often (wall clock) ...
+    checkpoint_steps: int | None = None  # ... and every this many steps, if set
+    keep_checkpoints: int = 3  # the newest K periodic checkpoints are kept
+    skip_nonfinite: int = 0  # skip up to this many batches whose loss is NaN/inf; then stop (0: stop at the first)
+    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch when training on several GPUs
     monitor_seconds: float = 30.0  # online kNN on a small labeled holdout this often (0 turns it off)
     monitor_per_class: int = 50  # holdout bank and queries, per class, from the pretraining split's labels
     out: str = "runs/pretrain"
@@ -50,9 +55,13 @@ class PretrainConfig:
         (name, value), = budgets.items()
         if not value > 0:
             raise ConfigError(f"--{name} must be positive, got {value}")
-        for k in ("batch_size", "devices", "num_nodes"):
+        for k in ("batch_size", "devices", "num_nodes", "keep_checkpoints"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be at least 1, got {getattr(self, k)}")
+        if self.checkpoint_steps is not None and self.checkpoint_steps < 1:
+            raise ConfigError(f"checkpoint_steps must be at least 1, got {self.checkpoint_steps}")
+        if self.skip_nonfinite < 0:
+            raise ConfigError(f"skip_nonfinite must be 0 or more, got {self.skip_nonfinite}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         from .backbones import BACKBONES

@@ -11,3 +11,15 @@ class DataError(SelfsupError):
 
 class ConfigError(SelfsupError):
     """A configuration value, name or budget is invalid."""
+
+
+class TrainingError(SelfsupError):
+    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
+class Interrupted(SelfsupError):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

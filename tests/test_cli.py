@@ -108,3 +108,34 @@ def test_compare_cli_seeds_is_a_count(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["compare", "--seeds", "0"])
     assert "number of seeds" in capsys.readouterr().err
+
+
+def test_bad_input_is_one_line_each(capsys, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    colour = tmp_path / "colour"
+    (colour / "a").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(colour / "a" / f"{i}.png")
+    (colour / "a" / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, _ = run(capsys, "pretrain", "--dataset", "digits", "--steps", "1", "--batch-size", "32",
+                     "--backbone-args", "width=4", "--monitor-seconds", "0", "--out", str(tmp_path / "grey"))
+    assert code == 0
+    cases = [
+        (["eval", "--checkpoint", str(tmp_path / "grey"), "--dataset", f"folder:{colour}"],
+         "has 3 channel(s) but the checkpoint's encoder takes 1"),
+        (["pretrain", "--dataset", f"folder:{colour}", "--strict", "--steps", "1", "--out", str(tmp_path / "s")],
+         "1 unreadable image file(s)"),
+        (["pretrain", "--dataset", "digits", "--steps", "1", "--out", str(blocker / "run")], "cannot write to output directory"),
+        (["pretrain", "--dataset", "digits", "--steps", "-3"], "--steps must be positive"),
+        (["pretrain", "--dataset", "digits", "--steps", "1", "--backbone", "vit"], "unknown backbone 'vit'; choose one of"),
+        (["pretrain", "--resume", str(tmp_path / "nothing-here")], "no checkpoint in"),
+        (["pretrain", "--resume", str(tmp_path / "grey")], "already finished at step 1"),
+        (["pretrain", "--dataset", "digits", "--steps", "1", "--out", str(tmp_path / "grey")], "already holds a run"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and message in one_line_error(err), (argv, err)

@@ -166,6 +166,10 @@ def test_folder_flat_is_unlabeled_grey(tmp_path, rng):
 def test_folder_errors(tmp_path):
     with pytest.raises(DataError, match="no images found"):
         load(f"folder:{tmp_path}")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=r"no images found .* \(only 1 other file\(s\), e.g. notes.txt\)"):
+        load(f"folder:{tmp_path}")
+    (tmp_path / "notes.txt").unlink()
     (tmp_path / "x.png").write_bytes(b"nope")
     from selfsup.data import read_folder
 

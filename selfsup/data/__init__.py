@@ -126,10 +126,12 @@ SPLITS = {"digits": ("train", "test"), "mnist": ("train", "test"), "cifar10": ("
           "cifar100": ("train", "test"), "stl10": ("train", "test", "unlabeled")}
 
 
-def load(name: str, split: str = "train", root: str | Path | None = None) -> ImageSet:
-    """Load a dataset split by name; `folder:PATH` reads an image folder; `a+b` joins splits (e.g. stl10 train+unlabeled)."""
+def load(name: str, split: str = "train", root: str | Path | None = None, strict: bool = False) -> ImageSet:
+    """Load a dataset split by name; `folder:PATH` reads an image folder; `a+b` joins splits (e.g. stl10 train+unlabeled).
+
+    strict: an image folder with unreadable files is an error instead of a warning that skips them."""
     if name.startswith("folder:"):
-        x, y, classes = read_folder(name[len("folder:"):])
+        x, y, classes = read_folder(name[len("folder:"):], strict=strict)
         return ImageSet(name, x, y, classes)
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}, or folder:PATH")

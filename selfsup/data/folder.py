@@ -38,20 +38,28 @@ def read_folder(folder: str | Path, size: int | None = None, strict: bool = Fals
     `size` (default: the most common size) by shorter side, then centre-cropped.
     Unreadable files are skipped with a warning, or raise with `strict=True`.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist; pass folder:PATH with a directory of images")
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subdirs:
+        listed = {d: _list_images(d) for d in subdirs}
+        empty = [d.name for d in subdirs if not listed[d]]
+        if empty and len(empty) < len(subdirs):
+            warnings.warn(f"ignored {len(empty)} class folder(s) with no images in {folder}: {', '.join(empty[:5])}", stacklevel=2)
+        subdirs = [d for d in subdirs if listed[d]]
         classes = [d.name for d in subdirs]
-        files = [(p, i) for i, d in enumerate(subdirs) for p in _list_images(d)]
+        files = [(p, i) for i, d in enumerate(subdirs) for p in listed[d]]
     else:
         classes = []
         files = [(p, -1) for p in _list_images(folder)]
     if not files:
-        raise DataError(f"no images found in {folder}; put .png/.jpg files there, one subfolder per class (or flat for unlabeled)")
+        others = [p.name for p in folder.rglob("*") if p.is_file()]
+        seen = f" (only {len(others)} other file(s), e.g. {', '.join(others[:3])})" if others else ""
+        raise DataError(f"no images found in {folder}{seen}; put {'/'.join(sorted(IMAGE_SUFFIXES))} files there, "
+                        f"one subfolder per class (or flat for unlabeled)")
 
     loaded, bad = [], []
     for path, label in files:
@@ -59,7 +67,7 @@ def read_folder(folder: str | Path, size: int | None = None, strict: bool = Fals
             with Image.open(path) as im:
                 im.load()
                 loaded.append((im.copy(), label))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        except Exception as e:  # noqa: BLE001 - PIL raises many kinds on corrupt files; each is one unreadable image
             bad.append((path, e))
     if bad:
         first = ", ".join(str(p) for p, _ in bad[:3])

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .. import heads
-from ..losses import nt_xent
+from ..losses import gather_with_grad, nt_xent
 from . import METHODS
 
 
@@ -24,4 +24,9 @@ class SimCLR(nn.Module):
     def loss(self, views: list[Tensor]) -> Tensor:
         z1, z2 = self.embed(views[0]), self.embed(views[1])
         self.last_embedding = z1.detach()
-        return nt_xent(z1, z2, self.temperature)
+        g1, g2 = gather_with_grad(z1), gather_with_grad(z2)  # negatives from every process, when there are several
+        if g1 is None:
+            return nt_xent(z1, z2, self.temperature)
+        import torch.distributed as dist
+
+        return nt_xent(z1, z2, self.temperature, gathered=(g1, g2), rank=dist.get_rank())

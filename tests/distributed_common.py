@@ -1,0 +1,34 @@
+"""Models and data shared by the 2-process worker and the single-process reference in test_distributed.py."""
+import torch
+from torch import nn
+
+from selfsup.backbones import small_cnn
+from selfsup.methods.byol import BYOL
+from selfsup.methods.simclr import SimCLR
+
+GLOBAL_BATCH = 16
+
+
+def make_simclr() -> SimCLR:
+    torch.manual_seed(0)
+    return SimCLR(small_cnn(in_channels=1, width=8), proj_hidden=32, proj_dim=16, temperature=0.5)
+
+
+def make_byol() -> BYOL:
+    torch.manual_seed(1)
+    return BYOL(small_cnn(in_channels=1, width=8), proj_hidden=32, proj_dim=16, pred_hidden=32, tau_base=0.9)
+
+
+def frozen_bn(model: nn.Module) -> nn.Module:
+    """BatchNorm on its running statistics: then each sample's features do not depend on which process holds the
+    rest of the batch, and the only coupling across processes is the loss (what the gradient test is about).
+    Training-mode BN over a split batch differs by design; --sync-batchnorm is the GPU answer to that."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return model
+
+
+def global_views() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return torch.rand(GLOBAL_BATCH, 1, 8, 8, generator=g), torch.rand(GLOBAL_BATCH, 1, 8, 8, generator=g)

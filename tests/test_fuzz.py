@@ -1,0 +1,119 @@
+"""Dataset readers on truncated, bit-flipped and garbage files: our DataError or a valid result, never a crash or hang."""
+import gzip
+import io
+import pickle
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from selfsup.data import formats
+from selfsup.data.folder import read_folder
+from selfsup.errors import DataError
+
+FUZZ = settings(max_examples=60, deadline=5000, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+def idx_bytes(images: np.ndarray) -> bytes:
+    return struct.pack(">BBBB", 0, 0, 8, images.ndim) + struct.pack(f">{images.ndim}I", *images.shape) + images.tobytes()
+
+
+def damaged(good: bytes):
+    """Truncated at any point, with bytes overwritten anywhere, or plain garbage."""
+    cut = st.integers(0, len(good)).map(lambda n: good[:n])
+    flips = st.lists(st.tuples(st.integers(0, len(good) - 1), st.integers(0, 255)), min_size=1, max_size=8).map(
+        lambda edits: bytes(_edit(bytearray(good), edits)))
+    return st.one_of(cut, flips, st.binary(max_size=4 * len(good)))
+
+
+def _edit(buf: bytearray, edits) -> bytearray:
+    for i, v in edits:
+        buf[i] = v
+    return buf
+
+
+def write(data: bytes, name: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="fuzz-"))
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+def must_be_clean(fn, *args):
+    try:
+        return fn(*args)
+    except DataError:
+        return None
+
+
+GOOD_IDX = idx_bytes(np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4))
+
+
+@FUZZ
+@given(damaged(GOOD_IDX), st.booleans())
+def test_idx(data, zipped):
+    path = write(gzip.compress(data) if zipped else data, "x-idx3-ubyte" + (".gz" if zipped else ""))
+    out = must_be_clean(formats.read_idx, path)
+    assert out is None or out.dtype in (np.uint8, np.int64)
+
+
+@FUZZ
+@given(damaged(gzip.compress(GOOD_IDX)))
+def test_idx_damaged_gzip_stream(data):
+    must_be_clean(formats.read_idx, write(data, "x-idx3-ubyte.gz"))
+
+
+def _mnist_pickle() -> bytes:
+    x, y = np.zeros((2, 784), np.float32), np.array([1, 2])
+    return pickle.dumps(((x, y), (x, y), (x, y)), protocol=2)
+
+
+@FUZZ
+@given(damaged(_mnist_pickle()))
+def test_mnist_pickle(data):
+    out = must_be_clean(formats.read_mnist_pickle, write(gzip.compress(data), "mnist.pkl.gz"))
+    assert out is None or out["train"][0].shape[1:] == (1, 28, 28)
+
+
+def _cifar_batch() -> bytes:
+    return pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}, protocol=2)
+
+
+@FUZZ
+@given(damaged(_cifar_batch()))
+def test_cifar_batch(data):
+    path = write(data, "data_batch_1")
+    out = must_be_clean(formats.read_cifar, path.parent, ["data_batch_1"], "labels")
+    assert out is None or (out[0].shape[1:] == (3, 32, 32) and len(out[0]) == len(out[1]))
+
+
+@FUZZ
+@given(st.integers(0, 3 * 3 * 96 * 96 + 5), st.integers(0, 6))
+def test_stl10_sizes(n_bytes, n_labels):
+    path = write(bytes(n_bytes), "train_X.bin")
+    (path.parent / "train_y.bin").write_bytes(bytes([1]) * n_labels)
+    out = must_be_clean(formats.read_stl10, path.parent, "train")
+    assert out is None or len(out[0]) == len(out[1])
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@FUZZ
+@given(damaged(_png()), st.sampled_from(["a.png", "a.jpg", "a.gif"]))
+def test_image_folder(data, name):
+    import warnings
+
+    path = write(data, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = must_be_clean(read_folder, path.parent)
+    assert out is None or out[0].dtype == np.uint8
