@@ -50,7 +50,7 @@ def main() -> None:
             points = []
             for path in reversed(checkpoint.candidates(tmp)):
                 state = checkpoint.load(path)
-                encoder, _ = checkpoint.load_encoder(path)
+                encoder, _ = checkpoint.encoder_from(state)
                 last = path.name == "last.pt"
                 evals = ("knn", "linear", "finetune") if last and args.finetune else ("knn", "linear")
                 t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def main() -> None:
                 print(point, flush=True)
                 points.append(point)
             runs.append({"seed": seed, "config": cfg.to_dict() | {"out": None}, "points": points,
-                         "summary": checkpoint.load(Path(tmp) / "checkpoints" / "last.pt")["summary"]})
+                         "summary": state["summary"]})  # the last checkpoint scored is last.pt
     final = aggregate([{"method": args.name, "eval": k, "labels_per_class": 10, "seed": r["seed"],
                         "accuracy": r["points"][-1][k]} for r in runs for k in ("knn", "linear", "finetune")
                        if k in r["points"][-1]])

@@ -74,9 +74,14 @@ def save_rotating(folder: str | Path, state: dict[str, Any], step: int, keep: in
     folder = Path(folder)
     path = save(folder / f"step-{step:09d}.pt", state)
     for old in step_files(folder)[keep:]:
-        old.unlink(missing_ok=True)
-        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        remove(old)
     return path
+
+
+def remove(path: Path) -> None:
+    """Delete a checkpoint and its sha256 sidecar."""
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".sha256").unlink(missing_ok=True)
 
 
 def step_files(folder: Path) -> list[Path]:
@@ -128,19 +133,18 @@ def latest(run: str | Path) -> tuple[Path, dict[str, Any]]:
     raise SelfsupError(f"every checkpoint in {Path(run) / 'checkpoints'} is corrupt; start the run again without --resume")
 
 
-def resolve(path: str | Path) -> Path:
-    """Accept a checkpoint file or a run directory (then its newest readable checkpoint)."""
+def read(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(the checkpoint file, its contents) for a .pt file or a run directory (its newest readable checkpoint)."""
     path = Path(path)
     if path.is_dir():
-        return latest(path)[0]
+        return latest(path)
     if not path.exists():
         raise SelfsupError(f"no checkpoint at {path}; pass a .pt file or a run directory made by `selfsup pretrain`")
-    return path
+    return path, _read(path)
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    return latest(path)[1] if path.is_dir() else _read(resolve(path))
+    return read(path)[1]
 
 
 def build_method(cfg: PretrainConfig, in_channels: int) -> nn.Module:
@@ -166,19 +170,26 @@ def describe(cfg: PretrainConfig | dict) -> str:
 def load_state_into(method: nn.Module, state: dict[str, Any], wanted: PretrainConfig, path: str | Path) -> None:
     """Load a checkpoint's weights into `method`, or say which architecture the checkpoint holds and which was asked for."""
     saved = state["config"]
-    same = all(saved.get(k) == getattr(wanted, k) for k in ("method", "backbone", "backbone_args", "method_args"))
-    try:
-        if not same:
-            raise RuntimeError("different architecture")
-        method.load_state_dict(state["method_state"])
-    except RuntimeError as e:
+    reason = None
+    if any(saved.get(k) != getattr(wanted, k) for k in ("method", "backbone", "backbone_args", "method_args")):
+        reason = "different architecture"
+    else:
+        try:
+            method.load_state_dict(state["method_state"])
+        except RuntimeError as e:
+            reason = str(e).splitlines()[0]
+    if reason:
         raise ConfigError(f"checkpoint {path} holds {describe(saved)} but {describe(wanted)} was asked for "
-                          f"({str(e).splitlines()[0]}); use a matching checkpoint or start a new run") from None
+                          f"({reason}); use a matching checkpoint or start a new run")
 
 
 def load_encoder(path: str | Path) -> tuple[nn.Module, PretrainConfig]:
     """The pretrained backbone (on CPU, eval mode) and the config it was trained with."""
-    state = load(path)
+    return encoder_from(load(path))
+
+
+def encoder_from(state: dict[str, Any]) -> tuple[nn.Module, PretrainConfig]:
+    """The backbone and config of a loaded checkpoint."""
     cfg = PretrainConfig.from_dict(state["config"])
     method = build_method(cfg, state["in_channels"])
     try:

@@ -70,19 +70,20 @@ def cmd_pretrain(args) -> None:
     from .train import pretrain
 
     if args.resume:
-        from .checkpoint import latest
         from .config import PretrainConfig, load_yaml
+        from .train import resumable
 
         if args.out is not None and Path(args.out) != Path(args.resume):
             raise ConfigError(f"--resume {args.resume} continues that run in place; drop --out {args.out}")
-        _, state = latest(args.resume)
+        found = resumable(args.resume)
+        state = found[1]
         base = PretrainConfig.from_dict(state["config"])
         base = base.override(**load_yaml(args.config)) if args.config else base
         changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)}
         if any(changes[k] is not None for k in ("epochs", "minutes", "steps")):  # a new budget replaces the old one
             base.epochs = base.minutes = base.steps = None
         cfg = base.override(**changes | {"out": str(args.resume)})
-        path = pretrain(cfg, resume=True)
+        path = pretrain(cfg, resume=found)
     else:
         cfg = _config_from(args)
         if cfg.epochs is None and cfg.minutes is None and cfg.steps is None:
@@ -92,22 +93,23 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .checkpoint import load_encoder, resolve
+    from .checkpoint import encoder_from, read
     from .config import write_json
     from .data import load
     from .evaluate import aggregate, few_label_rows
     from .report import format_table
 
-    encoder, cfg = load_encoder(args.checkpoint)
+    path, state = read(args.checkpoint)
+    encoder, cfg = encoder_from(state)
     dataset = args.dataset or cfg.dataset
     train, test = load(dataset, "train", cfg.data_root), load(dataset, "test", cfg.data_root)
     if train.channels != encoder.in_channels:
         raise ConfigError(f"{dataset} has {train.channels} channel(s) but the checkpoint's encoder takes {encoder.in_channels}")
     evals = tuple(args.evals.split(","))
     rows = few_label_rows(encoder, train, test, args.labels_per_class, cfg.method, evals, tuple(range(args.seeds)))
-    out = Path(args.out) if args.out else resolve(args.checkpoint).parent.parent / "eval.json"
+    out = Path(args.out) if args.out else path.parent.parent / "eval.json"
     write_json(out, {"dataset": dataset, "rows": aggregate(rows), "rows_per_seed": rows,
-                     "checkpoint": str(resolve(args.checkpoint)), "config": cfg.to_dict()})
+                     "checkpoint": str(path), "config": cfg.to_dict()})
     print(format_table(rows))
     print(f"results: {out}")
 

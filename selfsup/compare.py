@@ -87,14 +87,14 @@ def load_splits(dataset: str, root: str | None) -> tuple[ImageSet, ImageSet]:
 def pretrained(cfg: PretrainConfig, train: ImageSet, show_progress: bool) -> tuple[Path, dict, bool]:
     """Pretrain, reuse a finished checkpoint made with exactly this config, or resume an interrupted one.
     Returns (path, summary, reused)."""
-    resume = False
+    resume: bool | tuple = False
     if checkpoint.candidates(cfg.out):
         try:
             path, state = checkpoint.latest(cfg.out)
             if state.get("config") == cfg.to_dict():
                 if state.get("final"):
                     return path, state.get("summary", {}), True
-                resume = True
+                resume = (path, state)
         except SelfsupError:  # nothing readable: the run is redone
             pass
     print(f"{'resuming' if resume else 'pretraining'} {cfg.method} on {cfg.dataset}", file=sys.stderr, flush=True)

@@ -214,7 +214,8 @@ def _gather_objects(obj, world: int) -> list:
     return out
 
 
-def _start_resume(out: Path, cfg: PretrainConfig) -> tuple[Path, dict]:
+def resumable(out: str | Path) -> tuple[Path, dict]:
+    """The newest readable checkpoint of an unfinished run: (path, state)."""
     path, state = checkpoint.latest(out)
     if state.get("final"):
         raise SelfsupError(f"the run in {out} already finished at step {state['step']}; nothing to resume "
@@ -231,12 +232,13 @@ def _check_old_run(out: Path, overwrite: bool) -> list[Path]:
     return old
 
 
-def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: bool = True, resume: bool = False,
-             overwrite: bool = False) -> Path:
+def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: bool = True,
+             resume: bool | tuple[Path, dict] = False, overwrite: bool = False) -> Path:
     """Pretrain `cfg.method` on `cfg.dataset`; returns the final checkpoint path (OUT/checkpoints/last.pt).
 
     resume: continue exactly from the newest readable checkpoint in `cfg.out` (weights, optimizer, EMA target,
-    counters, data position and every random stream). overwrite: replace a run already in `cfg.out`.
+    counters, data position and every random stream), or from the (path, state) that `resumable` already read.
+    overwrite: replace a run already in `cfg.out`.
     """
     cfg.validate()
     out = Path(cfg.out)
@@ -247,7 +249,7 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"cannot write to output directory {out} ({e.strerror}); choose another --out") from None
-    resumed_from, saved = _start_resume(out, cfg) if resume else (None, None)
+    resumed_from, saved = (resume if isinstance(resume, tuple) else resumable(out)) if resume else (None, None)
     old = [] if resume else _check_old_run(out, overwrite)  # on every process, before any of them deletes
     fabric = make_fabric(cfg)
     if cfg.sync_batchnorm and cfg.devices * cfg.num_nodes > 1 and fabric.device.type == "cpu":
@@ -255,8 +257,7 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
     fabric.launch()
     if old and fabric.is_global_zero:
         for p in old:
-            p.unlink(missing_ok=True)
-            p.with_name(p.name + ".sha256").unlink(missing_ok=True)
+            checkpoint.remove(p)
     fabric.barrier()
     fabric.seed_everything(cfg.seed, verbose=False)
     data = data if data is not None else load(cfg.dataset, cfg.split, cfg.data_root, cfg.strict)
