@@ -59,6 +59,8 @@ def plain_loop(cfg: PretrainConfig, data: ImageSet, warmup: int, steps: int) -> 
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if hasattr(method, "after_step"):  # BYOL's EMA target update is part of its step
+            method.after_step(i / (warmup + steps))
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return {"img_per_s": cfg.batch_size * len(times) / sum(times), "steps": len(times)}
@@ -78,6 +80,40 @@ def selfsup_path(cfg: PretrainConfig, data: ImageSet, warmup: int, steps: int) -
             "precision": summary["precision"], "wall_seconds": round(total, 1)}
 
 
+PHASES = ("data", "augment", "forward", "loss", "backward", "optimizer")  # the selfsup.* ranges in train.py/losses.py
+
+
+def breakdown(cfg: PretrainConfig, data: ImageSet, warmup: int, steps: int) -> dict:
+    """Where a step of `selfsup.train.pretrain` goes: torch.profiler over its labelled phases, after warm-up.
+
+    Fractions are of the summed step phases (data + augment + forward + backward + optimizer); `loss` is the
+    forward of the loss function alone and lies inside `forward`. Also the 8 ops with the most self time.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with tempfile.TemporaryDirectory() as out, profile(activities=acts) as prof:
+        pretrain(cfg.override(steps=warmup + steps, out=out, checkpoint_minutes=1e9, monitor_seconds=0), data,
+                 show_progress=False)
+    spans: dict[str, list] = {p: [] for p in PHASES}
+    for ev in prof.events():
+        name = ev.name.removeprefix("selfsup.")
+        if ev.name.startswith("selfsup.") and name in spans:
+            spans[name].append((ev.time_range.start, ev.time_range.elapsed_us()))
+    per_step = {}
+    for name, s in spans.items():
+        s.sort()
+        skip = warmup * (len(s) // (warmup + steps)) if name == "loss" else warmup  # some methods call the loss twice
+        per_step[name] = sum(d for _, d in s[skip:]) / steps / 1e3  # ms per step
+    step_ms = sum(v for k, v in per_step.items() if k != "loss")
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    ops = [e for e in ops if not e.key.startswith("selfsup.")]
+    total_self = sum(e.self_cpu_time_total for e in ops)
+    return {"ms_per_step": {k: round(v, 2) for k, v in per_step.items()}, "step_ms": round(step_ms, 2),
+            "fraction": {k: round(v / step_ms, 3) for k, v in per_step.items()},
+            "top_ops_self_cpu_fraction": {e.key: round(e.self_cpu_time_total / total_self, 3) for e in ops[:8]}}
+
+
 def flops_per_image(cfg: PretrainConfig, data: ImageSet) -> float:
     """Forward + backward FLOPs of one training step, per image (all views), counted by torch."""
     method = build_method(cfg, data.channels)
@@ -91,9 +127,11 @@ def flops_per_image(cfg: PretrainConfig, data: ImageSet) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--cases", default=",".join(CASES))
-    p.add_argument("--methods", default="simclr")
+    p.add_argument("--methods", default="simclr,byol")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                   help="also profile selfsup's step by phase (a separate run)")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     peak = {"fp32_tflops": matmul_peak(torch.float32, device), "bf16_tflops": matmul_peak(torch.bfloat16, device)}
@@ -113,6 +151,8 @@ def main() -> None:
                    "speedup": round(b["img_per_s"] / a["img_per_s"], 2), "gflop_per_image": round(fpi / 1e9, 3),
                    "selfsup_tflops": round(fpi * b["img_per_s"] / 1e12, 4)}
             row["fraction_of_bf16_matmul_peak"] = round(row["selfsup_tflops"] / peak["bf16_tflops"], 3)
+            if args.profile:
+                row["profile"] = breakdown(cfg, data, args.warmup, steps)
             print(row, flush=True)
             rows.append(row)
     write(f"throughput-{device}.json", {"machine": machine(), "matmul_peak": peak, "rows": rows,

@@ -6,6 +6,7 @@ float batch (B, C, H, W); output is float in [0, 1], (B, C, size, size).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, replace
 
@@ -25,6 +26,7 @@ class Augment:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = 0.5
     rotate: float = 0.0  # max degrees either way
+    shear: float = 0.0  # max horizontal shear in degrees either way (slanted handwriting)
     jitter_p: float = 0.8
     brightness: float = 0.4
     contrast: float = 0.4
@@ -39,9 +41,10 @@ class Augment:
 PRESETS: dict[str, Augment] = {
     # SimCLR's colour recipe (Chen et al. 2020, appendix A).
     "simclr": Augment(),
-    # Digits: no flips (a flipped 2 is not a 2), a gentler crop, small rotations, no colour.
-    "greyscale": Augment(crop_scale=(0.4, 1.0), crop_ratio=(0.8, 1.25), flip_p=0.0, rotate=15.0, jitter_p=0.8,
-                         brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, grey_p=0.0, blur_p=0.3),
+    # Digits: no flips (a flipped 2 is not a 2), a gentle crop, small turns and slants, brightness/contrast and
+    # light blur (without them SimCLR matches views by ink statistics; see the README's label-efficiency ablation).
+    "greyscale": Augment(crop_scale=(0.6, 1.0), crop_ratio=(0.8, 1.25), flip_p=0.0, rotate=20.0, shear=15.0,
+                         jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, grey_p=0.0, blur_p=0.3),
     # Geometry only, no colour: for pretext tasks whose target is the colour or the orientation.
     "crop": Augment(crop_scale=(0.5, 1.0), flip_p=0.5, jitter_p=0, grey_p=0, blur_p=0),
     # Supervised training and fine-tuning on few labels: mild crops; grey digits get small turns instead of flips.
@@ -53,13 +56,38 @@ PRESETS: dict[str, Augment] = {
 }
 
 
-def preset(name: str, channels: int, size: int | None = None, method_default: str | None = None) -> Augment:
-    """A preset by name; 'auto' takes the method's default, else `simclr` for colour and `greyscale` for 1 channel."""
+def preset(name: str, channels: int, size: int | None = None, method_default: str | None = None,
+           changes: dict | None = None) -> Augment:
+    """A preset by name; 'auto' takes the method's default, else `simclr` for colour and `greyscale` for 1 channel.
+
+    `changes` overrides single fields of the preset (e.g. {"crop_scale": [0.6, 1.0], "rotate": 20}).
+    """
     if name == "auto":
         name = method_default or ("simclr" if channels == 3 else "greyscale")
     if name not in PRESETS:
         raise ConfigError(f"unknown augmentation preset {name!r}; choose one of: auto, {', '.join(PRESETS)}")
-    return replace(PRESETS[name], size=size) if size else PRESETS[name]
+    a = replace(PRESETS[name], size=size) if size else PRESETS[name]
+    return replace(a, **check_changes(changes)) if changes else a
+
+
+def check_changes(changes: dict) -> dict:
+    """Validate augment_args against the fields of `Augment` (known names, numbers, [low, high] for ranges)."""
+    fields = {f.name: f.default for f in dataclasses.fields(Augment) if f.name != "size"}
+    unknown = sorted(set(changes) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown augment_args field(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
+    out = {}
+    for k, v in changes.items():
+        if isinstance(fields[k], tuple):
+            if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
+                    and v[0] <= v[1]):
+                raise ConfigError(f"augment_args {k} must be a range [low, high], got {v!r}")
+            out[k] = (float(v[0]), float(v[1]))
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"augment_args {k} must be a non-negative number, got {v!r}")
+        else:
+            out[k] = float(v)
+    return out
 
 
 def _uniform(lo: float, hi: float, n: int, g, device) -> Tensor:
@@ -82,9 +110,11 @@ def affine_params(a: Augment, n: int, g, device) -> Tensor:
     flip = torch.where(_coin(a.flip_p, n, g, device), -1.0, 1.0)
     angle = _uniform(-a.rotate, a.rotate, n, g, device) * (math.pi / 180)
     cos, sin = angle.cos(), angle.sin()
+    k = (_uniform(-a.shear, a.shear, n, g, device) * (math.pi / 180)).tan() if a.shear > 0 else torch.zeros_like(cos)
+    # rotation @ shear [[1, k], [0, 1]] @ crop-and-flip diag(w * flip, h)
     theta = torch.stack([
-        torch.stack([cos * w * flip, -sin * h, cx], dim=1),
-        torch.stack([sin * w * flip, cos * h, cy], dim=1),
+        torch.stack([cos * w * flip, (cos * k - sin) * h, cx], dim=1),
+        torch.stack([sin * w * flip, (sin * k + cos) * h, cy], dim=1),
     ], dim=1)  # (n, 2, 3)
     return theta
 

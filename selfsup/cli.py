@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", default="simclr", help="comma-separated; see `selfsup methods`")
     c.add_argument("--baselines", default="supervised,random")
     c.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100])
-    c.add_argument("--evals", default="knn,linear,finetune")
+    c.add_argument("--evals", default="knn,linear,finetune",
+                   help="comma-separated: knn, linear, propagate (labels spread over unlabeled images), finetune")
     c.add_argument("--minutes-per-method", type=float, default=3.0)
     c.add_argument("--seeds", type=_count, default=1, help="how many seeds (label subsets and initializations): 0..N-1")
     c.add_argument("--val-per-class", type=int, default=10, help="held-out labeled images per class for early stopping")
@@ -249,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="kNN and linear probe of a checkpoint at few labels per class")
     e.add_argument("--checkpoint", required=True, help="a .pt file or a run directory")
     e.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100])
-    e.add_argument("--evals", default="knn,linear", help="knn, linear, finetune")
+    e.add_argument("--evals", default="knn,linear", help="comma-separated: knn, linear, propagate, finetune")
     e.add_argument("--seeds", type=_count, default=1, help="how many seeds (label subsets): 0..N-1")
     e.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     e.add_argument("--out", help="JSON path (default: RUN/eval.json)")

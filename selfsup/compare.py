@@ -64,6 +64,8 @@ class CompareConfig:
     def method_config(self, method: str) -> PretrainConfig:
         budget = {"minutes": self.minutes_per_method, "epochs": None, "steps": None} if self.minutes_per_method else {}
         d = self.pretrain.to_dict() | {"dataset": self.dataset, "method": method, "out": str(Path(self.out) / "pretrain" / method)}
+        if method != self.pretrain.method:  # method_args belong to the shared config's own method
+            d["method_args"] = {}
         return PretrainConfig.from_dict(d | budget).validate()
 
     def to_dict(self) -> dict:
@@ -147,7 +149,8 @@ def run_compare(cc: CompareConfig, show_progress: bool = True) -> dict:
         subjects[m] = (encoder, cc.evals, None, cfg.to_dict())
         method = checkpoint.build_method(cfg, train.channels)
         method.load_state_dict(checkpoint.load(path)["method_state"])
-        view = preset(cfg.augment, train.channels, cfg.image_size, getattr(method, "default_augment", None))
+        view = preset(cfg.augment, train.channels, cfg.image_size, getattr(method, "default_augment", None),
+                  cfg.augment_args)
         shown[m] = {"encoder": encoder, "identity": cfg.to_dict(), "method": method, "view": view}
 
     def fresh(seed: int) -> torch.nn.Module:

@@ -23,6 +23,7 @@ class PretrainConfig:
     backbone: str = "small_cnn"
     backbone_args: dict[str, Any] = field(default_factory=dict)
     augment: str = "auto"  # preset name; auto = simclr for colour, greyscale for 1 channel
+    augment_args: dict[str, Any] = field(default_factory=dict)  # fields of the preset to change, e.g. {rotate: 20}
     image_size: int | None = None  # None keeps the dataset's size
     # Budget: exactly one of these.
     epochs: float | None = None
@@ -64,10 +65,12 @@ class PretrainConfig:
             raise ConfigError(f"skip_nonfinite must be 0 or more, got {self.skip_nonfinite}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        from .augment import check_changes
         from .backbones import BACKBONES
         from .methods import METHODS
 
         METHODS.get(self.method), BACKBONES.get(self.backbone)  # clear errors listing the valid names
+        check_changes(self.augment_args)
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
         return self

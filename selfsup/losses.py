@@ -1,11 +1,24 @@
 """Losses as pure tensor functions."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.profiler import record_function
 
 
+def _profiled(fn):
+    """Run `fn` inside a torch.profiler range called selfsup.loss (free when no profiler is running)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with record_function("selfsup.loss"):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@_profiled
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.2, gathered: tuple[Tensor, Tensor] | None = None,
             rank: int = 0) -> Tensor:
     """SimCLR's NT-Xent: each of the 2N embeddings must pick its partner out of 2N-1 others (2N-2 negatives).
@@ -44,12 +57,14 @@ def gather_with_grad(z: Tensor) -> Tensor | None:
         return torch.cat(all_gather(z.contiguous()))
 
 
+@_profiled
 def byol_loss(p: Tensor, z_target: Tensor) -> Tensor:
     """BYOL's normalized MSE, 2 - 2 cos(p, z'), averaged over the batch; z_target carries no gradient."""
     p, z = F.normalize(p.float(), dim=1), F.normalize(z_target.detach().float(), dim=1)
     return (2 - 2 * (p * z).sum(dim=1)).mean()
 
 
+@_profiled
 def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
     """SimSiam's D(p, stopgrad(z)) = -cos(p, z), averaged over the batch; the stop-gradient is part of the loss."""
     p, z = F.normalize(p.float(), dim=1), F.normalize(z.detach().float(), dim=1)

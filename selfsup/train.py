@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from . import checkpoint
 from .augment import augment, preset
@@ -82,6 +83,17 @@ class Batches:
                 yield self.images[idx.to(self.device)]
             else:
                 yield torch.from_numpy(self.images[np.sort(idx.numpy())]).to(self.device, non_blocking=True)
+
+
+def labelled(batches, name: str):
+    """The same batches, each fetch inside a profiler range called `name`."""
+    it = iter(batches)
+    while True:
+        with record_function(name):
+            x = next(it, None)
+        if x is None:
+            return
+        yield x
 
 
 class OnlineKNN:
@@ -269,7 +281,8 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
         checkpoint.load_state_into(method, saved, cfg, resumed_from)
     if cfg.sync_batchnorm and fabric.world_size > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    view = preset(cfg.augment, data.channels, cfg.image_size, getattr(method, "default_augment", None))
+    view = preset(cfg.augment, data.channels, cfg.image_size, getattr(method, "default_augment", None),
+                  cfg.augment_args)
     memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
     method = method.to(memory_format=memory)
     optimizer = make_optimizer(method, cfg)
@@ -342,12 +355,14 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
     model.train()
     with StopSignals() as signals:
         while progress < 1.0:
-            for x in batches.epoch(epoch, epoch_step):
-                views = [augment(x, view, gen).contiguous(memory_format=memory) for _ in range(method.n_views)]
+            for x in labelled(batches.epoch(epoch, epoch_step), "selfsup.data"):
+                with record_function("selfsup.augment"):  # the labels name the phases for torch.profiler (bench/)
+                    views = [augment(x, view, gen).contiguous(memory_format=memory) for _ in range(method.n_views)]
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(progress, cfg.lr, cfg.warmup)
-                loss = model.loss(views)
-                value = loss.item()
+                with record_function("selfsup.forward"):
+                    loss = model.loss(views)
+                    value = loss.item()
                 epoch_step += 1
                 bad_here = not math.isfinite(value)
                 if agree(float(bad_here))[0] > 0:
@@ -361,8 +376,10 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
                               f"({skipped} of --skip-nonfinite {cfg.skip_nonfinite})", file=sys.stderr, flush=True)
                     continue
                 optimizer.zero_grad(set_to_none=True)
-                fabric.backward(loss)
-                optimizer.step()
+                with record_function("selfsup.backward"):
+                    fabric.backward(loss)
+                with record_function("selfsup.optimizer"):
+                    optimizer.step()
                 step += 1
                 seen += x.shape[0] * world
                 progress = budget.progress(step)

@@ -83,3 +83,27 @@ def test_auto_preset_and_unknown():
     assert preset("auto", 1).flip_p == 0 and preset("auto", 3).flip_p == 0.5
     with pytest.raises(ConfigError, match="unknown augmentation preset"):
         preset("fancy", 3)
+
+
+def test_shear_slants_a_vertical_bar_the_way_the_matrix_says():
+    x = torch.zeros(1, 1, 33, 33)
+    x[..., 16] = 1.0  # a vertical bar through the centre
+    a = replace(preset("none", 1), shear=30.0)
+    y = augment(x.expand(64, -1, -1, -1).contiguous(), a, torch.Generator().manual_seed(0))
+    cols = torch.arange(33.0)
+    centre = (y[:, 0] * cols).sum(-1) / y[:, 0].sum(-1).clamp(min=1e-6)  # (64, 33): bar position per row
+    slope = (centre[:, 28] - centre[:, 4]) / 24  # columns moved per row, top to bottom
+    assert slope.abs().max() <= torch.tan(torch.tensor(30.0).deg2rad()) + 0.05  # |k| <= tan(30 degrees)
+    assert (slope > 0.2).any() and (slope < -0.2).any()  # both directions are drawn
+    assert torch.allclose(centre[:, 16], torch.full((64,), 16.0), atol=0.05)  # shear about the centre
+
+
+def test_augment_args_change_single_fields_and_are_checked():
+    a = preset("auto", 1, changes={"crop_scale": [0.6, 1], "rotate": 20, "shear": 10})
+    assert a.crop_scale == (0.6, 1.0) and a.rotate == 20.0 and a.shear == 10.0 and a.flip_p == 0.0
+    with pytest.raises(ConfigError, match="unknown augment_args field.*crop.*valid: crop_scale"):
+        preset("auto", 1, changes={"crop": 0.5})
+    with pytest.raises(ConfigError, match=r"crop_scale must be a range \[low, high\]"):
+        preset("auto", 1, changes={"crop_scale": 0.5})
+    with pytest.raises(ConfigError, match="rotate must be a non-negative number"):
+        preset("auto", 1, changes={"rotate": "lots"})

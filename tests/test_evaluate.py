@@ -66,3 +66,67 @@ def test_few_label_rows_use_only_the_subset():
     assert len(rows) == 2 * 2 * 2
     assert {r["labels_per_class"] for r in rows} == {1, 5} and {r["seed"] for r in rows} == {0, 1}
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
+
+
+def naive_propagation(labeled, labels, pool, n_classes, k, alpha, gamma):
+    """Label spreading written out with dense matrices and loops, solved exactly, to check the sparse CG version."""
+    x = torch.cat([labeled, pool]).double()
+    x = x / x.norm(dim=1, keepdim=True)
+    n = len(x)
+    w = torch.zeros(n, n, dtype=torch.double)
+    for i in range(n):
+        sims = sorted(((float(x[i] @ x[j]), j) for j in range(n) if j != i), reverse=True)[:k]
+        for s, j in sims:
+            w[i, j] += max(s, 0.0) ** gamma
+    w = w + w.T
+    d = torch.diag(w.sum(1) ** -0.5)
+    y = torch.zeros(n, n_classes, dtype=torch.double)
+    for i, c in enumerate(labels.tolist()):
+        y[i, c] = 1.0 / int((labels == c).sum())
+    z = torch.linalg.solve(torch.eye(n, dtype=torch.double) - alpha * d @ w @ d, y)
+    return z / z.sum(1, keepdim=True)
+
+
+def test_propagation_matches_dense_reference():
+    from selfsup.evaluate.propagate import propagate
+
+    g = torch.Generator().manual_seed(3)
+    labeled, labels, pool = torch.randn(6, 5, generator=g), torch.tensor([0, 1, 2, 0, 1, 2]), torch.randn(30, 5, generator=g)
+    _, scores = propagate(labeled, labels, pool, 3, k=4, alpha=0.9, gamma=3.0)
+    ref = naive_propagation(labeled, labels, pool, 3, 4, 0.9, 3.0)
+    assert torch.allclose(scores.double(), ref, atol=1e-4)
+
+
+def test_propagation_follows_the_unlabeled_structure_where_knn_cannot():
+    """Two arcs of the unit circle with a gap between them, one label at the start of each: the nearest label
+    is the wrong one for the far end of each arc, but the unlabeled points join each arc into one chain."""
+    from selfsup.evaluate import propagate_accuracy
+
+    g = torch.Generator().manual_seed(0)
+
+    def arcs(n):
+        t = 0.1 + 0.8 * torch.rand(2 * n, generator=g) + torch.arange(2).repeat_interleave(n)  # in half turns
+        return torch.stack([(t * torch.pi).cos(), (t * torch.pi).sin()], 1), torch.arange(2).repeat_interleave(n)
+
+    pool, _ = arcs(400)
+    test, test_y = arcs(200)
+    at = torch.tensor([0.12, 1.12]) * torch.pi
+    labeled, labels = torch.stack([at.cos(), at.sin()], 1), torch.tensor([0, 1])
+    knn = knn_accuracy(labeled, labels, test, test_y, k=1)
+    prop = propagate_accuracy(labeled, labels, test, test_y, pool, k=10)
+    assert prop > 0.97 and knn < 0.8, (prop, knn)
+
+
+def test_few_label_rows_propagate_reads_no_pool_labels():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    x = rng.integers(0, 256, (60, 1, 8, 8), dtype=np.uint8)
+    net = BACKBONES.build("small_cnn", in_channels=1, width=4)
+    test = ImageSet("t", x[:9], y[:9])
+    rows = few_label_rows(net, ImageSet("t", x, y), test, [2], "r", evals=("propagate",), pool_size=40)
+    from selfsup.evaluate import label_subset, validation_split
+
+    keep = np.concatenate([label_subset(y, 2, 0, validation_split(y, 10)), validation_split(y, 10)])
+    scrambled = np.where(np.isin(np.arange(60), keep), y, (y + 1) % 3)  # every other label is wrong
+    again = few_label_rows(net, ImageSet("t", x, scrambled), test, [2], "r", evals=("propagate",), pool_size=40)
+    assert rows[0]["eval"] == "propagate" and rows[0]["accuracy"] == again[0]["accuracy"]

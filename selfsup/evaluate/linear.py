@@ -30,9 +30,15 @@ def fit_linear(train_f: Tensor, train_y: Tensor, n_classes: int, weight_decay: f
     return w.detach(), b.detach()
 
 
+def predict_linear(probe: tuple[Tensor, Tensor], features: Tensor) -> Tensor:
+    """Classes a fitted probe gives to features, scaled as `fit_linear` scaled its inputs (default scale)."""
+    w, b = probe
+    x = F.normalize(features.float(), dim=1) * features.shape[1] ** 0.5
+    return (x @ w + b).argmax(1)
+
+
 def linear_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, weight_decay: float = 1e-4) -> float:
     """Train the probe on (train_f, train_y) only and report accuracy on the test features."""
     n_classes = int(max(train_y.max(), test_y.max())) + 1
-    w, b = fit_linear(train_f, train_y, n_classes, weight_decay)
-    x = F.normalize(test_f.float(), dim=1) * train_f.shape[1] ** 0.5
-    return ((x @ w + b).argmax(1) == test_y.long()).float().mean().item()
+    probe = fit_linear(train_f, train_y, n_classes, weight_decay)
+    return (predict_linear(probe, test_f) == test_y.long()).float().mean().item()

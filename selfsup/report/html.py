@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..evaluate import EVALS  # noqa: E402
+
 BASELINE_STYLE = {"supervised": dict(color="black", linestyle="--"), "random-init": dict(color="grey", linestyle=":")}
 
 
@@ -31,7 +33,7 @@ def _svg(fig) -> str:
 
 def label_efficiency_svg(rows: list[dict]) -> str:
     """Accuracy against labels per class (log x), one panel per eval, one line per method and baseline."""
-    evals = [e for e in ("knn", "linear", "finetune") if any(r["eval"] == e for r in rows)]
+    evals = [e for e in EVALS if any(r["eval"] == e for r in rows)]
     fig, axes = plt.subplots(1, len(evals), figsize=(4.2 * len(evals), 3.4), squeeze=False, sharey=True)
     for ax, e in zip(axes[0], evals):
         lines = defaultdict(list)
@@ -75,7 +77,7 @@ def pretraining_svg(histories: dict[str, list[dict]]) -> str:
 
 def table_html(rows: list[dict]) -> str:
     """Methods by (eval, labels per class); best per column in bold; gain over supervised from scratch."""
-    cols = sorted({(r["eval"], r["labels_per_class"]) for r in rows}, key=lambda c: (["knn", "linear", "finetune"].index(c[0]), c[1]))
+    cols = sorted({(r["eval"], r["labels_per_class"]) for r in rows}, key=lambda c: (EVALS.index(c[0]), c[1]))
     counts = sorted({r["labels_per_class"] for r in rows})
     cell = {(r["method"], r["eval"], r["labels_per_class"]): r for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -95,7 +97,7 @@ def table_html(rows: list[dict]) -> str:
         for n in counts:
             if n not in sup:
                 continue
-            mine = [cell[(m, e, n)]["accuracy"] for e in ("knn", "linear", "finetune") if (m, e, n) in cell]
+            mine = [cell[(m, e, n)]["accuracy"] for e in EVALS if (m, e, n) in cell]
             if m == "supervised" or not mine:
                 tds.append("<td>–</td>")
             else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections import defaultdict
 from statistics import mean, stdev
 
+from ..evaluate import EVALS
+
 
 def format_table(rows: list[dict]) -> str:
     """Pivot per-seed or aggregated rows (method, eval, labels_per_class, accuracy) into a fixed-width table.
@@ -19,8 +21,8 @@ def format_table(rows: list[dict]) -> str:
             methods.append(r["method"])
         if col not in cols:
             cols.append(col)
-    order = {"knn": 0, "linear": 1, "finetune": 2}
-    cols.sort(key=lambda c: (order.get(c[0], 3), c[1]))
+    order = {e: i for i, e in enumerate(EVALS)}
+    cols.sort(key=lambda c: (order.get(c[0], len(order)), c[1]))
     head = ["method"] + [f"{e}@{n}" for e, n in cols]
     def show(v: list[float]) -> str:
         return f"{mean(v):.3f}±{stdev(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"

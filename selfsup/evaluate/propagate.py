@@ -1,0 +1,85 @@
+"""Label propagation on the encoder's kNN graph (Zhou et al. 2004; as used on deep features by Iscen et al. 2019).
+
+The few labeled images and a pool of unlabeled ones become the nodes of a graph that joins every node
+to its k most cosine-similar nodes. Labels spread along the edges; a test image then takes the vote of
+its k nearest nodes. Only the few labels are read: the pool's labels are never looked at.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def knn_graph(x: Tensor, k: int, chunk: int = 1024) -> tuple[Tensor, Tensor]:
+    """Indices and cosine similarities (clamped at 0) of each row's k nearest other rows: (N, k) each."""
+    idx, sim = [], []
+    for i in range(0, len(x), chunk):
+        s = x[i:i + chunk] @ x.T  # (chunk, N)
+        s[torch.arange(len(s)), torch.arange(i, i + len(s))] = -2.0  # not its own neighbour
+        top, j = s.topk(k, dim=1)
+        idx.append(j)
+        sim.append(top.clamp(min=0))
+    return torch.cat(idx), torch.cat(sim)
+
+
+def propagate(labeled_f: Tensor, labels: Tensor, pool_f: Tensor, n_classes: int, k: int = 10, alpha: float = 0.99,
+              gamma: float = 3.0, max_iters: int = 200, tol: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Spread the labels over the graph of labeled + pool features.
+
+    Returns the normalized node features (N, D) and their class scores (N, C), rows summing to 1 (0 where no
+    label reaches). Edge weights are similarity**gamma, symmetrized; the scores solve (I - alpha S) Z = Y with
+    S = D^-1/2 W D^-1/2, by conjugate gradients (the matrix is symmetric positive definite for alpha < 1).
+    """
+    x = F.normalize(torch.cat([labeled_f, pool_f]).float(), dim=1)  # (N, D)
+    n = len(x)
+    j, s = knn_graph(x, min(k, n - 1))
+    rows = torch.arange(n).repeat_interleave(j.shape[1])
+    w = torch.sparse_coo_tensor(torch.stack([rows, j.flatten()]), s.flatten() ** gamma, (n, n), check_invariants=False)
+    w = (w + w.t()).coalesce()  # symmetric
+    d = torch.sparse.sum(w, 1).to_dense().clamp(min=1e-12).rsqrt()  # D^-1/2
+    i0, i1 = w.indices()
+    s_norm = torch.sparse_coo_tensor(w.indices(), d[i0] * w.values() * d[i1], (n, n), is_coalesced=True,
+                                     check_invariants=False)
+    y = torch.zeros(n, n_classes)
+    y[torch.arange(len(labels)), labels.long()] = 1.0
+    y /= y.sum(0, keepdim=True).clamp(min=1)  # each class carries the same total mass
+    z = conjugate_gradient(lambda v: v - alpha * torch.sparse.mm(s_norm, v), y, max_iters, tol).clamp(min=0)
+    return x, z / z.sum(1, keepdim=True).clamp(min=1e-30)
+
+
+def conjugate_gradient(matvec, b: Tensor, max_iters: int, tol: float) -> Tensor:
+    """Solve A X = B column by column for a symmetric positive definite A given as X -> A X; b is (N, C)."""
+    x = torch.zeros_like(b)
+    r, p = b.clone(), b.clone()
+    rs = (r * r).sum(0)
+    stop = tol ** 2 * rs.clamp(min=1e-30)
+    for _ in range(max_iters):
+        ap = matvec(p)
+        step = rs / (p * ap).sum(0).clamp(min=1e-30)
+        x += step * p
+        r -= step * ap
+        rs_new = (r * r).sum(0)
+        if bool((rs_new <= stop).all()):
+            break
+        p = r + (rs_new / rs.clamp(min=1e-30)) * p
+        rs = rs_new
+    return x
+
+
+def propagate_predict(labeled_f: Tensor, labels: Tensor, pool_f: Tensor, test_f: Tensor, n_classes: int,
+                      k: int = 10, t: float = 0.07, chunk: int = 1024, **kwargs) -> Tensor:
+    """Predicted classes of the test features: a weighted vote of their k nearest graph nodes' propagated scores."""
+    nodes, scores = propagate(labeled_f, labels, pool_f, n_classes, k, **kwargs)
+    test = F.normalize(test_f.float(), dim=1)
+    preds = []
+    for i in range(0, len(test), chunk):
+        top, j = (test[i:i + chunk] @ nodes.T).topk(k, dim=1)  # (chunk, k)
+        preds.append(((top / t).exp()[..., None] * scores[j]).sum(1).argmax(1))
+    return torch.cat(preds)
+
+
+def propagate_accuracy(labeled_f: Tensor, labels: Tensor, test_f: Tensor, test_y: Tensor, pool_f: Tensor,
+                       k: int = 10) -> float:
+    n_classes = int(max(labels.max(), test_y.max())) + 1
+    return (propagate_predict(labeled_f, labels, pool_f, test_f, n_classes, k) == test_y.long()).float().mean().item()
