@@ -68,7 +68,8 @@ def test_demo_results_shape(tmp_path, capsys):
     assert saved["dataset"] == "digits" and saved["pretrain_seconds"] > 0
     assert saved["config"]["pretrain"]["simclr"]["method"] == "simclr"
     keys = {(r["method"], r["eval"], r["labels_per_class"]) for r in saved["rows"]}
-    want = {(m, e, n) for m, evals in (("simclr", ("knn", "linear", "finetune")), ("random-init", ("knn", "linear")),
+    want = {(m, e, n) for m, evals in (("simclr", ("knn", "linear", "propagate", "finetune")),
+                                        ("random-init", ("knn", "linear", "propagate")),
                                         ("supervised", ("finetune",))) for e in evals for n in (1, 10)}
     assert keys == want
     assert all(0 <= r["accuracy"] <= 1 and r["seed"] == 0 for r in saved["rows"])
