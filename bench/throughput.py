@@ -151,6 +151,8 @@ def main() -> None:
                    "speedup": round(b["img_per_s"] / a["img_per_s"], 2), "gflop_per_image": round(fpi / 1e9, 3),
                    "selfsup_tflops": round(fpi * b["img_per_s"] / 1e12, 4)}
             row["fraction_of_bf16_matmul_peak"] = round(row["selfsup_tflops"] / peak["bf16_tflops"], 3)
+            used = peak["bf16_tflops"] if b["precision"].startswith("bf16") else peak["fp32_tflops"]
+            row["fraction_of_matmul_peak"] = round(row["selfsup_tflops"] / used, 3)  # at the precision it ran in
             if args.profile:
                 row["profile"] = breakdown(cfg, data, args.warmup, steps)
             print(row, flush=True)
