@@ -38,7 +38,7 @@ from selfsup.demo import DEMO_PRETRAIN  # noqa: E402
 from selfsup.evaluate import (aggregate, extract_features, few_label_rows, knn_accuracy, label_subset,  # noqa: E402
                               validation_split)
 from selfsup.evaluate.linear import fit_linear, predict_linear  # noqa: E402
-from selfsup.evaluate.propagate import propagate_predict  # noqa: E402
+from selfsup.evaluate.propagate import propagate, vote  # noqa: E402
 from selfsup.train import pretrain  # noqa: E402
 
 K_GRID = (1, 5, 10, 20)
@@ -68,7 +68,8 @@ def frozen_scores(encoder, train, test, idx, val_idx) -> dict:
             probe = fit_linear(f - c, y, 10, wd)
             grid[f"linear_wd{wd:g}{tag}"] = (probe_accuracy(probe, vf - c, vy), probe_accuracy(probe, tf - c, ty))
     for k in (10, 20):
-        grid[f"propagate_k{k}"] = tuple((propagate_predict(f, y, pool, q, 10, k) == qy).float().mean().item()
+        nodes, scores = propagate(f, y, pool, 10, k)  # one graph for both splits
+        grid[f"propagate_k{k}"] = tuple((vote(nodes, scores, q, k) == qy).float().mean().item()
                                         for q, qy in ((vf, vy), (tf, ty)))
     out = {"grid": {name: {"val": round(v, 4), "test": round(t, 4)} for name, (v, t) in grid.items()}}
     for family in ("knn", "linear", "propagate"):

@@ -70,6 +70,11 @@ def preset(name: str, channels: int, size: int | None = None, method_default: st
     return replace(a, **check_changes(changes)) if changes else a
 
 
+def view_for(cfg, channels: int, method) -> Augment:
+    """The view distribution a pretraining config gives `method` on `channels`-channel images."""
+    return preset(cfg.augment, channels, cfg.image_size, getattr(method, "default_augment", None), cfg.augment_args)
+
+
 def check_changes(changes: dict) -> dict:
     """Validate augment_args against the fields of `Augment` (known names, numbers, [low, high] for ranges)."""
     fields = {f.name: f.default for f in dataclasses.fields(Augment) if f.name != "size"}

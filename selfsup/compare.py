@@ -17,7 +17,7 @@ import torch
 from . import checkpoint
 from .config import PretrainConfig, write_json
 from .data import ImageSet, fetch, load
-from .augment import preset
+from .augment import view_for
 from .errors import ConfigError, DataError, SelfsupError
 from .evaluate import EVALS, FinetuneConfig, aggregate, few_label_rows, label_subset, validation_split
 from .evaluate.finetune import train_classifier
@@ -145,12 +145,12 @@ def run_compare(cc: CompareConfig, show_progress: bool = True) -> dict:
     summaries, reused, shown = {}, {}, {}
     for m, cfg in configs.items():
         path, summaries[m], reused[m] = pretrained(cfg, train, show_progress)
-        encoder, _ = checkpoint.load_encoder(path)
+        state = checkpoint.load(path)
+        encoder, _ = checkpoint.encoder_from(state)
         subjects[m] = (encoder, cc.evals, None, cfg.to_dict())
         method = checkpoint.build_method(cfg, train.channels)
-        method.load_state_dict(checkpoint.load(path)["method_state"])
-        view = preset(cfg.augment, train.channels, cfg.image_size, getattr(method, "default_augment", None),
-                  cfg.augment_args)
+        method.load_state_dict(state["method_state"])
+        view = view_for(cfg, train.channels, method)
         shown[m] = {"encoder": encoder, "identity": cfg.to_dict(), "method": method, "view": view}
 
     def fresh(seed: int) -> torch.nn.Module:

@@ -17,7 +17,7 @@ import torch
 from torch.profiler import record_function
 
 from . import checkpoint
-from .augment import augment, preset
+from .augment import augment, view_for
 from .config import PretrainConfig, write_json
 from .data import ImageSet, load
 from .errors import ConfigError, DataError, Interrupted, SelfsupError, TrainingError
@@ -281,8 +281,7 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
         checkpoint.load_state_into(method, saved, cfg, resumed_from)
     if cfg.sync_batchnorm and fabric.world_size > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    view = preset(cfg.augment, data.channels, cfg.image_size, getattr(method, "default_augment", None),
-                  cfg.augment_args)
+    view = view_for(cfg, data.channels, method)
     memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
     method = method.to(memory_format=memory)
     optimizer = make_optimizer(method, cfg)

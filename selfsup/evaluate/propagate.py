@@ -67,16 +67,21 @@ def conjugate_gradient(matvec, b: Tensor, max_iters: int, tol: float) -> Tensor:
     return x
 
 
-def propagate_predict(labeled_f: Tensor, labels: Tensor, pool_f: Tensor, test_f: Tensor, n_classes: int,
-                      k: int = 10, t: float = 0.07, chunk: int = 1024, **kwargs) -> Tensor:
-    """Predicted classes of the test features: a weighted vote of their k nearest graph nodes' propagated scores."""
-    nodes, scores = propagate(labeled_f, labels, pool_f, n_classes, k, **kwargs)
-    test = F.normalize(test_f.float(), dim=1)
+def vote(nodes: Tensor, scores: Tensor, queries: Tensor, k: int = 10, t: float = 0.07, chunk: int = 1024) -> Tensor:
+    """Classes of the query features: a weighted vote (exp(sim / t)) of their k nearest nodes' propagated scores."""
+    q = F.normalize(queries.float(), dim=1)
     preds = []
-    for i in range(0, len(test), chunk):
-        top, j = (test[i:i + chunk] @ nodes.T).topk(k, dim=1)  # (chunk, k)
+    for i in range(0, len(q), chunk):
+        top, j = (q[i:i + chunk] @ nodes.T).topk(k, dim=1)  # (chunk, k)
         preds.append(((top / t).exp()[..., None] * scores[j]).sum(1).argmax(1))
     return torch.cat(preds)
+
+
+def propagate_predict(labeled_f: Tensor, labels: Tensor, pool_f: Tensor, test_f: Tensor, n_classes: int,
+                      k: int = 10, t: float = 0.07, **kwargs) -> Tensor:
+    """Predicted classes of the test features: propagate over labeled + pool, then each test point's vote."""
+    nodes, scores = propagate(labeled_f, labels, pool_f, n_classes, k, **kwargs)
+    return vote(nodes, scores, test_f, k, t)
 
 
 def propagate_accuracy(labeled_f: Tensor, labels: Tensor, test_f: Tensor, test_y: Tensor, pool_f: Tensor,
