@@ -28,6 +28,16 @@ def machine() -> dict:
     return info
 
 
+def device_tag() -> str:
+    """`cuda`, or `cpu-` and the CPU's fastest bf16 path (amx, avx512bf16, or none: avx2): result files keep apart
+    machines whose speeds differ."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.cpu._is_amx_tile_supported():
+        return "cpu-amx"
+    return "cpu-avx512bf16" if torch.cpu._is_avx512_bf16_supported() else "cpu-avx2"
+
+
 def matmul_peak(dtype: torch.dtype, device: str = "cpu", n: int = 2048, seconds: float = 2.0) -> float:
     """Measured matmul TFLOP/s for square n x n operands."""
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)

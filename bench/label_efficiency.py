@@ -10,8 +10,8 @@ the training images (`--val-per-class`, 500 by default: 5,000 images, never amon
 split is scored alongside, once per configuration, and is not used to choose anything.
 
 Each checkpoint gets kNN (k in K_GRID), the linear probe (weight decay in WD_GRID), both also on features
-centred by the unlabeled mean, and label propagation over POOL unlabeled images (k 10 and 20); the last
-one is also fine-tuned. `knn`, `linear` and `propagate` are the settings with the best validation accuracy.
+centred by the unlabeled mean, and label propagation over every training image outside the validation
+split (graph k in GRAPH_GRID); the last one is also fine-tuned. `knn`, `linear` and `propagate` are the settings with the best validation accuracy.
 Elapsed time = pretraining seconds at the checkpoint + that evaluation's own seconds.
 Writes bench/results/label-efficiency-<device>-NAME.json.
 """
@@ -38,13 +38,13 @@ from selfsup.demo import DEMO_PRETRAIN  # noqa: E402
 from selfsup.evaluate import (aggregate, extract_features, few_label_rows, knn_accuracy, label_subset,  # noqa: E402
                               validation_split)
 from selfsup.evaluate.linear import fit_linear, predict_linear  # noqa: E402
-from selfsup.evaluate.propagate import propagate, vote  # noqa: E402
+from selfsup.evaluate.propagate import LabelGraph, knn_graph, vote  # noqa: E402
 from selfsup.train import pretrain  # noqa: E402
 
 K_GRID = (1, 5, 10, 20)
 WD_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
 LABELS = 10
-POOL = 10_000  # unlabeled training images for centring and label propagation
+GRAPH_GRID = (3, 5, 10)
 
 
 def probe_accuracy(probe: tuple, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -54,11 +54,12 @@ def probe_accuracy(probe: tuple, x: torch.Tensor, y: torch.Tensor) -> float:
 def frozen_scores(encoder, train, test, idx, val_idx) -> dict:
     """Validation and test accuracy of every kNN and linear-probe setting; `knn`/`linear` = best on validation.
 
-    Features as they are, and centred on the mean feature of 10,000 unlabeled training images ("-c").
+    Features as they are, and centred on the mean feature of the unlabeled pool ("-c"): every training image
+    outside the validation split and the labeled subset.
     """
     f, vf, tf = (extract_features(encoder, x) for x in (train.images[idx], train.images[val_idx], test.images))
     y, vy, ty = (torch.from_numpy(a) for a in (train.labels[idx], train.labels[val_idx], test.labels))
-    pool = extract_features(encoder, train.images[np.random.default_rng(0).choice(len(train), POOL, replace=False)])
+    pool = extract_features(encoder, train.images[np.setdiff1d(np.arange(len(train)), np.union1d(val_idx, idx))])
     mean = pool.mean(0)  # unlabeled: the pool's labels are never read
     grid = {}
     for tag, c in (("", 0), ("-c", mean)):
@@ -67,9 +68,12 @@ def frozen_scores(encoder, train, test, idx, val_idx) -> dict:
         for wd in WD_GRID:
             probe = fit_linear(f - c, y, 10, wd)
             grid[f"linear_wd{wd:g}{tag}"] = (probe_accuracy(probe, vf - c, vy), probe_accuracy(probe, tf - c, ty))
-    for k in (10, 20):
-        nodes, scores = propagate(f, y, pool, 10, k)  # one graph for both splits
-        grid[f"propagate_k{k}"] = tuple((vote(nodes, scores, q, k) == qy).float().mean().item()
+    nodes = torch.nn.functional.normalize(torch.cat([f, pool]), dim=1)
+    neighbours = knn_graph(nodes, max(GRAPH_GRID))  # searched once; each graph takes its nearest k
+    for k in GRAPH_GRID:
+        graph = LabelGraph(nodes, k, neighbours=neighbours)
+        scores = graph.spread(torch.arange(len(y)), y, 10)  # one spread for both splits
+        grid[f"propagate_k{k}"] = tuple((vote(graph.nodes, scores, q) == qy).float().mean().item()
                                         for q, qy in ((vf, vy), (tf, ty)))
     out = {"grid": {name: {"val": round(v, 4), "test": round(t, 4)} for name, (v, t) in grid.items()}}
     for family in ("knn", "linear", "propagate"):
@@ -90,7 +94,12 @@ def main() -> None:
     p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--name", default="default")
     p.add_argument("--keep", metavar="DIR", help="keep the runs and checkpoints in DIR/seedN (default: a temp dir)")
+    p.add_argument("--reuse", action="store_true",
+                   help="score the finished runs already in --keep DIR instead of pretraining again (the evaluation "
+                        "changed, or scoring was interrupted); the pretraining config is read from the checkpoints")
     args = p.parse_args()
+    if args.reuse and not args.keep:
+        p.error("--reuse needs --keep DIR: the runs to score")
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     train, test = load_splits("mnist", None)
     val_idx = validation_split(train.labels, args.val_per_class)
@@ -102,7 +111,10 @@ def main() -> None:
             base = DEMO_PRETRAIN if args.base == "demo" else PretrainConfig()
             cfg = base.override(dataset="mnist", minutes=args.minutes, seed=seed, out=tmp, checkpoint_minutes=args.every,
                                 keep_checkpoints=1000, monitor_seconds=0).override(**overrides)
-            pretrain(cfg, train, show_progress=True)
+            if args.reuse and (Path(tmp) / "summary.json").exists():
+                print(f"scoring the finished run in {tmp}", flush=True)
+            else:
+                pretrain(cfg, train, show_progress=True)
             points = []
             for path in reversed(checkpoint.candidates(tmp)):
                 state = checkpoint.load(path)
@@ -118,7 +130,7 @@ def main() -> None:
                 point["elapsed_minutes"] = round((point["pretrain_seconds"] + point["eval_seconds"]) / 60, 2)
                 print({k: v for k, v in point.items() if k != "grid"}, flush=True)
                 points.append(point)
-            runs.append({"seed": seed, "config": cfg.to_dict() | {"out": None}, "points": points,
+            runs.append({"seed": seed, "config": state["config"] | {"out": None}, "points": points,
                          "summary": state["summary"]})  # the last checkpoint scored is last.pt
     evals = [k for k in ("knn", "linear", "propagate", "finetune") if k in runs[0]["points"][-1]]
     final = aggregate([{"method": args.name, "eval": k, "labels_per_class": LABELS, "seed": r["seed"],

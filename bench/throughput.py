@@ -3,7 +3,7 @@
 (a) plain: fp32, NCHW, no autocast - the way most tutorials and libraries run on a CPU.
 (b) selfsup: `selfsup.train.pretrain` as a user runs it (bf16 autocast where native, channels_last).
 img/s = images per optimizer step x steps per second, after warm-up steps.
-Writes bench/results/throughput-<device>.json.
+Writes bench/results/throughput-<device_tag>.json (cuda, cpu-amx, cpu-avx512bf16 or cpu-avx2).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, matmul_peak, write  # noqa: E402
+from common import device_tag, machine, matmul_peak, write  # noqa: E402
 
 from selfsup.augment import augment, preset  # noqa: E402
 from selfsup.checkpoint import build_method  # noqa: E402
@@ -157,7 +157,7 @@ def main() -> None:
                 row["profile"] = breakdown(cfg, data, args.warmup, steps)
             print(row, flush=True)
             rows.append(row)
-    write(f"throughput-{device}.json", {"machine": machine(), "matmul_peak": peak, "rows": rows,
+    write(f"throughput-{device_tag()}.json", {"machine": machine(), "matmul_peak": peak, "rows": rows,
                                         "command": "python bench/throughput.py " + " ".join(sys.argv[1:])})
 
 

@@ -17,7 +17,7 @@ from .features import extract_features
 from .finetune import FinetuneConfig, accuracy, train_classifier
 from .knn import knn_accuracy
 from .linear import linear_accuracy
-from .propagate import propagate_accuracy
+from .propagate import LabelGraph, propagate_accuracy
 
 FROZEN = {"knn": knn_accuracy, "linear": linear_accuracy, "propagate": propagate_accuracy}
 EVALS = (*FROZEN, "finetune")  # also the order of columns in tables and reports
@@ -35,23 +35,27 @@ def label_subset(labels: np.ndarray, per_class: int, seed: int, val_idx: np.ndar
     return few_labels(labels, per_class, seed, exclude=val_idx)
 
 
-def unlabeled_pool(n: int, size: int) -> np.ndarray:
-    """Indices of the unlabeled training images that label propagation spreads labels over (fixed, sorted)."""
-    if size >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(POOL_SEED).choice(n, size, replace=False))
+def unlabeled_pool(n: int, size: int | None = None, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the training images that label propagation spreads labels over: all but `exclude` (the
+    validation split), or a fixed random `size` of them (sorted)."""
+    pool = np.setdiff1d(np.arange(n), exclude if exclude is not None else [])
+    if size is None or size >= len(pool):
+        return pool
+    return np.sort(np.random.default_rng(POOL_SEED).choice(pool, size, replace=False))
 
 
 def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: ImageSet, test: ImageSet,
                    labels_per_class: list[int], name: str, evals: tuple[str, ...] = ("knn", "linear"),
                    seeds: tuple[int, ...] = (0,), device: str | torch.device | None = None, val_per_class: int = 10,
                    finetune: FinetuneConfig | None = None, encoder_lr_scale: float | None = None,
-                   pool_size: int = 10_000) -> list[dict]:
+                   pool_size: int | None = 60_000) -> list[dict]:
     """Accuracy rows for each seed, labels-per-class count and eval.
 
     `encoder` is a module, or a function of the seed that builds one (random-init and supervised baselines).
-    Frozen evals embed the labeled subset and the test split; `propagate` also embeds an unlabeled pool of
-    `pool_size` training images (their labels are never read). Fine-tuning early-stops on validation.
+    Frozen evals embed the labeled subset and the test split. `propagate` embeds every training image outside
+    the validation split (at most `pool_size` of them, drawn once; None: no limit) and builds their kNN graph
+    once per seed; the labels of each subset spread over it (no other label is read). Fine-tuning early-stops
+    on validation.
     """
     val_idx = validation_split(train.labels, val_per_class)  # held out for every eval, so subsets match across evals
     finetune = finetune or FinetuneConfig()
@@ -65,19 +69,22 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
         frozen = [e for e in evals if e in FROZEN]
         if frozen:
             needed = np.unique(np.concatenate(list(subsets.values())))
+            if "propagate" in frozen:  # the graph's nodes: the pool and every labeled image
+                needed = np.union1d(unlabeled_pool(len(train), pool_size, val_idx), needed)
             feats = extract_features(enc, train.images[needed], device=dev)  # (len(needed), D)
             pos = {int(i): r for r, i in enumerate(needed)}
             test_f = extract_features(enc, test.images, device=dev)
-            if "propagate" in frozen:
-                pool = unlabeled_pool(len(train), pool_size)
-                pool_f = extract_features(enc, train.images[pool], device=dev)
+            graph = LabelGraph(feats) if "propagate" in frozen else None
         for n, idx in subsets.items():
             for e in evals:
                 row = {"method": name, "eval": e, "labels_per_class": n, "seed": s}
-                if e in FROZEN:
+                if e == "propagate":
+                    at, lab = torch.tensor([pos[int(i)] for i in idx]), torch.from_numpy(train.labels[idx])
+                    hits = graph.predict(at, lab, test_f, n_classes) == test_y
+                    row["accuracy"] = round(hits.float().mean().item(), 4)
+                elif e in FROZEN:
                     f = feats[[pos[int(i)] for i in idx]]
-                    extra = (pool_f,) if e == "propagate" else ()
-                    row["accuracy"] = round(FROZEN[e](f, torch.from_numpy(train.labels[idx]), test_f, test_y, *extra), 4)
+                    row["accuracy"] = round(FROZEN[e](f, torch.from_numpy(train.labels[idx]), test_f, test_y), 4)
                 else:
                     model, info = train_classifier(enc, train.images[idx], train.labels[idx], train.images[val_idx],
                                                    train.labels[val_idx], n_classes, finetune, s, encoder_lr_scale, dev)

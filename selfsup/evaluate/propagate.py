@@ -2,7 +2,8 @@
 
 The few labeled images and a pool of unlabeled ones become the nodes of a graph that joins every node
 to its k most cosine-similar nodes. Labels spread along the edges; a test image then takes the vote of
-its k nearest nodes. Only the few labels are read: the pool's labels are never looked at.
+its nearest nodes. Only the few labels are read: the pool's labels are never looked at. The graph depends
+on the encoder and the images alone, so `LabelGraph` builds it once for any number of label subsets.
 """
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+GRAPH_K = 5  # neighbours per node; chosen on MNIST's validation split (bench/label_efficiency.py, README)
+VOTE_K = 10  # nodes a test image asks
+
 
 def knn_graph(x: Tensor, k: int, chunk: int = 1024) -> tuple[Tensor, Tensor]:
-    """Indices and cosine similarities (clamped at 0) of each row's k nearest other rows: (N, k) each."""
+    """Indices and cosine similarities (clamped at 0) of each row's k nearest other rows, nearest first: (N, k) each."""
     idx, sim = [], []
     for i in range(0, len(x), chunk):
         s = x[i:i + chunk] @ x.T  # (chunk, N)
@@ -23,29 +27,44 @@ def knn_graph(x: Tensor, k: int, chunk: int = 1024) -> tuple[Tensor, Tensor]:
     return torch.cat(idx), torch.cat(sim)
 
 
-def propagate(labeled_f: Tensor, labels: Tensor, pool_f: Tensor, n_classes: int, k: int = 10, alpha: float = 0.99,
-              gamma: float = 3.0, max_iters: int = 200, tol: float = 1e-6) -> tuple[Tensor, Tensor]:
-    """Spread the labels over the graph of labeled + pool features.
+class LabelGraph:
+    """The symmetric kNN graph of a set of features, normalized as S = D^-1/2 W D^-1/2 (sparse, N x N).
 
-    Returns the normalized node features (N, D) and their class scores (N, C), rows summing to 1 (0 where no
-    label reaches). Edge weights are similarity**gamma, symmetrized; the scores solve (I - alpha S) Z = Y with
-    S = D^-1/2 W D^-1/2, by conjugate gradients (the matrix is symmetric positive definite for alpha < 1).
+    Edge weights are similarity**gamma. `neighbours` = knn_graph's output for k or more neighbours, when several
+    graphs of one feature set are wanted (the nearest k are used).
     """
-    x = F.normalize(torch.cat([labeled_f, pool_f]).float(), dim=1)  # (N, D)
-    n = len(x)
-    j, s = knn_graph(x, min(k, n - 1))
-    rows = torch.arange(n).repeat_interleave(j.shape[1])
-    w = torch.sparse_coo_tensor(torch.stack([rows, j.flatten()]), s.flatten() ** gamma, (n, n), check_invariants=False)
-    w = (w + w.t()).coalesce()  # symmetric
-    d = torch.sparse.sum(w, 1).to_dense().clamp(min=1e-12).rsqrt()  # D^-1/2
-    i0, i1 = w.indices()
-    s_norm = torch.sparse_coo_tensor(w.indices(), d[i0] * w.values() * d[i1], (n, n), is_coalesced=True,
-                                     check_invariants=False)
-    y = torch.zeros(n, n_classes)
-    y[torch.arange(len(labels)), labels.long()] = 1.0
-    y /= y.sum(0, keepdim=True).clamp(min=1)  # each class carries the same total mass
-    z = conjugate_gradient(lambda v: v - alpha * torch.sparse.mm(s_norm, v), y, max_iters, tol).clamp(min=0)
-    return x, z / z.sum(1, keepdim=True).clamp(min=1e-30)
+
+    def __init__(self, features: Tensor, k: int = GRAPH_K, gamma: float = 3.0,
+                 neighbours: tuple[Tensor, Tensor] | None = None):
+        self.nodes = F.normalize(features.float(), dim=1)  # (N, D)
+        n = len(self.nodes)
+        k = min(k, n - 1)
+        j, s = neighbours if neighbours is not None else knn_graph(self.nodes, k)
+        j, s = j[:, :k], s[:, :k]
+        rows = torch.arange(n).repeat_interleave(k)
+        w = torch.sparse_coo_tensor(torch.stack([rows, j.flatten()]), s.flatten() ** gamma, (n, n),
+                                    check_invariants=False)
+        w = (w + w.t()).coalesce()  # symmetric
+        d = torch.sparse.sum(w, 1).to_dense().clamp(min=1e-12).rsqrt()  # D^-1/2
+        i0, i1 = w.indices()
+        self.s = torch.sparse_coo_tensor(w.indices(), d[i0] * w.values() * d[i1], (n, n), is_coalesced=True,
+                                         check_invariants=False)
+
+    def spread(self, positions: Tensor, labels: Tensor, n_classes: int, alpha: float = 0.99, max_iters: int = 200,
+               tol: float = 1e-6) -> Tensor:
+        """Class scores of every node (N, C), rows summing to 1 (0 where no label reaches), from the labels of the
+        nodes at `positions`: the solution of (I - alpha S) Z = Y by conjugate gradients (symmetric positive
+        definite for alpha < 1)."""
+        y = torch.zeros(len(self.nodes), n_classes)
+        y[torch.as_tensor(positions).long(), labels.long()] = 1.0
+        y /= y.sum(0, keepdim=True).clamp(min=1)  # each class carries the same total mass
+        z = conjugate_gradient(lambda v: v - alpha * torch.sparse.mm(self.s, v), y, max_iters, tol).clamp(min=0)
+        return z / z.sum(1, keepdim=True).clamp(min=1e-30)
+
+    def predict(self, positions: Tensor, labels: Tensor, queries: Tensor, n_classes: int, vote_k: int = VOTE_K,
+                **kwargs) -> Tensor:
+        """Classes of the query features: spread the labels, then each query's vote."""
+        return vote(self.nodes, self.spread(positions, labels, n_classes, **kwargs), queries, vote_k)
 
 
 def conjugate_gradient(matvec, b: Tensor, max_iters: int, tol: float) -> Tensor:
@@ -67,24 +86,32 @@ def conjugate_gradient(matvec, b: Tensor, max_iters: int, tol: float) -> Tensor:
     return x
 
 
-def vote(nodes: Tensor, scores: Tensor, queries: Tensor, k: int = 10, t: float = 0.07, chunk: int = 1024) -> Tensor:
+def vote(nodes: Tensor, scores: Tensor, queries: Tensor, k: int = VOTE_K, t: float = 0.07, chunk: int = 1024) -> Tensor:
     """Classes of the query features: a weighted vote (exp(sim / t)) of their k nearest nodes' propagated scores."""
     q = F.normalize(queries.float(), dim=1)
     preds = []
     for i in range(0, len(q), chunk):
-        top, j = (q[i:i + chunk] @ nodes.T).topk(k, dim=1)  # (chunk, k)
+        top, j = (q[i:i + chunk] @ nodes.T).topk(min(k, len(nodes)), dim=1)  # (chunk, k)
         preds.append(((top / t).exp()[..., None] * scores[j]).sum(1).argmax(1))
     return torch.cat(preds)
 
 
+def propagate(labeled_f: Tensor, labels: Tensor, pool_f: Tensor, n_classes: int, k: int = GRAPH_K, alpha: float = 0.99,
+              gamma: float = 3.0, max_iters: int = 200, tol: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Spread the labels over the graph of labeled + pool features: the normalized node features (N, D) and their
+    class scores (N, C) (see `LabelGraph.spread`)."""
+    graph = LabelGraph(torch.cat([labeled_f, pool_f]), k, gamma)
+    return graph.nodes, graph.spread(torch.arange(len(labels)), labels, n_classes, alpha, max_iters, tol)
+
+
 def propagate_predict(labeled_f: Tensor, labels: Tensor, pool_f: Tensor, test_f: Tensor, n_classes: int,
-                      k: int = 10, t: float = 0.07, **kwargs) -> Tensor:
+                      k: int = GRAPH_K, vote_k: int = VOTE_K, **kwargs) -> Tensor:
     """Predicted classes of the test features: propagate over labeled + pool, then each test point's vote."""
     nodes, scores = propagate(labeled_f, labels, pool_f, n_classes, k, **kwargs)
-    return vote(nodes, scores, test_f, k, t)
+    return vote(nodes, scores, test_f, vote_k)
 
 
 def propagate_accuracy(labeled_f: Tensor, labels: Tensor, test_f: Tensor, test_y: Tensor, pool_f: Tensor,
-                       k: int = 10) -> float:
+                       k: int = GRAPH_K) -> float:
     n_classes = int(max(labels.max(), test_y.max())) + 1
     return (propagate_predict(labeled_f, labels, pool_f, test_f, n_classes, k) == test_y.long()).float().mean().item()
