@@ -129,9 +129,9 @@ def test_few_label_rows_propagate_rows():
     assert all(0 <= r["accuracy"] <= 1 for r in rows)
 
 
-def test_few_label_rows_propagation_shares_one_graph_per_seed():
-    """The graph is built once over the pool for every label subset: each row equals propagating over the
-    labeled images plus the rest of the pool, built afresh for that subset."""
+def test_few_label_rows_propagation_shares_one_graph(monkeypatch):
+    """The graph is built once over the pool for every label subset and seed: each row equals propagating over
+    the labeled images plus the rest of the pool, built afresh for that subset."""
     from selfsup.evaluate import label_subset, propagate_accuracy, unlabeled_pool, validation_split
 
     rng = np.random.default_rng(1)
@@ -139,13 +139,18 @@ def test_few_label_rows_propagation_shares_one_graph_per_seed():
     x = np.clip(rng.normal(40 + 60 * y[:, None, None, None], 30, (90, 1, 8, 8)), 0, 255).astype(np.uint8)
     train, test = ImageSet("t", x, y), ImageSet("t", x[::3], y[::3])
     net = BACKBONES.build("small_cnn", in_channels=1, width=4)
-    rows = few_label_rows(net, train, test, [1, 3], "r", evals=("propagate",), seeds=(0,), val_per_class=5)
+    import selfsup.evaluate as ev
+
+    calls = []
+    monkeypatch.setattr(ev, "extract_features", lambda *a, **k: calls.append(1) or extract_features(*a, **k))
+    rows = few_label_rows(net, train, test, [1, 3], "r", evals=("propagate",), seeds=(0, 1), val_per_class=5)
+    assert len(rows) == 4 and len(calls) == 2  # the nodes and the test split, once for both seeds
     val_idx = validation_split(y, 5)
     pool = unlabeled_pool(len(y), None, val_idx)
     assert len(pool) == 75 and not set(pool) & set(val_idx)
     test_f = extract_features(net, test.images)
     for row in rows:
-        idx = label_subset(y, row["labels_per_class"], 0, val_idx)
+        idx = label_subset(y, row["labels_per_class"], row["seed"], val_idx)
         f, pool_f = (extract_features(net, x[i]) for i in (idx, np.setdiff1d(pool, idx)))
         assert row["accuracy"] == round(propagate_accuracy(f, torch.from_numpy(y[idx]), test_f,
                                                            torch.from_numpy(test.labels), pool_f), 4)

@@ -54,14 +54,15 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
     `encoder` is a module, or a function of the seed that builds one (random-init and supervised baselines).
     Frozen evals embed the labeled subset and the test split. `propagate` embeds every training image outside
     the validation split (at most `pool_size` of them, drawn once; None: no limit) and builds their kNN graph
-    once per seed; the labels of each subset spread over it (no other label is read). Fine-tuning early-stops
+    once per encoder; the labels of each subset spread over it (no other label is read). A pretrained encoder
+    is embedded once for all seeds. Fine-tuning early-stops
     on validation.
     """
     val_idx = validation_split(train.labels, val_per_class)  # held out for every eval, so subsets match across evals
     finetune = finetune or FinetuneConfig()
     n_classes = int(max(train.labels.max(), test.labels.max())) + 1
     test_y = torch.from_numpy(test.labels)
-    rows = []
+    rows, embedded = [], None
     for s in seeds:
         enc = encoder(s) if callable(encoder) and not isinstance(encoder, nn.Module) else encoder
         dev = device or next(enc.parameters()).device
@@ -71,10 +72,13 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
             needed = np.unique(np.concatenate(list(subsets.values())))
             if "propagate" in frozen:  # the graph's nodes: the pool and every labeled image
                 needed = np.union1d(unlabeled_pool(len(train), pool_size, val_idx), needed)
-            feats = extract_features(enc, train.images[needed], device=dev)  # (len(needed), D)
+            if embedded is None or embedded[0] is not enc or not np.array_equal(embedded[1], needed):
+                feats = extract_features(enc, train.images[needed], device=dev)  # (len(needed), D)
+                test_f = extract_features(enc, test.images, device=dev)
+                graph = LabelGraph(feats) if "propagate" in frozen else None
+                embedded = (enc, needed, feats, test_f, graph)  # one frozen encoder over seeds: embedded once
+            _, _, feats, test_f, graph = embedded
             pos = {int(i): r for r, i in enumerate(needed)}
-            test_f = extract_features(enc, test.images, device=dev)
-            graph = LabelGraph(feats) if "propagate" in frozen else None
         for n, idx in subsets.items():
             for e in evals:
                 row = {"method": name, "eval": e, "labels_per_class": n, "seed": s}
