@@ -36,9 +36,9 @@ from selfsup.compare import load_splits  # noqa: E402
 from selfsup.config import PretrainConfig  # noqa: E402
 from selfsup.demo import DEMO_PRETRAIN  # noqa: E402
 from selfsup.evaluate import (aggregate, extract_features, few_label_rows, knn_accuracy, label_subset,  # noqa: E402
-                              validation_split)
+                              unlabeled_pool, validation_split)
 from selfsup.evaluate.linear import fit_linear, predict_linear  # noqa: E402
-from selfsup.evaluate.propagate import LabelGraph, knn_graph, vote  # noqa: E402
+from selfsup.evaluate.propagate import LabelGraph, vote  # noqa: E402
 from selfsup.train import pretrain  # noqa: E402
 
 K_GRID = (1, 5, 10, 20)
@@ -59,7 +59,7 @@ def frozen_scores(encoder, train, test, idx, val_idx) -> dict:
     """
     f, vf, tf = (extract_features(encoder, x) for x in (train.images[idx], train.images[val_idx], test.images))
     y, vy, ty = (torch.from_numpy(a) for a in (train.labels[idx], train.labels[val_idx], test.labels))
-    pool = extract_features(encoder, train.images[np.setdiff1d(np.arange(len(train)), np.union1d(val_idx, idx))])
+    pool = extract_features(encoder, train.images[unlabeled_pool(len(train), exclude=np.union1d(val_idx, idx))])
     mean = pool.mean(0)  # unlabeled: the pool's labels are never read
     grid = {}
     for tag, c in (("", 0), ("-c", mean)):
@@ -68,10 +68,7 @@ def frozen_scores(encoder, train, test, idx, val_idx) -> dict:
         for wd in WD_GRID:
             probe = fit_linear(f - c, y, 10, wd)
             grid[f"linear_wd{wd:g}{tag}"] = (probe_accuracy(probe, vf - c, vy), probe_accuracy(probe, tf - c, ty))
-    nodes = torch.nn.functional.normalize(torch.cat([f, pool]), dim=1)
-    neighbours = knn_graph(nodes, max(GRAPH_GRID))  # searched once; each graph takes its nearest k
-    for k in GRAPH_GRID:
-        graph = LabelGraph(nodes, k, neighbours=neighbours)
+    for k, graph in LabelGraph.for_each_k(torch.cat([f, pool]), GRAPH_GRID).items():
         scores = graph.spread(torch.arange(len(y)), y, 10)  # one spread for both splits
         grid[f"propagate_k{k}"] = tuple((vote(graph.nodes, scores, q) == qy).float().mean().item()
                                         for q, qy in ((vf, vy), (tf, ty)))

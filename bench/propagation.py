@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 sys.path.insert(0, str(Path(__file__).parent))
@@ -25,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write  # noqa: E402
 from selfsup import checkpoint  # noqa: E402
 from selfsup.compare import load_splits  # noqa: E402
-from selfsup.evaluate import extract_features, label_subset, validation_split  # noqa: E402
-from selfsup.evaluate.propagate import LabelGraph, knn_graph, vote  # noqa: E402
+from selfsup.evaluate import extract_features, label_subset, unlabeled_pool, validation_split  # noqa: E402
+from selfsup.evaluate.propagate import LabelGraph, vote  # noqa: E402
 
 POOLS = ("10k", "all")
 GRAPH_K = (3, 5, 10, 20)
@@ -46,18 +45,17 @@ def main() -> None:
     idx = label_subset(train.labels, 10, args.seed, val_idx)
     state = checkpoint.load(args.checkpoint)
     encoder, _ = checkpoint.encoder_from(state)
-    rest = np.setdiff1d(np.arange(len(train)), np.union1d(val_idx, idx))
+    rest = unlabeled_pool(len(train), exclude=np.union1d(val_idx, idx))
     f, vf, tf, pool = (extract_features(encoder, a) for a in (train.images[idx], train.images[val_idx], test.images,
                                                               train.images[rest]))
     y, vy, ty = (torch.from_numpy(a) for a in (train.labels[idx], train.labels[val_idx], test.labels))
     rows = []
     for pool_name in POOLS:
         pf = pool if pool_name == "all" else pool[np.random.default_rng(0).choice(len(pool), 10_000, replace=False)]
-        nodes = F.normalize(torch.cat([f, pf]), dim=1)
-        neighbours = knn_graph(nodes, max(GRAPH_K))
+        graphs = LabelGraph.for_each_k(torch.cat([f, pf]), GRAPH_K)
         for k, alpha in itertools.product(GRAPH_K, ALPHA):
             t0 = time.perf_counter()
-            graph = LabelGraph(nodes, k, neighbours=neighbours)
+            graph = graphs[k]
             scores = graph.spread(torch.arange(len(y)), y, 10, alpha=alpha)
             for vk in VOTE_K:
                 acc = [(vote(graph.nodes, scores, q, vk) == qy).float().mean().item() for q, qy in ((vf, vy), (tf, ty))]

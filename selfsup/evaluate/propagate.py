@@ -31,7 +31,7 @@ class LabelGraph:
     """The symmetric kNN graph of a set of features, normalized as S = D^-1/2 W D^-1/2 (sparse, N x N).
 
     Edge weights are similarity**gamma. `neighbours` = knn_graph's output for k or more neighbours, when several
-    graphs of one feature set are wanted (the nearest k are used).
+    graphs of one feature set are wanted (the nearest k are used; see `for_each_k`).
     """
 
     def __init__(self, features: Tensor, k: int = GRAPH_K, gamma: float = 3.0,
@@ -49,6 +49,13 @@ class LabelGraph:
         i0, i1 = w.indices()
         self.s = torch.sparse_coo_tensor(w.indices(), d[i0] * w.values() * d[i1], (n, n), is_coalesced=True,
                                          check_invariants=False)
+
+    @classmethod
+    def for_each_k(cls, features: Tensor, ks: tuple[int, ...], gamma: float = 3.0) -> dict[int, "LabelGraph"]:
+        """One graph per k over the same features, from a single neighbour search (for sweeps over k)."""
+        x = F.normalize(features.float(), dim=1)
+        neighbours = knn_graph(x, min(max(ks), len(x) - 1))
+        return {k: cls(x, k, gamma, neighbours) for k in ks}
 
     def spread(self, positions: Tensor, labels: Tensor, n_classes: int, alpha: float = 0.99, max_iters: int = 200,
                tol: float = 1e-6) -> Tensor:
@@ -105,10 +112,10 @@ def propagate(labeled_f: Tensor, labels: Tensor, pool_f: Tensor, n_classes: int,
 
 
 def propagate_predict(labeled_f: Tensor, labels: Tensor, pool_f: Tensor, test_f: Tensor, n_classes: int,
-                      k: int = GRAPH_K, vote_k: int = VOTE_K, **kwargs) -> Tensor:
+                      k: int = GRAPH_K, vote_k: int = VOTE_K, gamma: float = 3.0, **kwargs) -> Tensor:
     """Predicted classes of the test features: propagate over labeled + pool, then each test point's vote."""
-    nodes, scores = propagate(labeled_f, labels, pool_f, n_classes, k, **kwargs)
-    return vote(nodes, scores, test_f, vote_k)
+    graph = LabelGraph(torch.cat([labeled_f, pool_f]), k, gamma)
+    return graph.predict(torch.arange(len(labels)), labels, test_f, n_classes, vote_k, **kwargs)
 
 
 def propagate_accuracy(labeled_f: Tensor, labels: Tensor, test_f: Tensor, test_y: Tensor, pool_f: Tensor,
