@@ -4,10 +4,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from selfsup.engine import cpu_bf16_path  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -22,7 +26,8 @@ def machine() -> dict:
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "amx": torch.cpu._is_amx_tile_supported(), "avx512_bf16": torch.cpu._is_avx512_bf16_supported()}
+            "bf16_path": cpu_bf16_path(), "amx": cpu_bf16_path() == "amx",
+            "avx512_bf16": torch.cpu._is_avx512_bf16_supported()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -33,9 +38,8 @@ def device_tag() -> str:
     machines whose speeds differ."""
     if torch.cuda.is_available():
         return "cuda"
-    if torch.cpu._is_amx_tile_supported():
-        return "cpu-amx"
-    return "cpu-avx512bf16" if torch.cpu._is_avx512_bf16_supported() else "cpu-avx2"
+    path = cpu_bf16_path()
+    return "cpu-avx2" if path == "none" else f"cpu-{path}"
 
 
 def matmul_peak(dtype: torch.dtype, device: str = "cpu", n: int = 2048, seconds: float = 2.0) -> float:

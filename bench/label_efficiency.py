@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import machine, write  # noqa: E402
 from selfsup import checkpoint  # noqa: E402
+from selfsup.factory import encoder_from  # noqa: E402
 from selfsup.compare import load_splits  # noqa: E402
 from selfsup.config import PretrainConfig  # noqa: E402
 from selfsup.demo import DEMO_PRETRAIN  # noqa: E402
@@ -115,9 +116,9 @@ def main() -> None:
             points = []
             for path in reversed(checkpoint.candidates(tmp)):
                 state = checkpoint.load(path)
-                encoder, _ = checkpoint.encoder_from(state)
+                encoder, _ = encoder_from(state)
                 t0 = time.perf_counter()
-                point = {"step": state["step"], "pretrain_seconds": round(state["seconds"], 1)}
+                point = {"step": state["budget"]["step"], "pretrain_seconds": round(state["budget"]["seconds"], 1)}
                 point |= frozen_scores(encoder, train, test, idx, val_idx)
                 if path.name == "last.pt" and args.finetune:
                     row, = few_label_rows(encoder, train, test, [LABELS], cfg.method, evals=("finetune",), seeds=(seed,),

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import machine, write  # noqa: E402
 from selfsup import checkpoint  # noqa: E402
+from selfsup.factory import encoder_from  # noqa: E402
 from selfsup.compare import load_splits  # noqa: E402
 from selfsup.evaluate import extract_features, label_subset, unlabeled_pool, validation_split  # noqa: E402
 from selfsup.evaluate.propagate import LabelGraph, vote  # noqa: E402
@@ -44,7 +45,7 @@ def main() -> None:
     val_idx = validation_split(train.labels, args.val_per_class)
     idx = label_subset(train.labels, 10, args.seed, val_idx)
     state = checkpoint.load(args.checkpoint)
-    encoder, _ = checkpoint.encoder_from(state)
+    encoder, _ = encoder_from(state)
     rest = unlabeled_pool(len(train), exclude=np.union1d(val_idx, idx))
     f, vf, tf, pool = (extract_features(encoder, a) for a in (train.images[idx], train.images[val_idx], test.images,
                                                               train.images[rest]))
@@ -66,7 +67,7 @@ def main() -> None:
     print("best on validation:", best)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     write(f"propagation-{device}-{args.name}.json",
-          {"command": "python " + " ".join(sys.argv), "machine": machine(), "checkpoint_step": state["step"],
+          {"command": "python " + " ".join(sys.argv), "machine": machine(), "checkpoint_step": state["budget"]["step"],
            "pretrain_seconds": round(state["seconds"], 1), "seed": args.seed, "best_on_validation": best, "rows": rows})
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import device_tag, machine, matmul_peak, write  # noqa: E402
 
 from selfsup.augment import augment, preset  # noqa: E402
-from selfsup.checkpoint import build_method  # noqa: E402
+from selfsup.factory import build_method, encoder_spec  # noqa: E402
 from selfsup.config import PretrainConfig  # noqa: E402
 from selfsup.data import ImageSet, load  # noqa: E402
 from selfsup.train import pretrain  # noqa: E402
@@ -46,7 +46,7 @@ def images_for(channels: int, side: int, n: int = 4096) -> ImageSet:
 def plain_loop(cfg: PretrainConfig, data: ImageSet, warmup: int, steps: int) -> dict:
     """A textbook fp32 NCHW loop over the same model, batch and augmentation."""
     torch.manual_seed(0)
-    method = build_method(cfg, data.channels)
+    method = build_method(cfg, encoder_spec(cfg, data.channels, data.size[0]))
     opt = torch.optim.AdamW(method.parameters(), lr=cfg.lr)
     view, g = preset(cfg.augment, data.channels), torch.Generator().manual_seed(0)
     x_all = torch.from_numpy(data.images)
@@ -116,7 +116,7 @@ def breakdown(cfg: PretrainConfig, data: ImageSet, warmup: int, steps: int) -> d
 
 def flops_per_image(cfg: PretrainConfig, data: ImageSet) -> float:
     """Forward + backward FLOPs of one training step, per image (all views), counted by torch."""
-    method = build_method(cfg, data.channels)
+    method = build_method(cfg, encoder_spec(cfg, data.channels, data.size[0]))
     x = torch.from_numpy(data.images[: cfg.batch_size])
     views = [augment(x, preset(cfg.augment, data.channels)) for _ in range(method.n_views)]
     with FlopCounterMode(display=False) as fc:

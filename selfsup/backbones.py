@@ -1,11 +1,35 @@
-"""Encoders that map images (B, C, H, W) to pooled features (B, out_dim)."""
+"""Encoders that map images (B, C, H, W) to pooled features (B, out_dim).
+
+Every backbone in `BACKBONES` is built as `builder(in_channels=..., image_size=..., **backbone_args)` and keeps
+the `Backbone` contract, so methods, evaluation and export can use any of them.
+"""
 from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
 from .registry import Registry
 
 BACKBONES: Registry = Registry("backbone")
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What every backbone offers."""
+
+    out_dim: int  # size of the pooled feature vector
+    in_channels: int  # channels of the images it takes
+    image_size: int | None  # the side it was built (and trained) for; evaluation resizes to it
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> the last feature map (B, out_dim, h, w) (tokens for a ViT)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> pooled features (B, out_dim)."""
+
+    def first_conv(self) -> nn.Module:
+        """The layer that sees pixels first (its filters are drawn in the report)."""
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
@@ -16,24 +40,27 @@ def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, relu: bool = True)
 class Encoder(nn.Module):
     """A feature extractor: `stem`, `body`, global average pool. `out_dim` is the feature size."""
 
-    def __init__(self, stem: nn.Module, body: nn.Module, out_dim: int, in_channels: int):
+    def __init__(self, stem: nn.Module, body: nn.Module, out_dim: int, in_channels: int, image_size: int | None = None):
         super().__init__()
         self.stem, self.body = stem, body
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.out_dim, self.in_channels = out_dim, in_channels
+        self.out_dim, self.in_channels, self.image_size = out_dim, in_channels, image_size
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.body(self.stem(x))  # (B, out_dim, h, w)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.body(self.stem(x)))  # (B, out_dim)
+        return self.pool(self.forward_features(x))  # (B, out_dim)
 
     def first_conv(self) -> nn.Conv2d:
         return next(m for m in self.modules() if isinstance(m, nn.Conv2d))
 
 
 @BACKBONES.register("small_cnn", "4 conv layers (width, 2w, 4w, 8w), stride 2 from the second; 256-d for width 32")
-def small_cnn(in_channels: int = 1, width: int = 32) -> Encoder:
+def small_cnn(in_channels: int = 1, width: int = 32, image_size: int | None = None) -> Encoder:
     w = width
     body = nn.Sequential(conv_bn(w, 2 * w, stride=2), conv_bn(2 * w, 4 * w, stride=2), conv_bn(4 * w, 8 * w, stride=2))
-    return Encoder(conv_bn(in_channels, w), body, 8 * w, in_channels)
+    return Encoder(conv_bn(in_channels, w), body, 8 * w, in_channels, image_size)
 
 
 class Basic(nn.Module):
@@ -58,7 +85,8 @@ class Bottleneck(Basic):
                                conv_bn(width, width * 4, 1, relu=False))
 
 
-def resnet(block: type[Basic], depths: tuple[int, ...], in_channels: int, stem: str, width: int) -> Encoder:
+def resnet(block: type[Basic], depths: tuple[int, ...], in_channels: int, stem: str, width: int,
+           image_size: int | None = None) -> Encoder:
     """ResNet (He et al. 2016). stem='small': 3x3 conv, no max-pool (for 32-96 px); 'imagenet': 7x7/2 conv + max-pool."""
     if stem == "small":
         first = conv_bn(in_channels, width, 3)
@@ -73,14 +101,14 @@ def resnet(block: type[Basic], depths: tuple[int, ...], in_channels: int, stem: 
         for j in range(n):
             stages.append(block(cin, w, 2 if (j == 0 and i > 0) else 1))
             cin = w * block.expansion
-    return Encoder(first, nn.Sequential(*stages), cin, in_channels)
+    return Encoder(first, nn.Sequential(*stages), cin, in_channels, image_size)
 
 
 @BACKBONES.register("resnet18", "ResNet-18, 512-d; stem='small' (default) or 'imagenet'")
-def resnet18(in_channels: int = 3, stem: str = "small", width: int = 64) -> Encoder:
-    return resnet(Basic, (2, 2, 2, 2), in_channels, stem, width)
+def resnet18(in_channels: int = 3, stem: str = "small", width: int = 64, image_size: int | None = None) -> Encoder:
+    return resnet(Basic, (2, 2, 2, 2), in_channels, stem, width, image_size)
 
 
 @BACKBONES.register("resnet50", "ResNet-50 (bottlenecks), 2048-d; stem='small' (default) or 'imagenet'")
-def resnet50(in_channels: int = 3, stem: str = "small", width: int = 64) -> Encoder:
-    return resnet(Bottleneck, (3, 4, 6, 3), in_channels, stem, width)
+def resnet50(in_channels: int = 3, stem: str = "small", width: int = 64, image_size: int | None = None) -> Encoder:
+    return resnet(Bottleneck, (3, 4, 6, 3), in_channels, stem, width, image_size)

@@ -6,53 +6,18 @@ or that cannot be unpickled, is skipped in favour of the previous one with a war
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from .config import PretrainConfig
-from .errors import ConfigError, SelfsupError
+from .errors import SelfsupError
+from .files import atomic_write, file_digest, fsync_dir
 
 STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+FORMAT = 2  # version 1 (before parts saved their own state) is upgraded on reading
 
 
 def save(path: str | Path, state: dict[str, Any]) -> Path:
@@ -62,10 +27,10 @@ def save(path: str | Path, state: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sidecar = path.with_name(path.name + ".sha256")
     sidecar.unlink(missing_ok=True)
-    _write_atomic(path, lambda f: torch.save(state, f))
-    digest = _digest(path)
-    _write_atomic(sidecar, lambda f: f.write(f"{digest}  {path.name}\n".encode()))
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda f: torch.save(state, f))
+    digest = file_digest(path)
+    atomic_write(sidecar, lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+    fsync_dir(path.parent)
     return path
 
 
@@ -104,7 +69,7 @@ def verify(path: Path) -> None:
     sidecar = path.with_name(path.name + ".sha256")
     if sidecar.exists():
         expected = sidecar.read_text().split()[:1]
-        if expected and expected[0] != _digest(path):
+        if expected and expected[0] != file_digest(path):
             raise SelfsupError(f"checkpoint {path} fails its sha256 check (truncated or corrupt)")
 
 
@@ -114,9 +79,12 @@ def _read(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise SelfsupError(f"checkpoint {path} is unreadable ({type(e).__name__}); it may be truncated, use an earlier one") from None
-    if not isinstance(state, dict) or "method_state" not in state or "config" not in state:
-        raise SelfsupError(f"{path} is not a selfsup checkpoint (no method_state/config)")
-    return state
+    if not isinstance(state, dict) or not ("method" in state or "method_state" in state) or "config" not in state:
+        raise SelfsupError(f"{path} is not a selfsup checkpoint (no method weights and config)")
+    try:
+        return upgrade(state) if state.get("format", 1) < FORMAT else state
+    except (KeyError, TypeError, AttributeError) as e:
+        raise SelfsupError(f"{path} is a damaged selfsup checkpoint (no {e}); use another checkpoint of the run") from None
 
 
 def latest(run: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -147,53 +115,20 @@ def load(path: str | Path) -> dict[str, Any]:
     return read(path)[1]
 
 
-def build_method(cfg: PretrainConfig, in_channels: int) -> nn.Module:
-    from .backbones import BACKBONES
+def upgrade(old: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of format 1 (one flat dict) in today's layout, where each part of the run has its own slice."""
     from .methods import METHODS
 
-    cls = METHODS.get(cfg.method)
-    args, method_args = dict(cfg.backbone_args), dict(cfg.method_args)
-    if hasattr(cls, "input_channels"):  # e.g. colorization: the conv net sees one channel of colour data
-        args["in_channels"] = cls.input_channels(in_channels)
-        method_args["data_channels"] = in_channels
-    args.setdefault("in_channels", in_channels)
-    return METHODS.build(cfg.method, BACKBONES.build(cfg.backbone, **args), **method_args)
-
-
-def describe(cfg: PretrainConfig | dict) -> str:
-    """`method/backbone` plus non-default backbone and method arguments, as a user would name the architecture."""
-    c = cfg if isinstance(cfg, dict) else cfg.to_dict()
-    extra = ",".join(f"{k}={v}" for k, v in sorted({**c.get("backbone_args", {}), **c.get("method_args", {})}.items()))
-    return f"{c['method']}/{c['backbone']}" + (f"({extra})" if extra else "")
-
-
-def load_state_into(method: nn.Module, state: dict[str, Any], wanted: PretrainConfig, path: str | Path) -> None:
-    """Load a checkpoint's weights into `method`, or say which architecture the checkpoint holds and which was asked for."""
-    saved = state["config"]
-    reason = None
-    if any(saved.get(k) != getattr(wanted, k) for k in ("method", "backbone", "backbone_args", "method_args")):
-        reason = "different architecture"
-    else:
-        try:
-            method.load_state_dict(state["method_state"])
-        except RuntimeError as e:
-            reason = str(e).splitlines()[0]
-    if reason:
-        raise ConfigError(f"checkpoint {path} holds {describe(saved)} but {describe(wanted)} was asked for "
-                          f"({reason}); use a matching checkpoint or start a new run")
-
-
-def load_encoder(path: str | Path) -> tuple[nn.Module, PretrainConfig]:
-    """The pretrained backbone (on CPU, eval mode) and the config it was trained with."""
-    return encoder_from(load(path))
-
-
-def encoder_from(state: dict[str, Any]) -> tuple[nn.Module, PretrainConfig]:
-    """The backbone and config of a loaded checkpoint."""
-    cfg = PretrainConfig.from_dict(state["config"])
-    method = build_method(cfg, state["in_channels"])
-    try:
-        method.load_state_dict(state["method_state"])
-    except RuntimeError as e:
-        raise ConfigError(f"checkpoint weights do not fit {describe(cfg)}: {str(e).splitlines()[0]}") from None
-    return method.backbone.eval(), cfg
+    cfg, channels, order = old["config"], old["in_channels"], old.get("data_order", {})
+    encoder = {"backbone": cfg["backbone"], "backbone_args": cfg.get("backbone_args", {}), "in_channels": channels,
+               "image_size": old.get("image_size"), "value_range": (0.0, 1.0),
+               "input_transform": METHODS.get(cfg["method"]).input_transform(channels)}
+    new = {"format": FORMAT, "config": cfg, "method": old["method_state"], "final": old.get("final", False),
+           "encoder": encoder,
+           "optimizer": old.get("optimizer"), "precision": {}, "rng": old.get("rng"),
+           "batches": {k: order.get(k) for k in ("seed", "epoch", "epoch_step", "images", "world_size", "batch_size")},
+           "budget": {"step": old.get("step", 0), "images_seen": old.get("images_seen", 0),
+                      "progress": old.get("progress", 0.0), "skipped": old.get("skipped", 0),
+                      "seconds": old.get("seconds", 0.0)},
+           "run": {"history": old.get("history", [])}}
+    return new | ({"summary": old["summary"]} if "summary" in old else {})

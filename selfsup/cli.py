@@ -42,20 +42,27 @@ def _kv(text: str) -> dict:
     return out
 
 
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per PretrainConfig field, so the dataclass stays the single source of defaults."""
+    """One flag per PretrainConfig field, its help and default from the field: the dataclass is the single source.
+
+    Flags default to None (= not given) so that a YAML file or a resumed run's config is only overridden by
+    what the user typed; the help shows the field's own default."""
     from .config import PretrainConfig
 
     for f in dataclasses.fields(PretrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        t = str(f.type)
+        t, help_ = str(f.type), f"{f.metadata.get('help', '')} (default: {_default(f)})"
         if t == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif t.startswith("dict"):
-            p.add_argument(flag, type=_kv, default=None, metavar="K=V,...")
+            p.add_argument(flag, type=_kv, default=None, metavar="K=V,...", help=help_)
         else:
             kind = int if t.startswith("int") else float if t.startswith("float") else str
-            p.add_argument(flag, type=kind, default=None, metavar=f.name.upper())
+            p.add_argument(flag, type=kind, default=None, metavar=f.name.upper(), help=help_)
 
 
 def _config_from(args: argparse.Namespace):
@@ -67,36 +74,37 @@ def _config_from(args: argparse.Namespace):
 
 
 def cmd_pretrain(args) -> None:
+    from .config import PretrainConfig, load_yaml
+    from .engine import fabric_for
+    from .run import resumable
     from .train import pretrain
 
+    found = None
     if args.resume:
-        from .config import PretrainConfig, load_yaml
-        from .train import resumable
-
         if args.out is not None and Path(args.out) != Path(args.resume):
             raise ConfigError(f"--resume {args.resume} continues that run in place; drop --out {args.out}")
         found = resumable(args.resume)
-        state = found[1]
-        base = PretrainConfig.from_dict(state["config"])
+        base = PretrainConfig.from_dict(found[1]["config"])
         base = base.override(**load_yaml(args.config)) if args.config else base
         changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)}
-        if any(changes[k] is not None for k in ("epochs", "minutes", "steps")):  # a new budget replaces the old one
-            base.epochs = base.minutes = base.steps = None
+        base = base.with_budget(changes.pop("epochs"), changes.pop("minutes"), changes.pop("steps"))
         cfg = base.override(**changes | {"out": str(args.resume)})
-        path = pretrain(cfg, resume=found)
     else:
         cfg = _config_from(args)
         if cfg.epochs is None and cfg.minutes is None and cfg.steps is None:
             raise ConfigError("give a budget: --minutes M, --epochs E or --steps S")
-        path = pretrain(cfg, overwrite=args.overwrite)
-    print(f"checkpoint: {path}")
+    fabric = fabric_for(cfg.validate())  # the engine starts here, at the program's entry point
+    path = pretrain(cfg, resume=found or False, overwrite=args.overwrite, fabric=fabric)
+    if fabric.is_global_zero:
+        print(f"checkpoint: {path}")
 
 
 def cmd_eval(args) -> None:
-    from .checkpoint import encoder_from, read
-    from .config import write_json
+    from .checkpoint import read
     from .data import load
     from .evaluate import aggregate, few_label_rows
+    from .factory import encoder_from
+    from .files import write_json
     from .report import format_table
 
     path, state = read(args.checkpoint)
@@ -133,17 +141,15 @@ def cmd_compare(args) -> None:
                        minutes_per_method=args.minutes_per_method, seeds=tuple(range(args.seeds)), out=args.out,
                        val_per_class=args.val_per_class, pretrain=base,
                        finetune=FinetuneConfig(steps=args.finetune_steps))
-    run_compare(cc)
+    from .engine import fabric_for
+
+    run_compare(cc, fabric=fabric_for(base) if cc.methods else None)  # the engine starts at the entry point
 
 
 def cmd_embed(args) -> None:
-    from pathlib import Path
-
-    import torch
-
-    from .checkpoint import build_method, load_encoder
     from .config import PretrainConfig
     from .data import load
+    from .factory import encoder_spec, load_encoder, random_encoder
     from .report.embedding import PROJECTIONS, write_embedding
 
     if args.projection not in PROJECTIONS:
@@ -166,8 +172,7 @@ def cmd_embed(args) -> None:
         raise ConfigError("give --checkpoint CKPT, or --random-init with --dataset")
     data = load(dataset, args.split, cfg.data_root)
     if args.random_init:
-        torch.manual_seed(args.seed)
-        encoder = build_method(cfg.override(dataset=dataset), data.channels).backbone
+        encoder = random_encoder(encoder_spec(cfg.override(dataset=dataset), data.channels, data.size[0]), args.seed)
     if data.channels != encoder.in_channels:
         raise ConfigError(f"{dataset} has {data.channels} channel(s) but the encoder takes {encoder.in_channels}")
     title = f"{'random init' if args.random_init else cfg.method} on {dataset} {args.split}"
@@ -201,6 +206,8 @@ def cmd_list(registry_name: str):
             from .methods import METHODS as reg
         elif registry_name == "backbones":
             from .backbones import BACKBONES as reg
+        elif registry_name == "evals":
+            from .evaluate import EVALS as reg
         else:
             from .data import DATASETS as reg
         for name, desc in reg.describe().items():
@@ -210,73 +217,85 @@ def cmd_list(registry_name: str):
     return run
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised pretraining on images, evaluated against few-label baselines.")
-    sub = p.add_subparsers(dest="command", required=True)
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help shows its default; config flags already name theirs (their parser default is None)."""
 
-    d = sub.add_parser("demo", help="the main job: SimCLR vs supervised and random init on MNIST at 1/10/100 labels per class")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--methods", default="simclr")
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default:" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = _Help
+    p = argparse.ArgumentParser(prog="selfsup", formatter_class=fmt,
+                                description="Self-supervised pretraining on images, evaluated against few-label baselines.")
+    sub = p.add_subparsers(dest="command", required=True)
+    add = lambda name, help_: sub.add_parser(name, help=help_, description=help_, formatter_class=fmt)  # noqa: E731
+
+    d = add("demo", "the main job: SimCLR vs supervised and random init on MNIST at 1/10/100 labels per class")
+    d.add_argument("--out", default="runs/demo", help="output directory")
+    d.add_argument("--methods", default="simclr", help="comma-separated methods (see `selfsup methods`)")
     d.add_argument("--minutes", type=float, default=5.0, help="pretraining minutes per method")
-    d.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100])
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100], help="comma-separated label counts")
+    d.add_argument("--seed", type=int, default=0, help="seed for pretraining, label subsets and baselines")
     d.set_defaults(run=cmd_demo)
 
-    c = sub.add_parser("compare", help="methods vs supervised-from-scratch and random-init, one table and report.html")
-    c.add_argument("--dataset", default="mnist")
+    c = add("compare", "methods vs supervised-from-scratch and random-init, one table and report.html")
+    c.add_argument("--dataset", default="mnist", help="dataset name or folder:PATH")
     c.add_argument("--methods", default="simclr", help="comma-separated; see `selfsup methods`")
-    c.add_argument("--baselines", default="supervised,random")
-    c.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100])
-    c.add_argument("--evals", default="knn,linear,finetune",
-                   help="comma-separated: knn, linear, propagate (labels spread over unlabeled images), finetune")
-    c.add_argument("--minutes-per-method", type=float, default=3.0)
+    c.add_argument("--baselines", default="supervised,random", help="comma-separated: supervised, random")
+    c.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100], help="comma-separated label counts")
+    c.add_argument("--evals", default="knn,linear,finetune", help="comma-separated; see `selfsup evals`")
+    c.add_argument("--minutes-per-method", type=float, default=3.0, help="pretraining budget of each method")
     c.add_argument("--seeds", type=_count, default=1, help="how many seeds (label subsets and initializations): 0..N-1")
     c.add_argument("--val-per-class", type=int, default=10, help="held-out labeled images per class for early stopping")
-    c.add_argument("--finetune-steps", type=int, default=300)
-    c.add_argument("--backbone", default=None)
-    c.add_argument("--backbone-args", type=_kv, default=None, metavar="K=V,...")
-    c.add_argument("--batch-size", type=int, default=None)
+    c.add_argument("--finetune-steps", type=int, default=300, help="step budget of fine-tuning and supervised training")
+    c.add_argument("--backbone", default=None, help="encoder for every method (default: the config's, small_cnn)")
+    c.add_argument("--backbone-args", type=_kv, default=None, metavar="K=V,...", help="the backbone's arguments")
+    c.add_argument("--batch-size", type=int, default=None, help="pretraining batch size (default: the config's, 256)")
     c.add_argument("--config", help="YAML of PretrainConfig fields shared by every method")
-    c.add_argument("--out", default="runs/cmp")
+    c.add_argument("--out", default="runs/cmp", help="output directory")
     c.set_defaults(run=cmd_compare)
 
-    t = sub.add_parser("pretrain", help="pretrain an encoder without labels")
+    t = add("pretrain", "pretrain an encoder without labels")
     t.add_argument("--config", help="YAML file of config fields; flags override it")
     t.add_argument("--resume", metavar="RUN", help="continue the run in RUN exactly, from its newest readable checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     _add_config_flags(t)
     t.set_defaults(run=cmd_pretrain)
 
-    e = sub.add_parser("eval", help="kNN and linear probe of a checkpoint at few labels per class")
+    e = add("eval", "kNN, linear probe, propagation or fine-tuning of a checkpoint at few labels per class")
     e.add_argument("--checkpoint", required=True, help="a .pt file or a run directory")
-    e.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100])
-    e.add_argument("--evals", default="knn,linear", help="comma-separated: knn, linear, propagate, finetune")
+    e.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100], help="comma-separated label counts")
+    e.add_argument("--evals", default="knn,linear", help="comma-separated; see `selfsup evals`")
     e.add_argument("--seeds", type=_count, default=1, help="how many seeds (label subsets): 0..N-1")
     e.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     e.add_argument("--out", help="JSON path (default: RUN/eval.json)")
     e.set_defaults(run=cmd_eval)
 
-    m = sub.add_parser("embed", help="2-D map of an encoder's features: interactive HTML, PNG, or raw export")
+    m = add("embed", "2-D map of an encoder's features: interactive HTML, PNG, or raw export")
     m.add_argument("--checkpoint", help="a .pt file or run directory")
     m.add_argument("--random-init", action="store_true", help="an untrained encoder (of the checkpoint's architecture, if given)")
     m.add_argument("--backbone", help="with --random-init and no checkpoint (default small_cnn)")
     m.add_argument("--dataset", help="default: the checkpoint's dataset")
-    m.add_argument("--split", default="test")
+    m.add_argument("--split", default="test", help="which split to map")
     m.add_argument("--out", action="append", help="map.html and/or map.png (repeat the flag for both)")
-    m.add_argument("--projection", default="tsne", help="tsne (default), umap (needs umap-learn), pca")
+    m.add_argument("--projection", default="tsne", help="tsne, umap (needs umap-learn) or pca")
     m.add_argument("--max-points", type=int, default=10000, help="subsample to at most this many images (0: all)")
     m.add_argument("--export", help="write the raw features with labels: feats.npy (+ feats.labels.npy) or feats.csv")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--seed", type=int, default=0, help="seed of the subsample, the projection and a random init")
     m.set_defaults(run=cmd_embed)
 
-    da = sub.add_parser("data", help="fetch datasets or describe them")
-    da.add_argument("action", choices=["fetch", "info"])
-    da.add_argument("name")
-    da.add_argument("--split", default="train,test")
+    da = add("data", "fetch datasets or describe them")
+    da.add_argument("action", choices=["fetch", "info"], help="fetch: download and verify; info: sizes and classes")
+    da.add_argument("name", help="dataset name (see `selfsup datasets`) or folder:PATH")
+    da.add_argument("--split", default="train,test", help="comma-separated splits for info")
     da.set_defaults(run=cmd_data)
 
-    for name in ("methods", "backbones", "datasets"):
-        sub.add_parser(name, help=f"list the registered {name}").set_defaults(run=cmd_list(name))
+    for name in ("methods", "backbones", "datasets", "evals"):
+        add(name, f"list the registered {name}").set_defaults(run=cmd_list(name))
     return p
 
 
@@ -286,9 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "evals", None):
             from .evaluate import EVALS
 
-            bad = [e for e in args.evals.split(",") if e not in EVALS]
-            if bad:
-                raise ConfigError(f"unknown eval {bad[0]!r}; choose from: {', '.join(EVALS)}")
+            EVALS.check(args.evals.split(","))
         args.run(args)
     except Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)

@@ -12,15 +12,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 
 from . import checkpoint
-from .config import PretrainConfig, write_json
-from .data import ImageSet, fetch, load
 from .augment import view_for
+from .config import PretrainConfig
+from .data import ImageSet, fetch, load
 from .errors import ConfigError, DataError, SelfsupError
-from .evaluate import EVALS, FinetuneConfig, aggregate, few_label_rows, label_subset, validation_split
+from .evaluate import (EVALS, FinetuneConfig, aggregate, class_count, few_label_rows, label_subset,
+                       validation_split)
 from .evaluate.finetune import train_classifier
+from .factory import encoder_spec, method_from, random_encoder
+from .files import read_jsonl, write_json
 from .methods import METHODS
 from .report import format_table
 from .train import pretrain
@@ -45,14 +47,11 @@ class CompareConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self) -> "CompareConfig":
-        for m in self.methods:
-            METHODS.get(m)
+        METHODS.check(self.methods)
+        EVALS.check(self.evals)
         for b in self.baselines:
             if b not in BASELINES:
                 raise ConfigError(f"unknown baseline {b!r}; choose from: {', '.join(BASELINES)}")
-        for e in self.evals:
-            if e not in EVALS:
-                raise ConfigError(f"unknown eval {e!r}; choose from: {', '.join(EVALS)}")
         if not self.methods and not self.baselines:
             raise ConfigError("nothing to compare: give --methods and/or --baselines")
         if any(n < 1 for n in self.labels_per_class):
@@ -62,11 +61,10 @@ class CompareConfig:
         return self
 
     def method_config(self, method: str) -> PretrainConfig:
-        budget = {"minutes": self.minutes_per_method, "epochs": None, "steps": None} if self.minutes_per_method else {}
         d = self.pretrain.to_dict() | {"dataset": self.dataset, "method": method, "out": str(Path(self.out) / "pretrain" / method)}
         if method != self.pretrain.method:  # method_args belong to the shared config's own method
             d["method_args"] = {}
-        return PretrainConfig.from_dict(d | budget).validate()
+        return PretrainConfig.from_dict(d).with_budget(minutes=self.minutes_per_method).validate()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,36 +84,30 @@ def load_splits(dataset: str, root: str | None) -> tuple[ImageSet, ImageSet]:
         return load(dataset, "train", root), load(dataset, "test", root)
 
 
-def pretrained(cfg: PretrainConfig, train: ImageSet, show_progress: bool) -> tuple[Path, dict, bool]:
+def pretrained(cfg: PretrainConfig, train: ImageSet, show_progress: bool, fabric=None) -> tuple[Path, dict, bool]:
     """Pretrain, reuse a finished checkpoint made with exactly this config, or resume an interrupted one.
-    Returns (path, summary, reused)."""
+    Returns (path, state, reused)."""
     resume: bool | tuple = False
     if checkpoint.candidates(cfg.out):
         try:
             path, state = checkpoint.latest(cfg.out)
             if state.get("config") == cfg.to_dict():
                 if state.get("final"):
-                    return path, state.get("summary", {}), True
+                    return path, state, True
                 resume = (path, state)
         except SelfsupError:  # nothing readable: the run is redone
             pass
     print(f"{'resuming' if resume else 'pretraining'} {cfg.method} on {cfg.dataset}", file=sys.stderr, flush=True)
-    path = pretrain(cfg, train, show_progress, resume=resume, overwrite=not resume)
-    return path, checkpoint.load(path).get("summary", {}), False
+    path = pretrain(cfg, train, show_progress, resume=resume, overwrite=not resume, fabric=fabric)
+    return path, checkpoint.load(path), False
 
 
 class EvalCache:
     """Rows already computed, keyed by everything that determines them; appended as they are made."""
 
     def __init__(self, path: Path):
-        self.path, self.rows = path, {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    r = json.loads(line)
-                    self.rows[r["key"]] = r
-                except (json.JSONDecodeError, KeyError):
-                    continue  # a torn last line from an interrupted run
+        self.path = path
+        self.rows = {r["key"]: r for r in read_jsonl(path) if "key" in r}  # a torn last line is dropped
 
     def add(self, key: str, row: dict) -> None:
         self.rows[key] = row | {"key": key}
@@ -123,11 +115,11 @@ class EvalCache:
             f.write(json.dumps(self.rows[key]) + "\n")
 
 
-def run_compare(cc: CompareConfig, show_progress: bool = True) -> dict:
-    """Pretrain each method (or reuse), evaluate methods and baselines, write results.json and report.html."""
-    from .report.gallery import gallery_html
-    from .report.html import write_report
+def run_compare(cc: CompareConfig, show_progress: bool = True, fabric=None) -> dict:
+    """Pretrain each method (or reuse), evaluate methods and baselines, write results.json and report.html.
 
+    fabric: the engine the program created (default: one from `cc.pretrain`). On several processes every one
+    pretrains; only the main one evaluates and writes (the others return an empty dict)."""
     cc.validate()
     configs = {m: cc.method_config(m) for m in cc.methods}
     out = Path(cc.out)
@@ -136,77 +128,84 @@ def run_compare(cc: CompareConfig, show_progress: bool = True) -> dict:
     except OSError as e:
         raise ConfigError(f"cannot write to output directory {out} ({e.strerror}); choose another --out") from None
     train, test = load_splits(cc.dataset, cc.pretrain.data_root)
-    cache = EvalCache(out / "evals.jsonl")
-    base = cc.pretrain
-    ft = cc.finetune
+    if configs and fabric is None:
+        from .engine import fabric_for
 
-    # name -> (encoder or seed->encoder, evals, lr scale, identity of the weights)
-    subjects: dict[str, tuple] = {}
-    summaries, reused, shown = {}, {}, {}
+        fabric = fabric_for(cc.pretrain)
+    subjects, shown, states = {}, {}, {}
     for m, cfg in configs.items():
-        path, summaries[m], reused[m] = pretrained(cfg, train, show_progress)
-        state = checkpoint.load(path)
-        encoder, _ = checkpoint.encoder_from(state)
-        subjects[m] = (encoder, cc.evals, None, cfg.to_dict())
-        method = checkpoint.build_method(cfg, train.channels)
-        method.load_state_dict(state["method_state"])
-        view = view_for(cfg, train.channels, method)
-        shown[m] = {"encoder": encoder, "identity": cfg.to_dict(), "method": method, "view": view}
-
-    def fresh(seed: int) -> torch.nn.Module:
-        torch.manual_seed(seed)
-        return checkpoint.build_method(base.override(dataset=cc.dataset, steps=1), train.channels).backbone
-
-    arch = {"backbone": base.backbone, "backbone_args": base.backbone_args, "method": base.method}
+        path, state, reused = pretrained(cfg, train, show_progress, fabric)
+        states[m] = state.get("summary", {}) | {"reused": reused}
+        method, _ = method_from(state)
+        subjects[m] = (method.backbone, cc.evals, None, cfg.to_dict())
+        shown[m] = {"encoder": method.backbone, "identity": cfg.to_dict(), "method": method,
+                    "view": view_for(cfg, train.channels, method)}
+    if fabric is not None and not fabric.is_global_zero:
+        return {}
+    spec = encoder_spec(cc.pretrain.override(dataset=cc.dataset), train.channels, train.size[0])
+    fresh = lambda seed: random_encoder(spec, seed)  # noqa: E731
+    arch = {"backbone": cc.pretrain.backbone, "backbone_args": cc.pretrain.backbone_args, "method": cc.pretrain.method}
     if "random" in cc.baselines:
-        subjects[BASELINES["random"]] = (fresh, tuple(e for e in cc.evals if e != "finetune"), None, arch)
+        subjects[BASELINES["random"]] = (fresh, tuple(e for e in cc.evals if EVALS.get(e).kind != "trained"), None, arch)
         shown[BASELINES["random"]] = {"encoder": fresh(cc.seeds[0]), "identity": arch | {"seed": cc.seeds[0]}}
     if "supervised" in cc.baselines:
         subjects[BASELINES["supervised"]] = (fresh, ("finetune",), 1.0, arch)  # from scratch: one learning rate
-
     t_eval = time.perf_counter()
-    per_seed = []
+    per_seed = evaluate_all(cc, subjects, train, test, EvalCache(out / "evals.jsonl"))
+    rows = aggregate(per_seed)
+    results = {
+        "dataset": cc.dataset, "rows": rows, "rows_per_seed": per_seed,
+        "pretrain_seconds": round(sum(s.get("seconds", 0) for s in states.values()), 1),
+        "pretrain": states, "eval_seconds": round(time.perf_counter() - t_eval, 1),
+        "config": {"compare": {k: v for k, v in cc.to_dict().items() if k not in ("pretrain", "finetune")},
+                   "pretrain": {m: c.to_dict() for m, c in configs.items()}, "finetune": cc.finetune.to_dict()},
+        "headline": headline(rows, cc.labels_per_class),
+    }
+    write_json(out / "results.json", results)
+    write_pages(cc, results, configs, shown, fresh, arch, train, test)
+    print(format_table(rows))
+    if results["headline"]:
+        print(results["headline"]["text"])
+    print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'}")
+    return results
+
+
+def evaluate_all(cc: CompareConfig, subjects: dict, train: ImageSet, test: ImageSet, cache: EvalCache) -> list[dict]:
+    """Per-seed rows of every subject (name -> (encoder or seed -> encoder, evals, lr scale, identity)); rows
+    already in the cache are reused, new ones are added to it as they are made."""
+    ft, per_seed = cc.finetune, []
     for name, (encoder, evals, lr_scale, identity) in subjects.items():
         for s in cc.seeds:
             for e in evals:
-                todo, keys = [], {}
-                for n in cc.labels_per_class:
-                    keys[n] = _key([name, identity, cc.dataset, e, n, s, cc.val_per_class, ft.to_dict() if e == "finetune" else None])
-                    if keys[n] not in cache.rows:
-                        todo.append(n)
+                keys = {n: _key([name, identity, cc.dataset, e, n, s, cc.val_per_class,
+                                 ft.to_dict() if e == "finetune" else None]) for n in cc.labels_per_class}
+                todo = [n for n, k in keys.items() if k not in cache.rows]
                 if todo:
                     print(f"evaluating {name}: {e} at {todo} labels per class, seed {s}", file=sys.stderr, flush=True)
                     for r in few_label_rows(encoder, train, test, todo, name, (e,), (s,), val_per_class=cc.val_per_class,
                                             finetune=ft, encoder_lr_scale=lr_scale):
                         cache.add(keys[r["labels_per_class"]], r)
                 per_seed += [{k: v for k, v in cache.rows[keys[n]].items() if k != "key"} for n in cc.labels_per_class]
-    rows = aggregate(per_seed)
-    histories = {m: [json.loads(line) for line in (Path(c.out) / "metrics.jsonl").read_text().splitlines()]
-                 for m, c in configs.items() if (Path(c.out) / "metrics.jsonl").exists()}
-    results = {
-        "dataset": cc.dataset, "rows": rows, "rows_per_seed": per_seed,
-        "pretrain_seconds": round(sum(s.get("seconds", 0) for s in summaries.values()), 1),
-        "pretrain": {m: summaries[m] | {"reused": reused[m]} for m in configs},
-        "eval_seconds": round(time.perf_counter() - t_eval, 1),
-        "config": {"compare": {k: v for k, v in cc.to_dict().items() if k not in ("pretrain", "finetune")},
-                   "pretrain": {m: c.to_dict() for m, c in configs.items()}, "finetune": ft.to_dict()},
-    }
-    results["headline"] = headline(rows, cc.labels_per_class)
-    write_json(out / "results.json", results)
+    return per_seed
+
+
+def write_pages(cc: CompareConfig, results: dict, configs: dict, shown: dict, fresh, arch: dict, train: ImageSet,
+                test: ImageSet) -> None:
+    """report.html with the pretraining curves and, when asked, every subject's pictures."""
+    from .report.gallery import gallery_html
+    from .report.html import write_report
+
+    out = Path(cc.out)
+    histories = {m: read_jsonl(Path(c.out) / "metrics.jsonl") for m, c in configs.items()}
     if cc.pictures and "supervised" in cc.baselines:  # its pictures: the encoder trained at ~10 labels per class, first seed
         n = max([k for k in cc.labels_per_class if k <= 10] or [min(cc.labels_per_class)])
         val = validation_split(train.labels, cc.val_per_class)
         idx = label_subset(train.labels, n, cc.seeds[0], val)
         model, _ = train_classifier(fresh(cc.seeds[0]), train.images[idx], train.labels[idx], train.images[val],
-                                    train.labels[val], int(train.labels.max()) + 1, ft, cc.seeds[0], 1.0)
-        shown[BASELINES["supervised"]] = {"encoder": model.encoder, "identity": arch | {"n": n, "ft": ft.to_dict()}}
+                                    train.labels[val], class_count(train), cc.finetune, cc.seeds[0], 1.0)
+        shown[BASELINES["supervised"]] = {"encoder": model.encoder, "identity": arch | {"n": n, "ft": cc.finetune.to_dict()}}
     extra = gallery_html(shown, test, out / "maps", cc.map_points, cc.seeds[0]) if cc.pictures else ""
     write_report(results, histories, out / "report.html", extra)
-    print(format_table(rows))
-    if results["headline"]:
-        print(results["headline"]["text"])
-    print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'}")
-    return results
 
 
 def headline(rows: list[dict], labels_per_class: tuple[int, ...]) -> dict:

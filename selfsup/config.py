@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,44 +9,50 @@ from typing import Any
 from .errors import ConfigError
 
 
+def opt(default: Any, help: str) -> Any:
+    """A config field with its help text (the command line shows it with the default)."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class PretrainConfig:
     """Everything that defines a pretraining run; saved beside every checkpoint and result."""
 
-    dataset: str = "mnist"
-    split: str = "train"  # e.g. "train+unlabeled" for stl10
-    data_root: str | None = None  # default: $SELFSUP_DATA or ~/.cache/selfsup
-    strict: bool = False  # an image folder with unreadable files is an error (default: skip them with a warning)
-    method: str = "simclr"
-    method_args: dict[str, Any] = field(default_factory=dict)
-    backbone: str = "small_cnn"
-    backbone_args: dict[str, Any] = field(default_factory=dict)
-    augment: str = "auto"  # preset name; auto = simclr for colour, greyscale for 1 channel
-    augment_args: dict[str, Any] = field(default_factory=dict)  # fields of the preset to change, e.g. {rotate: 20}
-    image_size: int | None = None  # None keeps the dataset's size
-    # Budget: exactly one of these.
-    epochs: float | None = None
-    minutes: float | None = None
-    steps: int | None = None
-    batch_size: int = 256
-    optimizer: str = "adamw"  # adamw | sgd
-    lr: float = 2e-3
-    weight_decay: float = 1e-5
-    warmup: float = 0.05  # fraction of the budget spent warming up the learning rate
-    precision: str = "auto"  # auto | bf16-mixed | 32-true | 16-mixed
-    channels_last: bool = True
-    accelerator: str = "auto"  # auto | cpu | cuda | mps
-    devices: int = 1
-    num_nodes: int = 1
-    seed: int = 0
-    checkpoint_minutes: float = 5.0  # a checkpoint at least this often (wall clock) ...
-    checkpoint_steps: int | None = None  # ... and every this many steps, if set
-    keep_checkpoints: int = 3  # the newest K periodic checkpoints are kept
-    skip_nonfinite: int = 0  # skip up to this many batches whose loss is NaN/inf; then stop (0: stop at the first)
-    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch when training on several GPUs
-    monitor_seconds: float = 30.0  # online kNN on a small labeled holdout this often (0 turns it off)
-    monitor_per_class: int = 50  # holdout bank and queries, per class, from the pretraining split's labels
-    out: str = "runs/pretrain"
+    dataset: str = opt("mnist", "dataset name (see `selfsup datasets`) or folder:PATH")
+    split: str = opt("train", "split(s) to pretrain on; join with + (stl10: train+unlabeled)")
+    data_root: str | None = opt(None, "where datasets live; None: $SELFSUP_DATA or ~/.cache/selfsup")
+    strict: bool = opt(False, "an image folder with unreadable files is an error instead of a warning")
+    method: str = opt("simclr", "pretraining method (see `selfsup methods`)")
+    method_args: dict[str, Any] = opt({}, "the method's constructor arguments, e.g. temperature=0.5")
+    backbone: str = opt("small_cnn", "encoder architecture (see `selfsup backbones`)")
+    backbone_args: dict[str, Any] = opt({}, "the backbone's arguments, e.g. width=64")
+    augment: str = opt("auto", "augmentation preset; auto: the method's, else simclr (colour) or greyscale (1 channel)")
+    augment_args: dict[str, Any] = opt({}, "fields of the preset to change, e.g. rotate=20,crop_scale=[0.5,1]")
+    image_size: int | None = opt(None, "side the encoder trains at (views are resized); None keeps the dataset's")
+    epochs: float | None = opt(None, "budget in passes over the data (give exactly one budget)")
+    minutes: float | None = opt(None, "budget in wall-clock minutes")
+    steps: int | None = opt(None, "budget in optimizer steps")
+    batch_size: int = opt(256, "images per step on each device")
+    optimizer: str = opt("adamw", "adamw or sgd (Nesterov momentum 0.9)")
+    lr: float = opt(2e-3, "peak learning rate (linear warmup, then cosine decay to 0)")
+    weight_decay: float = opt(1e-5, "weight decay on weights (never on norms, biases or the method's exceptions)")
+    warmup: float = opt(0.05, "fraction of the budget spent warming up the learning rate")
+    precision: str = opt("auto", "auto, bf16-mixed, 16-mixed or 32-true; auto: bf16 where the hardware runs it")
+    channels_last: bool = opt(True, "channels-last memory layout for convolutions")
+    accelerator: str = opt("auto", "auto, cpu, cuda or mps")
+    devices: int = opt(1, "processes (GPUs) per node; each trains on its own shard of every epoch")
+    num_nodes: int = opt(1, "machines")
+    seed: int = opt(0, "seed for weights, data order and augmentation")
+    checkpoint_minutes: float = opt(5.0, "save a checkpoint at least this often (wall clock)")
+    checkpoint_steps: int | None = opt(None, "also save one every this many steps")
+    keep_checkpoints: int = opt(3, "how many periodic checkpoints to keep (newest first)")
+    skip_nonfinite: int = opt(0, "steps with NaN/inf gradients to skip before stopping (0: stop at the first)")
+    sync_batchnorm: bool = opt(False, "BatchNorm statistics over the global batch (GPUs only)")
+    monitor_seconds: float = opt(30.0, "online kNN on a small labeled holdout this often, in seconds (0: off)")
+    monitor_per_class: int = opt(50, "online kNN bank and queries per class, from the pretraining split's labels")
+    out: str = opt("runs/pretrain", "run directory: checkpoints, config.json, metrics.jsonl, summary.json")
 
     def validate(self) -> "PretrainConfig":
         budgets = {k: getattr(self, k) for k in ("epochs", "minutes", "steps") if getattr(self, k) is not None}
@@ -71,6 +76,10 @@ class PretrainConfig:
 
         METHODS.get(self.method), BACKBONES.get(self.backbone)  # clear errors listing the valid names
         check_changes(self.augment_args)
+        from .engine import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
         return self
@@ -92,6 +101,13 @@ class PretrainConfig:
         d.update({k: v for k, v in changes.items() if v is not None})
         return PretrainConfig.from_dict(d)
 
+    def with_budget(self, epochs: float | None = None, minutes: float | None = None,
+                    steps: int | None = None) -> "PretrainConfig":
+        """A copy whose budget is the one given: a new budget replaces the old one (unchanged if none is given)."""
+        if epochs is None and minutes is None and steps is None:
+            return self
+        return PretrainConfig.from_dict(self.to_dict() | {"epochs": epochs, "minutes": minutes, "steps": steps})
+
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
@@ -103,11 +119,3 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping of field: value")
     return data
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)

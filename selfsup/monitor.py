@@ -1,8 +1,9 @@
-"""Collapse monitor: is the embedding spread out, or has it shrunk to a point or a few directions?"""
+"""Watching a run: has the embedding collapsed (to a point or a few directions), and how good is it by kNN?"""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,3 +37,34 @@ COLLAPSE_RATIO = 0.1  # std below a tenth of 1/sqrt(d) means the embeddings have
 
 def is_collapsed(stats: dict[str, float]) -> bool:
     return stats["embed_std_ratio"] < COLLAPSE_RATIO
+
+
+class OnlineKNN:
+    """kNN accuracy of the current encoder on a small labeled holdout of the pretraining split.
+
+    The labels are read only here, to show representation quality during training; they never reach the loss.
+    `enabled` is False where the split has too few labels.
+    """
+
+    def __init__(self, images, labels, per_class: int, seed: int):
+        from .data import few_labels
+
+        self.enabled = False
+        known = labels[labels >= 0]
+        if per_class < 1 or len(known) == 0:
+            return
+        per_class = min(per_class, int(np.bincount(known).min()) // 2)
+        if per_class < 1:
+            return
+        bank = few_labels(labels, per_class, seed + 1)
+        queries = few_labels(labels, per_class, seed + 2, exclude=bank)
+        self.bank_x, self.bank_y = images[bank], torch.from_numpy(labels[bank])
+        self.query_x, self.query_y = images[queries], torch.from_numpy(labels[queries])
+        self.enabled = True
+
+    def __call__(self, encoder: torch.nn.Module) -> float:
+        from .evaluate.features import extract_features
+        from .evaluate.knn import knn_accuracy
+
+        bank = extract_features(encoder, self.bank_x)
+        return knn_accuracy(bank, self.bank_y, extract_features(encoder, self.query_x), self.query_y)

@@ -11,8 +11,8 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A named map of constructors, each with a one-line description."""
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, sort: bool = True):
+        self.kind, self.sort = kind, sort  # sort=False: names in the order they were registered
         self._items: dict[str, tuple[Callable[..., T], str]] = {}
 
     def register(self, name: str, description: str = "") -> Callable:
@@ -23,6 +23,10 @@ class Registry(Generic[T]):
             return fn
 
         return deco
+
+    def unregister(self, name: str) -> None:
+        """Remove a name (tests register throwaway entries)."""
+        self._items.pop(name, None)
 
     def get(self, name: str) -> Callable[..., T]:
         if name not in self._items:
@@ -39,10 +43,18 @@ class Registry(Generic[T]):
             raise
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(self._items) if self.sort else list(self._items)
 
     def describe(self) -> dict[str, str]:
         return {n: self._items[n][1] for n in self.names()}
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def check(self, names) -> None:
+        """A clear error for the first name that is not registered."""
+        for n in names:
+            self.get(n)

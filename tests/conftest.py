@@ -16,6 +16,18 @@ def data_root(tmp_path, monkeypatch):
     return root
 
 
+def assert_same_run(a: dict, b: dict, steps: int) -> None:
+    """Two final checkpoints, one of a run that was stopped and resumed: the same step, weights, optimizer moments
+    and precision state, bit for bit."""
+    assert a["budget"]["step"] == b["budget"]["step"] == steps and b["summary"]["resumed"]
+    for k, t in a["method"].items():
+        assert torch.equal(t, b["method"][k]), k
+    for i, s in a["optimizer"]["state"].items():
+        for k, t in s.items():
+            assert torch.equal(t, b["optimizer"]["state"][i][k]), (i, k)
+    assert a["precision"] == b["precision"]
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -3,10 +3,12 @@ import torch
 from torch import nn
 
 from selfsup.backbones import small_cnn
+from selfsup.config import PretrainConfig
 from selfsup.methods.byol import BYOL
 from selfsup.methods.simclr import SimCLR
 
 GLOBAL_BATCH = 16
+SGD_CONFIG = PretrainConfig(optimizer="sgd", lr=0.1, weight_decay=0.0)  # a step that is lr x gradient: scale errors show
 
 
 def make_simclr() -> SimCLR:

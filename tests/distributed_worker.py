@@ -1,7 +1,8 @@
 """Run under `torchrun --nproc_per_node 2` (gloo, CPU) by tests/test_distributed.py; not collected by pytest.
 
-1. SimCLR on a fixed global batch split over the processes: the loss averaged over ranks and the
-   data-parallel gradients, for comparison with one process on the whole batch.
+1. SimCLR on a fixed global batch split over the processes: the loss averaged over ranks, the
+   data-parallel gradients and the weights after one step of the training loop's optimizer (guarded, fused),
+   for comparison with one process on the whole batch.
 2. BYOL trained a few steps with different data on each rank: the target network on every rank.
 """
 import sys
@@ -11,7 +12,9 @@ import torch
 from lightning.fabric import Fabric
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_common import GLOBAL_BATCH, frozen_bn, global_views, make_byol, make_simclr  # noqa: E402
+from distributed_common import (GLOBAL_BATCH, SGD_CONFIG, frozen_bn, global_views, make_byol,  # noqa: E402
+                                make_simclr)
+from selfsup.optim import NonFiniteGuard, make_optimizer  # noqa: E402
 
 
 def main(out: Path) -> None:
@@ -22,15 +25,19 @@ def main(out: Path) -> None:
     mine = slice(rank * n, (rank + 1) * n)
 
     method = frozen_bn(make_simclr())
-    model = fabric.setup_module(method)
+    raw = make_optimizer(method, SGD_CONFIG)
+    model, opt = fabric.setup(method, raw)
     model.mark_forward_method("loss")
     v1, v2 = global_views()
     loss = model.loss([v1[mine], v2[mine]])
     fabric.backward(loss)
+    NonFiniteGuard(raw, fabric.device, 0).check(loss, 1)  # the loop's path: guard, then the fused step
+    grads = {k: p.grad.clone() for k, p in method.named_parameters() if p.grad is not None}
+    opt.step()
     mean_loss = fabric.all_reduce(loss.detach(), reduce_op="mean")
     if rank == 0:
-        grads = {k: p.grad.clone() for k, p in method.named_parameters() if p.grad is not None}
-        torch.save({"loss": mean_loss, "grads": grads, "world": world}, out / "simclr.pt")
+        weights = {k: p.detach().clone() for k, p in method.named_parameters()}
+        torch.save({"loss": mean_loss, "grads": grads, "weights": weights, "world": world}, out / "simclr.pt")
 
     byol = make_byol()
     opt = torch.optim.SGD(byol.parameters(), lr=0.05, momentum=0.9)
@@ -43,7 +50,7 @@ def main(out: Path) -> None:
         opt.zero_grad()
         fabric.backward(loss)
         opt.step()
-        byol.after_step((step + 1) / 4)
+        byol.after_optimizer_step((step + 1) / 4)
     target = torch.cat([p.detach().flatten() for p in byol.target.parameters()])
     online = torch.cat([p.detach().flatten() for p in byol.backbone.parameters()])
     targets, onlines = fabric.all_gather(target), fabric.all_gather(online)  # (world, P) each; a collective

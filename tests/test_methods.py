@@ -16,7 +16,8 @@ from selfsup.evaluate import extract_features, few_label_rows
 from selfsup.losses import byol_loss, negative_cosine
 from selfsup.methods import METHODS
 from selfsup.methods.byol import ema_update, tau_at
-from selfsup.methods.colorization import WithInput, square_holes
+from selfsup.factory import WithInput, build_method, encoder_spec, load_encoder, random_encoder
+from selfsup.methods.colorization import square_holes
 from selfsup.methods.rotation import rotate_batch
 from selfsup.train import pretrain
 
@@ -31,13 +32,13 @@ def test_few_steps_on_digits_and_full_state_saved(name, digits, tmp_path):
     cfg = PretrainConfig(dataset="digits", method=name, steps=3, batch_size=32, backbone_args={"width": 8}, out=str(tmp_path))
     path = pretrain(cfg, digits[0], show_progress=False)
     state = torch.load(path, weights_only=False)
-    assert all(math.isfinite(h["loss"]) for h in state["history"] if "loss" in h) and "loss" in state["history"][-1]
-    assert "embed_std_ratio" in state["history"][-1]  # every method feeds the collapse monitor
-    fresh = checkpoint.build_method(cfg, 1)
-    fresh.load_state_dict(state["method_state"])  # strict: every buffer and submodule (e.g. BYOL's target) is there
-    assert set(fresh.state_dict()) == set(state["method_state"])
+    assert all(math.isfinite(h["loss"]) for h in state["run"]["history"] if "loss" in h) and "loss" in state["run"]["history"][-1]
+    assert "embed_std_ratio" in state["run"]["history"][-1]  # every method feeds the collapse monitor
+    fresh = build_method(cfg, encoder_spec(cfg, 1, 8))
+    fresh.load_state_dict(state["method"])  # strict: every buffer and submodule (e.g. BYOL's target) is there
+    assert set(fresh.state_dict()) == set(state["method"])
     for k, v in fresh.state_dict().items():
-        assert torch.equal(v, state["method_state"][k]), k
+        assert torch.equal(v, state["method"][k]), k
 
 
 def test_methods_list_has_descriptions(capsys):
@@ -79,7 +80,7 @@ def test_byol_target_gets_no_gradient_and_follows_ema():
     before = [p.clone() for p in m.target.parameters()]
     online = [p.detach().clone() for p in list(m.backbone.parameters()) + list(m.projector.parameters())]
     tau = float(m.tau)
-    m.after_step(0.5)
+    m.after_optimizer_step(0.5)
     for t0, o, t1 in zip(before, online, m.target.parameters()):
         assert torch.allclose(t1, tau * t0 + (1 - tau) * o)
     assert float(m.tau) == pytest.approx(tau_at(0.5, m.tau_base)) and int(m.ema_steps) == 1
@@ -148,8 +149,8 @@ def test_colorization_on_colour_keeps_first_layer_and_input_path(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (64, 3, 16, 16), dtype=np.uint8)
     data = ImageSet("colour", x, np.zeros(64, np.int64))
     cfg = PretrainConfig(dataset="colour", method="colorization", steps=2, batch_size=16, backbone_args={"width": 8}, out=str(tmp_path))
-    trained = torch.load(pretrain(cfg, data, show_progress=False), weights_only=False)["method_state"]
-    encoder, _ = checkpoint.load_encoder(tmp_path)
+    trained = torch.load(pretrain(cfg, data, show_progress=False), weights_only=False)["method"]
+    encoder, _ = load_encoder(tmp_path)
     assert isinstance(encoder, WithInput) and encoder.in_channels == 3
     assert encoder.first_conv().in_channels == 1
     assert torch.equal(encoder.first_conv().weight, trained["net.stem.0.weight"])  # the pretrained first layer, not a fresh one
@@ -160,7 +161,8 @@ def test_colorization_on_colour_keeps_first_layer_and_input_path(tmp_path):
 
 
 def test_colorization_on_grey_is_inpainting(capsys):
-    m = METHODS.build("colorization", BACKBONES.build("small_cnn", in_channels=1, width=4), data_channels=1)
+    cfg = PretrainConfig(method="colorization", backbone_args={"width": 4})
+    m = build_method(cfg, encoder_spec(cfg, 1, 12))
     assert m.variant == "inpainting" and "inpainting variant" in capsys.readouterr().err
     loss = m.loss([torch.rand(4, 1, 12, 12)])
     assert math.isfinite(loss.item()) and "hole_l1" in m.metrics
@@ -188,10 +190,9 @@ def test_every_method_has_a_learning_check():
 def test_method_beats_random_init_on_digits(name, digits, tmp_path):
     train, test = digits
     cfg = PretrainConfig(dataset="digits", method=name, out=str(tmp_path), **LEARN[name])
-    torch.manual_seed(0)
-    random_init = checkpoint.build_method(cfg, 1).backbone
+    random_init = random_encoder(encoder_spec(cfg, 1, 8), 0)
     before = few_label_rows(random_init, train, test, [10], "random", ("knn",), seeds=(0, 1, 2))
-    encoder, _ = checkpoint.load_encoder(pretrain(cfg, train, show_progress=False))
+    encoder, _ = load_encoder(pretrain(cfg, train, show_progress=False))
     after = few_label_rows(encoder, train, test, [10], name, ("knn",), seeds=(0, 1, 2))
     gain = mean(r["accuracy"] for r in after) - mean(r["accuracy"] for r in before)
     assert gain > 0.04, (name, before, after)

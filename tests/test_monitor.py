@@ -3,7 +3,7 @@ import torch
 
 from selfsup.config import PretrainConfig
 from selfsup.data import load
-from selfsup.methods import METHODS
+from selfsup.methods import METHODS, MethodBase
 from selfsup.monitor import collapse_stats, effective_rank, embedding_std, is_collapsed
 from selfsup.train import pretrain
 
@@ -25,7 +25,7 @@ def test_effective_rank():
     assert effective_rank(torch.randn(1024, 32, generator=g)) > 25
 
 
-class Collapsing(torch.nn.Module):
+class Collapsing(MethodBase):
     """A method whose embedding is constant: the monitor must notice."""
 
     n_views = 1
@@ -47,6 +47,7 @@ def test_loop_warns_and_logs_on_collapse(tmp_path, capsys):
                              backbone_args={"width": 4}, out=str(tmp_path))
         state = torch.load(pretrain(cfg, load("digits"), show_progress=False), weights_only=False)
     finally:
-        METHODS._items.pop("test-collapse")
+        METHODS.unregister("test-collapse")
     assert "embeddings have collapsed at step" in capsys.readouterr().err
-    assert state["history"][-1]["embed_std"] == 0.0 and "effective_rank" in state["history"][-1]
+    last = state["run"]["history"][-1]
+    assert last["embed_std"] == 0.0 and "effective_rank" in last

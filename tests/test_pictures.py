@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup import checkpoint
+from selfsup.factory import build_method, encoder_spec, load_encoder, random_encoder
 from selfsup.augment import preset
 from selfsup.backbones import BACKBONES
 from selfsup.config import PretrainConfig
@@ -17,13 +17,12 @@ from selfsup.train import pretrain
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     cfg = PretrainConfig(dataset="digits", steps=60, batch_size=128, backbone_args={"width": 8}, out=str(out))
-    return checkpoint.load_encoder(pretrain(cfg, load("digits"), show_progress=False))[0], cfg
+    return load_encoder(pretrain(cfg, load("digits"), show_progress=False))[0], cfg
 
 
 def test_filter_grid_size_and_pretrained_differs_from_random(trained):
     encoder, cfg = trained
-    torch.manual_seed(0)
-    random = checkpoint.build_method(cfg, 1).backbone
+    random = random_encoder(encoder_spec(cfg, 1, 8), 0)
     a, b = pictures.filter_grid(encoder), pictures.filter_grid(random)
     # 8 filters of 3x3, one row of 8, scaled 8x, 1px padding
     assert a.shape == (1 + 1 * (24 + 1), 1 + 8 * (24 + 1), 3) and a.dtype == np.uint8
@@ -55,14 +54,15 @@ def test_nearest_neighbours_exclude_the_query_itself():
 
 def test_colorization_samples_colour_and_inpainting():
     rgb = np.random.default_rng(0).integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
-    lab = METHODS.build("colorization", BACKBONES.build("small_cnn", in_channels=1, width=4), data_channels=3)
-    grid = pictures.colorization_samples(lab, rgb)
+    cfg = PretrainConfig(method="colorization", backbone_args={"width": 4})
+    (caption, grid), = build_method(cfg, encoder_spec(cfg, 3, 16)).pictures(rgb).items()
+    assert caption.startswith("colorization")
     tile = 16 * pictures.auto_scale(16)
     assert grid.shape == (2 + 3 * (tile + 2), 2 + 3 * (tile + 2), 3)
     first_tile = grid[2:2 + tile, 2:2 + tile]
     assert np.array_equal(first_tile[..., 0], first_tile[..., 2])  # the input column is grey
-    grey = METHODS.build("colorization", BACKBONES.build("small_cnn", in_channels=1, width=4), data_channels=1)
-    assert pictures.colorization_samples(grey, rgb[:, :1]).shape == grid.shape
+    (caption, picture), = build_method(cfg, encoder_spec(cfg, 1, 16)).pictures(rgb[:, :1]).items()
+    assert caption.startswith("inpainting") and picture.shape == grid.shape
 
 
 def test_export_npy_and_csv(tmp_path):

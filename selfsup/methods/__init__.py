@@ -1,21 +1,13 @@
-"""Methods: one `nn.Module` each, built by composition, with `loss(views) -> Tensor`.
+"""Methods: one `nn.Module` each, built by composition behind the contract in `base.py` (`Method`, `MethodBase`).
 
-Protocol (no base class):
-- `n_views`: how many augmented views `loss` takes;
-- `backbone`: the encoder that evaluation uses, with `out_dim` and `in_channels`;
-- `loss(views) -> Tensor`;
-optional:
-- `after_step(progress)`: called after each optimizer step (an EMA target, a schedule);
-- `metrics`: a dict of floats that `loss` updates (pretext accuracy), logged by the loop;
-- `last_embedding`: the embeddings `loss` last made, for the collapse monitor;
-- `default_augment`: the augmentation preset used when the config says `auto`;
-- `input_channels(data_channels)`: the conv net's input channels, when they differ from the data's
-  (then the constructor also receives `data_channels`).
+A new method is one file here that registers itself with `@METHODS.register(name, description)`;
+the loop, the evaluation, the report and the command line find it through the registry.
 """
 from ..registry import Registry
 
 METHODS: Registry = Registry("method")
 
 from . import byol, colorization, rotation, simclr, simsiam  # noqa: E402,F401  (each registers itself)
+from .base import Method, MethodBase  # noqa: E402
 
-__all__ = ["METHODS"]
+__all__ = ["METHODS", "Method", "MethodBase"]

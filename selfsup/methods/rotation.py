@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from .. import heads
 from . import METHODS
+from .base import MethodBase
 
 
 def rotate_batch(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -19,7 +20,7 @@ def rotate_batch(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @METHODS.register("rotation", "Rotation: predict which of 0/90/180/270 degrees each image was turned (exact rot90)")
-class Rotation(nn.Module):
+class Rotation(MethodBase):
     n_views = 1
     default_augment = "crop"  # mild: the pretext task supplies the difficulty
 
@@ -27,13 +28,12 @@ class Rotation(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.classifier = heads.mlp((backbone.out_dim, hidden, 4))
-        self.metrics: dict[str, float] = {}
 
     def loss(self, views: list[Tensor]) -> Tensor:
         x, k = rotate_batch(views[0])
         x = x.contiguous(memory_format=torch.channels_last) if views[0].is_contiguous(memory_format=torch.channels_last) else x
         h = self.backbone(x)  # (4B, D)
         logits = self.classifier(h)  # (4B, 4)
-        self.metrics = {"rotation_acc": (logits.argmax(1) == k).float().mean().item()}
+        self.measure(rotation_acc=(logits.argmax(1) == k).float().mean())
         self.last_embedding = h[: views[0].shape[0]].detach()
         return F.cross_entropy(logits.float(), k)

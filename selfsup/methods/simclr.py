@@ -6,10 +6,11 @@ from torch import Tensor, nn
 from .. import heads
 from ..losses import gather_with_grad, nt_xent
 from . import METHODS
+from .base import MethodBase
 
 
 @METHODS.register("simclr", "SimCLR: two views, MLP projector, NT-Xent against 2N-2 negatives")
-class SimCLR(nn.Module):
+class SimCLR(MethodBase):
     n_views = 2
 
     def __init__(self, backbone: nn.Module, proj_hidden: int = 512, proj_dim: int = 128, temperature: float = 0.2):

@@ -6,10 +6,11 @@ from torch import Tensor, nn
 from .. import heads
 from ..losses import negative_cosine
 from . import METHODS
+from .base import MethodBase
 
 
 @METHODS.register("simsiam", "SimSiam: predictor + stop-gradient, no momentum target; symmetric negative cosine")
-class SimSiam(nn.Module):
+class SimSiam(MethodBase):
     n_views = 2
 
     def __init__(self, backbone: nn.Module, proj_dim: int = 1024, pred_hidden: int = 256):

@@ -1,4 +1,4 @@
-"""The report's pictures per method and baseline: embedding map, filters, neighbours, views, colorization."""
+"""The report's pictures per method and baseline: embedding map, filters, neighbours, views, and what a method offers."""
 from __future__ import annotations
 
 import html
@@ -36,9 +36,8 @@ def gallery_html(subjects: dict[str, dict], test: ImageSet, out_dir: Path, map_p
         if s.get("view") is not None:
             figs.append(_img(pictures.data_uri(pictures.augmented_views(test.images[queries[:4]], s["view"], seed=seed)),
                              "augmented views (original, then views)"))
-        if s.get("method") is not None and getattr(s["method"], "variant", None):
-            figs.append(_img(pictures.data_uri(pictures.colorization_samples(s["method"], test.images[queries])),
-                             "colorization: input, prediction, truth" if s["method"].variant == "lab" else
-                             "inpainting: input, restored, truth"))
+        if s.get("method") is not None:  # pictures a method offers (colorization's samples)
+            for caption, picture in s["method"].pictures(test.images[queries]).items():
+                figs.append(_img(pictures.data_uri(picture), caption))
         blocks.append(f'<div class="subject" id="pictures-{safe}"><h3>{html.escape(name)}</h3>{"".join(figs)}</div>')
     return '<h2>What the encoders learned</h2><section class="extra">' + "".join(blocks) + "</section>"

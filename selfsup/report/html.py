@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..evaluate import EVALS  # noqa: E402
+from ..files import write_text  # noqa: E402
 
 BASELINE_STYLE = {"supervised": dict(color="black", linestyle="--"), "random-init": dict(color="grey", linestyle=":")}
 
@@ -77,7 +78,7 @@ def pretraining_svg(histories: dict[str, list[dict]]) -> str:
 
 def table_html(rows: list[dict]) -> str:
     """Methods by (eval, labels per class); best per column in bold; gain over supervised from scratch."""
-    cols = sorted({(r["eval"], r["labels_per_class"]) for r in rows}, key=lambda c: (EVALS.index(c[0]), c[1]))
+    cols = sorted({(r["eval"], r["labels_per_class"]) for r in rows}, key=lambda c: (EVALS.names().index(c[0]), c[1]))
     counts = sorted({r["labels_per_class"] for r in rows})
     cell = {(r["method"], r["eval"], r["labels_per_class"]): r for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -179,10 +180,7 @@ used for early stopping of fine-tuning); the test split is scored once. Best per
 <h2>Run facts</h2><table class="facts">{facts}</table>
 </body></html>
 """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
-    return path
+    return write_text(path, page)
 
 
 __all__ = ["write_report", "table_html", "label_efficiency_svg", "pretraining_svg"]

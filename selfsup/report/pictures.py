@@ -72,28 +72,6 @@ def augmented_views(images: np.ndarray, view, n_views: int = 8, seed: int = 0) -
     return grid(rows, scale=auto_scale(side))
 
 
-@torch.no_grad()
-def colorization_samples(method: torch.nn.Module, images: np.ndarray) -> np.ndarray:
-    """Rows of (input the encoder saw, its prediction, the true image): grey/colour, or hole/restored for inpainting."""
-    from ..colour import lab_to_rgb, rgb_to_lab
-    from ..methods.colorization import AB_SCALE, square_holes
-
-    method = method.eval()
-    x = to_float(torch.from_numpy(np.ascontiguousarray(images)))
-    size = tuple(x.shape[-2:])
-    if method.variant == "lab":
-        lab = rgb_to_lab(x)
-        grey = lab[:, :1] / 100
-        ab = method.predict(grey, size).float() * AB_SCALE
-        seen, made = grey.expand(-1, 3, -1, -1), lab_to_rgb(torch.cat([lab[:, :1], ab], dim=1))
-    else:
-        hole = square_holes(x, generator=torch.Generator().manual_seed(0))
-        seen = x * (1 - hole)
-        made = seen + method.predict(seen, size).float().clamp(0, 1) * hole
-    rows = [np.concatenate([to_rgb(seen[i:i + 1]), to_rgb(made[i:i + 1]), to_rgb(x[i:i + 1])]) for i in range(len(x))]
-    return grid(rows, scale=auto_scale(size[0]))
-
-
 def save_png(picture: np.ndarray, path: str | Path) -> Path:
     from PIL import Image
 

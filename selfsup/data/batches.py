@@ -1,0 +1,78 @@
+"""The batch source of a training run: data order, resume position and each process's shard."""
+from __future__ import annotations
+
+import warnings
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.profiler import record_function
+
+from ..errors import ConfigError, DataError
+
+ON_DEVICE_BYTES = 2**31  # a shard smaller than this is copied to the device once; larger ones are read per batch
+
+
+class Batches:
+    """Random batches of uint8 images (B, C, H, W) on the device, forever, epoch after epoch.
+
+    Process `rank` of `world` owns a fixed shard of the images (a seeded split into `world` disjoint parts,
+    the same on every process) and holds only that shard: on the device when it is small, else it reads each
+    batch from the array (a memory map stays on disk). Each epoch visits the shard in a new order.
+    """
+
+    def __init__(self, images: np.ndarray, batch_size: int, device: torch.device, seed: int, rank: int = 0,
+                 world: int = 1):
+        self.n, self.batch_size, self.device, self.seed = len(images), batch_size, device, seed
+        self.rank, self.world = rank, world
+        self.steps_per_epoch = (self.n // world) // batch_size  # equal on every process
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"batch size {batch_size} x {world} device(s) is more than the {self.n} images; "
+                              f"lower --batch-size")
+        split = np.arange(self.n) if world == 1 else np.random.default_rng(seed).permutation(self.n)
+        self.shard = np.sort(split[rank::world])  # (n / world,) indices into `images`
+        part = images[self.shard]
+        if part.nbytes < ON_DEVICE_BYTES:
+            self.images = torch.from_numpy(np.ascontiguousarray(part)).to(device)
+        else:
+            self.images = images  # read per batch
+        self.epoch, self.epoch_step = 0, 0
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """Positions in the shard, in the order epoch `epoch` visits them (the same on every run with this seed)."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(len(self.shard), generator=g)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        while True:
+            perm = self.order(self.epoch)
+            while self.epoch_step < self.steps_per_epoch:
+                with record_function("selfsup.data"):  # a profiler range (bench/throughput.py)
+                    pos = perm[self.epoch_step * self.batch_size:(self.epoch_step + 1) * self.batch_size]
+                    if isinstance(self.images, torch.Tensor):
+                        x = self.images[pos.to(self.device)]
+                    else:
+                        rows = np.sort(self.shard[pos.numpy()])  # sorted reads are fast on a memory map
+                        x = torch.from_numpy(self.images[rows]).to(self.device, non_blocking=True)
+                self.epoch_step += 1
+                yield x
+            self.epoch, self.epoch_step = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "epoch_step": self.epoch_step, "images": self.n,
+                "world_size": self.world, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> bool:
+        """Continue where `state` stopped. True when the order goes on exactly; False (with a warning) when the
+        number of processes, the batch size or the seed changed and only the epoch is kept."""
+        if state["images"] != self.n:
+            raise DataError(f"the data has {self.n} images but the checkpoint was trained on {state['images']}; "
+                            f"resume on the same data")
+        exact = all(state[k] == v for k, v in (("world_size", self.world), ("batch_size", self.batch_size),
+                                                ("seed", self.seed)))
+        self.epoch, self.epoch_step = state["epoch"], state["epoch_step"] if exact else 0
+        if not exact:
+            warnings.warn(f"resuming on {self.world} process(es) x batch {self.batch_size} instead of "
+                          f"{state['world_size']} x {state['batch_size']}: training goes on, but not exactly as the "
+                          f"uninterrupted run would", stacklevel=2)
+        return exact

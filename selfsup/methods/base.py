@@ -1,0 +1,101 @@
+"""The method contract: what the training loop, evaluation, the report and export may ask of a method.
+
+A method is one `nn.Module` built by composition (an encoder from the factory, heads, a pure loss).
+`Method` is the contract, written as a Protocol; `MethodBase` gives every optional part a default, so a
+method writes only what it changes. Nothing outside `methods/` knows any particular method.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ..augment import Augment
+    from ..factory import EncoderSpec
+
+
+@runtime_checkable
+class Method(Protocol):
+    backbone: nn.Module  # the encoder evaluation and export use (input transform included), with `spec`
+    default_augment: str | None  # the augmentation preset `auto` means for this method (None: by channels)
+    metrics: dict[str, Tensor]  # what `loss` last measured besides the loss (0-dim tensors; read at log time)
+    last_embedding: Tensor | None  # (B, D) embeddings `loss` last made, for the collapse monitor
+
+    @classmethod
+    def input_transform(cls, data_channels: int) -> str | None:
+        """A fixed transform the encoder applies to its input (a name in factory.INPUT_TRANSFORMS), or None."""
+
+    def views(self, base: "Augment") -> list["Augment"]:
+        """One augmentation per view `loss` takes, each with its own parameters and output size."""
+
+    def loss(self, views: list[Tensor]) -> Tensor:
+        """The scalar loss of one batch; views[i] is (B, C, S_i, S_i) float in [0, 1]."""
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimizer parameter groups with their weight decay."""
+
+    def before_optimizer_step(self, progress: float) -> None:
+        """After backward, before the step (gradient clipping, freezing a layer for a while)."""
+
+    def after_optimizer_step(self, progress: float) -> None:
+        """After each step (an EMA target, a schedule); `progress` in [0, 1] of the budget."""
+
+    def pictures(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Pictures the method offers for the report: caption -> (H, W, 3) uint8."""
+
+
+class MethodBase(nn.Module):
+    """Defaults for every optional part of `Method`. A subclass sets `backbone`, and overrides `loss` and what it needs."""
+
+    n_views = 2
+    default_augment: str | None = None
+
+    def __init__(self):
+        super().__init__()
+        self.metrics: dict[str, Tensor] = {}
+        self.last_embedding: Tensor | None = None
+
+    @classmethod
+    def input_transform(cls, data_channels: int) -> str | None:
+        return None
+
+    def views(self, base: "Augment") -> list["Augment"]:
+        return [base] * self.n_views
+
+    def loss(self, views: list[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters kept out of weight decay besides norms and biases (e.g. position embeddings)."""
+        return set()
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Weights decay; norms, biases (every parameter of one dimension) and `no_weight_decay()` do not."""
+        skip = self.no_weight_decay()
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def before_optimizer_step(self, progress: float) -> None:
+        pass
+
+    def after_optimizer_step(self, progress: float) -> None:
+        pass
+
+    def pictures(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        return {}
+
+    @property
+    def encoder_spec(self) -> "EncoderSpec":
+        """What downstream code needs to rebuild and feed `backbone` (set by the factory)."""
+        return self.backbone.spec
+
+    @torch.no_grad()
+    def measure(self, **values: Tensor) -> None:
+        """Record metrics as detached tensors: no host synchronisation until the loop logs them."""
+        self.metrics = {k: v.detach().float() for k, v in values.items()}
