@@ -202,7 +202,7 @@ def write_pages(cc: CompareConfig, results: dict, configs: dict, shown: dict, fr
         val = validation_split(train.labels, cc.val_per_class)
         idx = label_subset(train.labels, n, cc.seeds[0], val)
         model, _ = train_classifier(fresh(cc.seeds[0]), train.images[idx], train.labels[idx], train.images[val],
-                                    train.labels[val], class_count(train), cc.finetune, cc.seeds[0], 1.0)
+                                    train.labels[val], class_count(train.labels), cc.finetune, cc.seeds[0], 1.0)
         shown[BASELINES["supervised"]] = {"encoder": model.encoder, "identity": arch | {"n": n, "ft": cc.finetune.to_dict()}}
     extra = gallery_html(shown, test, out / "maps", cc.map_points, cc.seeds[0]) if cc.pictures else ""
     write_report(results, histories, out / "report.html", extra)

@@ -114,7 +114,8 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
     p = build(cfg, data, fabric, run, show_progress)
     if p.monitor is not None and p.monitor.enabled and run.saved is None:
         run.log({"step": 0, "seconds": 0.0, "knn_acc": p.monitor(p.method.backbone)})  # where random init starts
-    p.sync.update(next=p.budget.step + 1, every=1, t=time.perf_counter(), step=p.budget.step, monitor=time.perf_counter())
+    p.sync.update(next=p.budget.step + 1, every=1, t=time.perf_counter(), step=p.budget.step, monitor=time.perf_counter(),
+                  bad=float(p.guard.bad))  # skipped steps of a resumed run were reported before
     p.model.train()
     with StopSignals() as signals:
         for x in p.batches:

@@ -32,8 +32,7 @@ def test_no_function_is_longer_than_a_screen():
 
 def imports_of(name: str, tree: ast.Module) -> set[str]:
     """selfsup modules that `name` imports, at module level or inside functions."""
-    package = name if name + ".__init__" in {name + ".__init__"} and (PACKAGE.parent / name.replace(".", "/")).is_dir() \
-        else name.rsplit(".", 1)[0]
+    package = name if (PACKAGE.parent / name.replace(".", "/")).is_dir() else name.rsplit(".", 1)[0]
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):

@@ -28,3 +28,8 @@ def few_labels(labels: np.ndarray, per_class: int, seed: int = 0, exclude: np.nd
     if not chosen:
         raise DataError("this split has no labeled images; few-label evaluation needs labels")
     return np.sort(np.concatenate(chosen))
+
+
+def class_count(*labels) -> int:
+    """The number of classes that label arrays or tensors name (classes are 0..C-1; -1 marks unlabeled)."""
+    return max(int(y.max()) for y in labels if len(y)) + 1

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..data import ImageSet, few_labels
+from ..data.splits import class_count
 from ..registry import Registry
 from .features import extract_features
 from .finetune import FinetuneConfig, accuracy, train_classifier
@@ -80,7 +81,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
     EVALS.check(evals)
     val_idx = validation_split(train.labels, val_per_class)  # held out for every eval, so subsets match across evals
     finetune = finetune or FinetuneConfig()
-    n_classes = class_count(train, test)
+    n_classes = class_count(train.labels, test.labels)
     test_y = torch.from_numpy(test.labels)
     rows, embedded = [], None
     for s in seeds:
@@ -135,11 +136,6 @@ def aggregate(rows: list[dict]) -> list[dict]:
             row["seed"] = rs[0]["seed"]
         out.append(row)
     return out
-
-
-def class_count(*sets: ImageSet) -> int:
-    """The number of classes the labels of these sets name (labels are 0..C-1; -1 is unlabeled)."""
-    return int(max(s.labels.max() for s in sets)) + 1
 
 
 __all__ = ["class_count", "Evaluation", "extract_features", "knn_accuracy", "linear_accuracy", "propagate_accuracy", "few_label_rows",

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.splits import class_count
+
 
 def fit_linear(train_f: Tensor, train_y: Tensor, n_classes: int, weight_decay: float = 1e-4,
                iters: int = 200, scale: float | None = None) -> tuple[Tensor, Tensor]:
@@ -39,6 +41,6 @@ def predict_linear(probe: tuple[Tensor, Tensor], features: Tensor) -> Tensor:
 
 def linear_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, weight_decay: float = 1e-4) -> float:
     """Train the probe on (train_f, train_y) only and report accuracy on the test features."""
-    n_classes = int(max(train_y.max(), test_y.max())) + 1
+    n_classes = class_count(train_y, test_y)
     probe = fit_linear(train_f, train_y, n_classes, weight_decay)
     return (predict_linear(probe, test_f) == test_y.long()).float().mean().item()

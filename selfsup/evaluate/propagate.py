@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data.splits import class_count
+
 GRAPH_K = 5  # neighbours per node; chosen on MNIST's validation split (bench/label_efficiency.py, README)
 VOTE_K = 10  # nodes a test image asks
 
@@ -120,5 +122,5 @@ def propagate_predict(labeled_f: Tensor, labels: Tensor, pool_f: Tensor, test_f:
 
 def propagate_accuracy(labeled_f: Tensor, labels: Tensor, test_f: Tensor, test_y: Tensor, pool_f: Tensor,
                        k: int = GRAPH_K) -> float:
-    n_classes = int(max(labels.max(), test_y.max())) + 1
+    n_classes = class_count(labels, test_y)
     return (propagate_predict(labeled_f, labels, pool_f, test_f, n_classes, k) == test_y.long()).float().mean().item()
