@@ -5,7 +5,7 @@ Modes, each the library's own `pretrain` on the same config, data and steps, alt
   item-per-step  the same loop plus one `loss.item()` per step (what the loop did before);
   before         the loop as it was before sync points (git commit --before, run from an exported copy):
                  `loss.item()` every step and, on several processes, two all-reduces per step.
-img/s is the median over the run's logged windows after the first --warmup steps.
+img/s is the median over the run's logged windows after its warm-up steps.
 Writes bench/results/sync-<device_tag>.json.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import device_tag, machine, write  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
-CASES = {  # name: PretrainConfig fields
-    "small_cnn-w16-mnist": dict(dataset="mnist", backbone_args={"width": 16}, batch_size=256, lr=4e-3,
-                                method_args={"temperature": 1.0}),
-    "resnet18-32px-random": dict(dataset="random32", backbone="resnet18", batch_size=64),
+CASES = {  # name: (PretrainConfig fields, steps, warm-up steps left out)
+    "small_cnn-w16-mnist": (dict(dataset="mnist", backbone_args={"width": 16}, batch_size=256, lr=4e-3,
+                                 method_args={"temperature": 1.0}), 400, 50),
+    "resnet18-32px-random": (dict(dataset="random32", backbone="resnet18", batch_size=64), 60, 15),
 }
 
 RUNNER = r"""
@@ -70,8 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", default="48b6208", help="git commit of the loop with a per-step sync")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of every mode")
-    ap.add_argument("--steps", type=int, default=400, help="steps per run (small CNN; ResNet-18 runs a quarter)")
-    ap.add_argument("--warmup", type=int, default=50, help="steps left out of the median")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every case's steps and warm-up")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
     args = ap.parse_args()
     results = {}
@@ -80,16 +79,16 @@ def main() -> None:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "selfsup"], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
         for case in args.cases.split(","):
-            fields = CASES[case]
-            steps = args.steps if "small" in case else max(args.warmup + 20, args.steps // 4)
+            fields, steps, warmup = CASES[case]
+            steps, warmup = round(steps * args.scale), round(warmup * args.scale)
             modes = {"selfsup": (ROOT, False), "item-per-step": (ROOT, True), "before": (before, False)}
             got = {m: [] for m in modes}
             for r in range(args.rounds):
                 for mode, (tree, item) in modes.items():
-                    got[mode].append(run_one(tree, fields, steps, args.warmup, item)["img_per_s"])
+                    got[mode].append(run_one(tree, fields, steps, warmup, item)["img_per_s"])
                     print(f"{case} round {r} {mode}: {got[mode][-1]:.0f} img/s", flush=True)
             med = {m: statistics.median(v) for m, v in got.items()}
-            results[case] = {"config": fields, "steps": steps, "img_per_s": got, "median": med,
+            results[case] = {"config": fields, "steps": steps, "warmup": warmup, "img_per_s": got, "median": med,
                              "gain_over_item_per_step": round(med["selfsup"] / med["item-per-step"], 3),
                              "gain_over_before": round(med["selfsup"] / med["before"], 3)}
     write(f"sync-{device_tag()}.json", {"command": "python " + " ".join(sys.argv), "machine": machine(),

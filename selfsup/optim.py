@@ -25,6 +25,20 @@ def make_optimizer(method, cfg: PretrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load moments and hyperparameters, keeping how this optimizer runs (fused): a checkpoint of an unfused
+    optimizer (an older selfsup) would otherwise switch the skip-on-inf path off."""
+    kinds = [{k: g[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in g}
+             for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kind in zip(optimizer.param_groups, kinds):
+        group.update(kind)
+        for p in group["params"]:
+            s = optimizer.state.get(p, {})
+            if torch.is_tensor(s.get("step")) and kind.get("fused"):
+                s["step"] = s["step"].to(p.device, torch.float32)  # the fused kernel wants it beside the weights
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

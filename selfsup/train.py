@@ -24,7 +24,7 @@ from .engine import agree, check_engine, fabric_for
 from .errors import ConfigError, Interrupted
 from .factory import build_method, encoder_spec, load_state_into
 from .monitor import OnlineKNN, collapse_stats
-from .optim import NonFiniteGuard, make_optimizer, nonfinite_error, set_lr
+from .optim import NonFiniteGuard, load_optimizer_state, make_optimizer, nonfinite_error, set_lr
 from .run import ProgressLine, RandomStreams, RunDir, StopSignals
 from .schedule import warmup_cosine
 
@@ -64,7 +64,8 @@ class Parts:
     def restore(self, state: dict) -> None:
         load_state_into(self.method, state, self.cfg, self.run.resumed_from)
         exact = self.batches.load_state_dict(state["batches"])
-        for name in ("optimizer", "precision", "budget", "guard"):
+        load_optimizer_state(self.optimizer, state["optimizer"])
+        for name in ("precision", "budget", "guard"):
             if state.get(name) is not None:
                 self.stateful()[name].load_state_dict(state[name])
         if exact:

@@ -196,3 +196,14 @@ def test_method_beats_random_init_on_digits(name, digits, tmp_path):
     after = few_label_rows(encoder, train, test, [10], name, ("knn",), seeds=(0, 1, 2))
     gain = mean(r["accuracy"] for r in after) - mean(r["accuracy"] for r in before)
     assert gain > 0.04, (name, before, after)
+
+
+def test_byol_asymmetric_views_are_the_papers_two():
+    from selfsup.augment import preset
+
+    base = preset("simclr", 3)
+    cfg = PretrainConfig(method="byol", method_args={"asymmetric": True}, backbone_args={"width": 4})
+    a, b = build_method(cfg, encoder_spec(cfg, 3, 16)).views(base)
+    assert (a.blur_p, a.solarize_p, b.blur_p, b.solarize_p) == (1.0, 0.0, 0.1, 0.2)
+    symmetric = PretrainConfig(method="byol", backbone_args={"width": 4})
+    assert build_method(symmetric, encoder_spec(symmetric, 3, 16)).views(base) == [base, base]
