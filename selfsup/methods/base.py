@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from ..augment import Augment
-    from ..factory import EncoderSpec
+    from ..encoders import EncoderSpec
 
 
 @runtime_checkable
