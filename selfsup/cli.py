@@ -182,6 +182,13 @@ def cmd_embed(args) -> None:
         print(f"{kind}: {path}")
 
 
+def cmd_export(args) -> None:
+    from .export import export
+
+    for kind, path in export(args.source, args.format, args.out).items():
+        print(f"{kind}: {path}")
+
+
 def cmd_data(args) -> None:
     from .data import fetch, load
 
@@ -287,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--export", help="write the raw features with labels: feats.npy (+ feats.labels.npy) or feats.csv")
     m.add_argument("--seed", type=int, default=0, help="seed of the subsample, the projection and a random init")
     m.set_defaults(run=cmd_embed)
+
+    x = add("export", "write a pretrained encoder for use without selfsup: safetensors + spec, TorchScript or ONNX")
+    x.add_argument("source", help="a run directory or checkpoint file")
+    x.add_argument("--format", default="safetensors", help="safetensors, torchscript or onnx")
+    x.add_argument("--out", required=True, help="output folder (encoder.json beside the weights)")
+    x.set_defaults(run=cmd_export)
 
     da = add("data", "fetch datasets or describe them")
     da.add_argument("action", choices=["fetch", "info"], help="fetch: download and verify; info: sizes and classes")

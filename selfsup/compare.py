@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
-from . import checkpoint
+from . import checkpoint, loggers
 from .augment import view_for
 from .config import PretrainConfig
 from .data import ImageSet, fetch, load
@@ -162,6 +162,10 @@ def run_compare(cc: CompareConfig, show_progress: bool = True, fabric=None) -> d
         "headline": headline(rows, cc.labels_per_class),
     }
     write_json(out / "results.json", results)
+    if cc.pretrain.logger:  # the table as metrics, the comparison's settings as hyperparameters
+        board = loggers.make(cc.pretrain.logger, out, results["config"]["compare"])
+        loggers.log(board, {"step": 0} | {f"{r['method']}/{r['eval']}@{r['labels_per_class']}": r["accuracy"] for r in rows})
+        loggers.close(board)
     write_pages(cc, results, configs, shown, fresh, arch, train, test)
     print(format_table(rows))
     if results["headline"]:

@@ -52,6 +52,7 @@ class PretrainConfig:
     sync_batchnorm: bool = opt(False, "BatchNorm statistics over the global batch (GPUs only)")
     monitor_seconds: float = opt(30.0, "online kNN on a small labeled holdout this often, in seconds (0: off)")
     monitor_per_class: int = opt(50, "online kNN bank and queries per class, from the pretraining split's labels")
+    logger: str = opt("", "loggers beside metrics.jsonl, comma-separated: tensorboard, csv, wandb")
     out: str = opt("runs/pretrain", "run directory: checkpoints, config.json, metrics.jsonl, summary.json")
 
     def validate(self) -> "PretrainConfig":
@@ -77,7 +78,9 @@ class PretrainConfig:
         METHODS.get(self.method), BACKBONES.get(self.backbone)  # clear errors listing the valid names
         check_changes(self.augment_args)
         from .engine import PRECISIONS
+        from .loggers import names
 
+        names(self.logger)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if self.optimizer not in ("adamw", "sgd"):

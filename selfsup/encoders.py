@@ -1,8 +1,10 @@
-"""Encoders as downstream code sees them: a backbone, maybe behind a fixed input transform, and its spec."""
+"""Encoders as downstream code sees them: a backbone, maybe behind a fixed input transform, and its spec;
+rebuilt from a safetensors export."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,7 +12,8 @@ from torch import Tensor, nn
 
 from .backbones import BACKBONES
 from .colour import Lightness
-from .errors import ConfigError
+from .errors import ConfigError, SelfsupError
+from .files import read_json
 
 # A fixed input transform inside an encoder: name -> (module, the channels it hands the backbone).
 INPUT_TRANSFORMS: dict[str, tuple[type[nn.Module], int]] = {"lightness": (Lightness, 1)}
@@ -71,3 +74,17 @@ def random_encoder(spec: EncoderSpec, seed: int) -> nn.Module:
     """The random-init baseline: an encoder of the same architecture, initialised from `seed`."""
     torch.manual_seed(seed)
     return build_encoder(spec)
+
+
+def load_exported(folder: str | Path) -> tuple[nn.Module, dict]:
+    """The encoder `selfsup export --format safetensors` wrote, rebuilt (CPU, eval mode), and its encoder.json."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = read_json(folder / "encoder.json")
+    if meta.get("format") != "safetensors":
+        raise SelfsupError(f"{folder} holds a {meta.get('format')} export; load it with torch.jit.load or onnxruntime "
+                           f"(docs/export.md), or export again with --format safetensors")
+    encoder = build_encoder(EncoderSpec.from_dict(meta["encoder"]))
+    encoder.load_state_dict(load_file(folder / meta["files"]["safetensors"]))
+    return encoder.eval(), meta

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from .config import PretrainConfig
-from .encoders import EncoderSpec, WithInput, build_encoder, random_encoder  # noqa: F401  (re-exported)
+from .encoders import EncoderSpec, WithInput, build_encoder, load_exported, random_encoder  # noqa: F401  (re-exported)
 from .errors import ConfigError
 from .methods import METHODS
 
@@ -62,7 +62,11 @@ def encoder_from(state: dict[str, Any]) -> tuple[nn.Module, PretrainConfig]:
 
 
 def load_encoder(path: str | Path) -> tuple[nn.Module, PretrainConfig]:
-    """The pretrained encoder of a checkpoint file or run directory, and the config it was trained with."""
+    """The pretrained encoder of a checkpoint file, a run directory or a safetensors export (`selfsup export`),
+    and the config it was trained with."""
     from . import checkpoint
 
+    if (Path(path) / "encoder.json").exists():
+        encoder, meta = load_exported(path)
+        return encoder, PretrainConfig.from_dict(meta["config"])
     return encoder_from(checkpoint.load(path))

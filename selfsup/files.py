@@ -48,6 +48,16 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file selfsup wrote; a missing or damaged one is a one-line error."""
+    from .errors import SelfsupError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SelfsupError(f"cannot read {path} ({getattr(e, 'strerror', None) or e}); is it a selfsup output?") from None
+
+
 def file_digest(path: str | Path, algo: str = "sha256") -> str:
     """Hex digest of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.new(algo)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import checkpoint, loggers
 from .errors import ConfigError, SelfsupError
 from .files import append_jsonl, write_json, write_text
 from .monitor import is_collapsed
@@ -39,7 +39,7 @@ class RunDir:
     """
 
     def __init__(self, out: str | Path, resume: bool | tuple[Path, dict] = False, overwrite: bool = False,
-                 checkpoint_steps: int | None = None, checkpoint_minutes: float = 5.0, keep: int = 3):
+                 checkpoint_steps: int | None = None, checkpoint_minutes: float = 5.0, keep: int = 3, logger: str = ""):
         self.out = Path(out)
         try:
             (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ class RunDir:
         self.last_good, self.main = self.resumed_from, True
         self.every_steps, self.every_seconds, self.keep = checkpoint_steps, 60 * checkpoint_minutes, keep
         self.last_save = time.perf_counter()
-        self.collapse_warned = False
+        self.collapse_warned, self.logger, self.loggers = False, logger, []
 
     def start(self, fabric, config: dict) -> None:
         """Remove a replaced run (rank 0, once every process has looked), write config.json and the metrics so far."""
@@ -69,6 +69,7 @@ class RunDir:
                 checkpoint.remove(p)
         fabric.barrier()
         if self.main:
+            self.loggers = loggers.make(self.logger, self.out, config)
             write_json(self.out / "config.json", config)
             write_text(self.out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
 
@@ -82,6 +83,7 @@ class RunDir:
         self.history.append(stats)
         if self.main:
             append_jsonl(self.out / "metrics.jsonl", [stats])
+            loggers.log(self.loggers, stats)
             if "embed_std_ratio" in stats and is_collapsed(stats) and not self.collapse_warned:
                 self.collapse_warned = True
                 print(f"warning: embeddings have collapsed at step {stats['step']}: std {stats['embed_std']:.4f} vs "
@@ -101,6 +103,7 @@ class RunDir:
     def finish(self, summary: dict) -> None:
         if self.main:
             write_json(self.out / "summary.json", summary)
+            loggers.close(self.loggers)
 
     def state_dict(self) -> dict:
         return {"history": self.history}

@@ -106,7 +106,8 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
     fabric: the engine the program created at its entry point (default: one made from `cfg`, launched here).
     """
     cfg.validate()
-    run = RunDir(cfg.out, resume, overwrite, cfg.checkpoint_steps, cfg.checkpoint_minutes, cfg.keep_checkpoints)
+    run = RunDir(cfg.out, resume, overwrite, cfg.checkpoint_steps, cfg.checkpoint_minutes, cfg.keep_checkpoints,
+                 cfg.logger)
     fabric = fabric or fabric_for(cfg)
     check_engine(cfg, fabric.device.type)
     run.start(fabric, cfg.to_dict())
