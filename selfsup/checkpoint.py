@@ -6,6 +6,7 @@ or that cannot be unpickled, is skipped in favour of the previous one with a war
 """
 from __future__ import annotations
 
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -73,18 +74,59 @@ def verify(path: Path) -> None:
             raise SelfsupError(f"checkpoint {path} fails its sha256 check (truncated or corrupt)")
 
 
+def _numpy_arrays() -> list:
+    """The globals a pickled numpy array of plain numbers needs (the numpy random state in format-1 checkpoints).
+    An array of Python objects would need more, and stays refused."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def safe_load(path: Path) -> Any:
+    """torch.load that never runs code from the file: tensors, numbers, strings and containers only
+    (weights_only), plus numpy arrays of numbers. Every failure is one SelfsupError line."""
+    if path.stat().st_size == 0:
+        raise SelfsupError(f"{path} is empty (a crash while it was written?); use an earlier checkpoint")
+    try:
+        with torch.serialization.safe_globals(_numpy_arrays()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a raw pickle's protocol note; the refusal below says what matters
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it asks for {found.group(1)}" if found else "a raw pickle, not torch's checkpoint format"
+        raise SelfsupError(f"{path} holds more than tensors and plain values ({what}); selfsup never loads such files, "
+                           f"since unpickling them can run code: use a checkpoint written by `selfsup pretrain`") from None
+    except Exception as e:  # noqa: BLE001 - any other failure to read means the same thing to the user
+        raise SelfsupError(f"checkpoint {path} is unreadable ({type(e).__name__}); it may be truncated, use an earlier one") from None
+
+
+def check(state: Any, path: Path) -> dict[str, Any]:
+    """A loaded file as a selfsup checkpoint of today's format, or one line that says what it is instead."""
+    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SelfsupError(f"{path} holds only weights (a state dict of {len(state)} tensors), not a selfsup checkpoint; "
+                           f"load them yourself into selfsup.encoders.build_encoder(spec) with load_state_dict")
+    if not isinstance(state, dict) or not ("method" in state or "method_state" in state) or "config" not in state:
+        keys = ", ".join(sorted(map(str, state))[:6]) if isinstance(state, dict) else type(state).__name__
+        raise SelfsupError(f"{path} is not a selfsup checkpoint (it holds {keys}); pass a run directory or a .pt "
+                           f"written by `selfsup pretrain`")
+    try:
+        state = upgrade(state) if state.get("format", 1) < FORMAT else state
+        for key, kind in (("config", dict), ("encoder", dict), ("method", dict)):
+            if not isinstance(state[key], kind):
+                raise TypeError(f"{key} is a {type(state[key]).__name__}")
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise SelfsupError(f"{path} is a damaged selfsup checkpoint ({'no ' if isinstance(e, KeyError) else ''}{e}); "
+                           f"use another checkpoint of the run") from None
+    return state
+
+
 def _read(path: Path) -> dict[str, Any]:
     verify(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise SelfsupError(f"checkpoint {path} is unreadable ({type(e).__name__}); it may be truncated, use an earlier one") from None
-    if not isinstance(state, dict) or not ("method" in state or "method_state" in state) or "config" not in state:
-        raise SelfsupError(f"{path} is not a selfsup checkpoint (no method weights and config)")
-    try:
-        return upgrade(state) if state.get("format", 1) < FORMAT else state
-    except (KeyError, TypeError, AttributeError) as e:
-        raise SelfsupError(f"{path} is a damaged selfsup checkpoint (no {e}); use another checkpoint of the run") from None
+    return check(safe_load(path), path)
 
 
 def latest(run: str | Path) -> tuple[Path, dict[str, Any]]:

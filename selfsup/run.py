@@ -140,8 +140,9 @@ class RandomStreams:
         self.generator, self.fabric = generator, fabric
 
     def local_state(self) -> dict:
-        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                 "augment": self.generator.get_state()}
+        name, keys, pos, has_gauss, gauss = np.random.get_state()  # as plain values: checkpoints hold no arrays
+        state = {"torch": torch.get_rng_state(), "numpy": (name, keys.tolist(), int(pos), int(has_gauss), float(gauss)),
+                 "python": random.getstate(), "augment": self.generator.get_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -158,7 +159,8 @@ class RandomStreams:
     def load_state_dict(self, states: list[dict]) -> None:
         state = states[self.fabric.global_rank]
         torch.set_rng_state(state["torch"])
-        np.random.set_state(state["numpy"])
+        name, keys, *rest = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
         random.setstate(state["python"])
         self.generator.set_state(state["augment"])
         if "cuda" in state and torch.cuda.is_available():

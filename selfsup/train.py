@@ -165,7 +165,7 @@ def sync_point(p: Parts, signals: StopSignals) -> bool:
     steps, done = b.step - p.sync["step"], b.progress() >= 1
     if fabric.is_global_zero:
         stats = {"step": b.step, "epoch": p.batches.epoch, "progress": round(b.progress(), 4),
-                 "loss": loss_sum / max(loss_n, 1), "img_per_s": steps * cfg.batch_size * fabric.world_size / window,
+                 "loss": loss_sum / max(loss_n, 1), "img_per_s": steps * p.batches.batch_size * fabric.world_size / window,
                  "lr": p.optimizer.param_groups[0]["lr"], "seconds": round(elapsed, 2)}
         stats |= {k: float(v) for k, v in p.method.metrics.items()}
         z = p.method.last_embedding

@@ -56,5 +56,7 @@ def test_resume_on_other_data_or_batch_is_said():
         Batches(IMAGES[:100], 16, torch.device("cpu"), 5).load_state_dict(state)
     with pytest.warns(UserWarning, match="not exactly"):
         assert Batches(IMAGES, 8, torch.device("cpu"), 5).load_state_dict(state) is False
-    with pytest.raises(ConfigError, match="lower --batch-size"):
-        Batches(IMAGES, 128, torch.device("cpu"), 5, 0, 2)
+    with pytest.warns(UserWarning, match="only 100 images per process: training with batch 100"):
+        assert Batches(IMAGES, 128, torch.device("cpu"), 5, 0, 2).batch_size == 100
+    with pytest.raises(ConfigError, match="at least 2"):
+        Batches(IMAGES[:3], 16, torch.device("cpu"), 5, 0, 2)

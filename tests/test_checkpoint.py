@@ -3,6 +3,7 @@ for `embed`, and to resume. The files in tests/data/format1 were written by that
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from selfsup import checkpoint
@@ -41,3 +42,79 @@ def test_a_format1_run_resumes(tmp_path):
     path = pretrain(cfg.override(out=str(run)), load("digits"), show_progress=False, resume=True)
     state = torch.load(path, weights_only=False)
     assert state["format"] == checkpoint.FORMAT and state["budget"]["step"] == 2 and state["summary"]["resumed"]
+
+
+# --- Hostile and malformed files: nothing runs, every failure is one line ---------------------------------------
+
+class RunsCode:
+    """Unpickling this calls os.system: a file that carries it must never be loaded."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.target}",))
+
+
+def one_line(capsys, argv):
+    from selfsup.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    import pickle
+
+    made = tmp_path / "pwned"
+    zipped = tmp_path / "evil.pt"
+    torch.save({"config": {}, "method": {}, "x": RunsCode(made)}, zipped)  # torch's zip format
+    plain = tmp_path / "evil-plain.pt"
+    plain.write_bytes(pickle.dumps({"config": {}, "method_state": RunsCode(made)}))  # a bare pickle
+    for path, says in ((zipped, "it asks for"), (plain, "a raw pickle")):
+        line = one_line(capsys, ["eval", "--checkpoint", str(path)])
+        assert "never loads such files" in line and says in line, line
+        assert not made.exists()
+
+
+def test_a_dataset_pickle_that_would_run_code_is_refused(tmp_path):
+    import gzip
+    import pickle
+
+    from selfsup.data import load
+    from selfsup.errors import DataError
+
+    made = tmp_path / "pwned"
+    (tmp_path / "mnist").mkdir()
+    with gzip.open(tmp_path / "mnist" / "mnist.pkl.gz", "wb") as f:
+        pickle.dump(RunsCode(made), f)
+    with pytest.raises(DataError, match="not a readable mnist.pkl.gz"):
+        load("mnist", "train", tmp_path)
+    assert not made.exists()
+
+
+def malformed(tmp_path) -> dict:
+    good = checkpoint.load(OLD / "simclr" / "checkpoints" / "last.pt")
+    old = torch.load(OLD / "simclr" / "checkpoints" / "last.pt", weights_only=False)
+    return {
+        "missing in_channels": ({k: v for k, v in old.items() if k != "in_channels"}, "damaged selfsup checkpoint (no 'in_channels')"),
+        "a state dict alone": (good["method"], "holds only weights (a state dict of"),
+        "another project's file": ({"model": good["method"], "epoch": 3}, "not a selfsup checkpoint (it holds epoch, model)"),
+        "config of the wrong type": (good | {"config": ["simclr"]}, "damaged selfsup checkpoint (config is a list)"),
+        "a list": ([1, 2, 3], "not a selfsup checkpoint (it holds list)"),
+    }
+
+
+def test_every_malformed_checkpoint_is_one_line(tmp_path, capsys):
+    for i, (name, (content, message)) in enumerate(malformed(tmp_path).items()):
+        path = tmp_path / f"bad-{i}.pt"
+        torch.save(content, path)
+        assert message in one_line(capsys, ["eval", "--checkpoint", str(path)]), name
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert "is empty" in one_line(capsys, ["embed", "--checkpoint", str(empty), "--out", str(tmp_path / "m.png")])

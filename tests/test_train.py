@@ -2,6 +2,7 @@ import json
 import math
 from statistics import mean
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_same_run
@@ -107,9 +108,13 @@ def test_bad_config(kw, message):
         PretrainConfig(**kw).validate()
 
 
-def test_batch_larger_than_dataset(tmp_path, digits):
-    with pytest.raises(ConfigError, match="lower --batch-size"):
-        pretrain(small(tmp_path, steps=1, batch_size=5000), digits[0], show_progress=False)
+def test_a_dataset_smaller_than_the_batch_trains_with_a_smaller_batch(tmp_path, digits):
+    """24 images and the default batch of 256: a one-line warning, then training on batches of 24."""
+    few = digits[0].subset(np.arange(24))
+    with pytest.warns(UserWarning, match="only 24 images per process: training with batch 24 instead of --batch-size 256"):
+        pretrain(small(tmp_path, steps=3, batch_size=256, monitor_seconds=0), few, show_progress=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["images_seen"] == 3 * 24
 
 
 def test_config_roundtrip_and_unknown_field():

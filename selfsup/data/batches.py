@@ -23,12 +23,16 @@ class Batches:
 
     def __init__(self, images: np.ndarray, batch_size: int, device: torch.device, seed: int, rank: int = 0,
                  world: int = 1):
-        self.n, self.batch_size, self.device, self.seed = len(images), batch_size, device, seed
-        self.rank, self.world = rank, world
+        self.n, self.device, self.seed, self.rank, self.world = len(images), device, seed, rank, world
+        if self.n // world < 2:
+            raise ConfigError(f"{self.n} image(s) for {world} process(es): every process needs at least 2; "
+                              f"add images or use fewer --devices")
+        if batch_size > self.n // world:  # a small dataset trains with what it has
+            warnings.warn(f"only {self.n // world} images per process: training with batch {self.n // world} "
+                          f"instead of --batch-size {batch_size}", stacklevel=2)
+            batch_size = self.n // world
+        self.batch_size = batch_size
         self.steps_per_epoch = (self.n // world) // batch_size  # equal on every process
-        if self.steps_per_epoch < 1:
-            raise ConfigError(f"batch size {batch_size} x {world} device(s) is more than the {self.n} images; "
-                              f"lower --batch-size")
         split = np.arange(self.n) if world == 1 else np.random.default_rng(seed).permutation(self.n)
         self.shard = np.sort(split[rank::world])  # (n / world,) indices into `images`
         part = images[self.shard]

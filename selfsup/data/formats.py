@@ -52,11 +52,30 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(dims[0], 1, *dims[1:])
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler for dataset pickles (MNIST's, CIFAR's): numpy arrays, numbers, strings, bytes and containers.
+    Anything else a file asks for (a function to call, a class to build) is refused, so reading runs no code."""
+
+    ALLOWED = {("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"), ("numpy", "ndarray"),
+               ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused {module}.{name}: a dataset pickle holds arrays, not code")
+
+
+def load_arrays(f, encoding: str):
+    """pickle.load for dataset files, through `_ArraysOnly`."""
+    return _ArraysOnly(f, encoding=encoding).load()
+
+
 def read_mnist_pickle(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Read the classic `mnist.pkl.gz` (50k/10k/10k float32 in [0, 1)); 'train' is train + valid, as in the IDX release."""
     try:
         with gzip.open(path, "rb") as f:
-            (xtr, ytr), (xva, yva), (xte, yte) = pickle.load(f, encoding="latin1")
+            (xtr, ytr), (xva, yva), (xte, yte) = load_arrays(f, encoding="latin1")
     except Exception as e:  # noqa: BLE001 - garbage can make the unpickler raise almost anything
         raise DataError(f"{path} is not a readable mnist.pkl.gz ({type(e).__name__}); delete it and run "
                         f"`selfsup data fetch mnist`") from None
@@ -80,7 +99,7 @@ def read_mnist_pickle(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = load_arrays(f, encoding="bytes")
     except Exception as e:  # noqa: BLE001 - garbage can make the unpickler raise almost anything
         raise DataError(f"{path} is not a readable CIFAR batch ({type(e).__name__}); delete it and re-fetch") from None
     if not isinstance(d, dict):
