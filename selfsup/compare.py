@@ -16,13 +16,14 @@ from pathlib import Path
 from . import checkpoint, loggers
 from .augment import view_for
 from .config import PretrainConfig
-from .data import ImageSet, fetch, load
+from .data import ImageSet, fetch, has_unlabeled_split, load
+from .data.folder import split_info
 from .errors import ConfigError, DataError, SelfsupError
 from .evaluate import (EVALS, FinetuneConfig, aggregate, class_count, few_label_rows, label_subset,
                        validation_split)
 from .evaluate.finetune import train_classifier
 from .factory import encoder_spec, method_from, random_encoder
-from .files import read_jsonl, write_json
+from .files import DirLock, read_jsonl, write_json
 from .methods import METHODS
 from .report import format_table
 from .train import pretrain
@@ -62,6 +63,8 @@ class CompareConfig:
 
     def method_config(self, method: str) -> PretrainConfig:
         d = self.pretrain.to_dict() | {"dataset": self.dataset, "method": method, "out": str(Path(self.out) / "pretrain" / method)}
+        if d["split"] == "train" and has_unlabeled_split(self.dataset, d["data_root"]):
+            d["split"] = "train+unlabeled"  # unlabeled images join pretraining, never evaluation
         if method != self.pretrain.method:  # method_args belong to the shared config's own method
             d["method_args"] = {}
         return PretrainConfig.from_dict(d).with_budget(minutes=self.minutes_per_method).validate()
@@ -132,9 +135,18 @@ def run_compare(cc: CompareConfig, show_progress: bool = True, fabric=None) -> d
         from .engine import fabric_for
 
         fabric = fabric_for(cc.pretrain)
+    if fabric is None or fabric.is_global_zero:
+        with DirLock(out):  # one live compare per OUT
+            return _compare(cc, configs, train, test, show_progress, fabric)
+    return _compare(cc, configs, train, test, show_progress, fabric)
+
+
+def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, show_progress: bool, fabric) -> dict:
+    out = Path(cc.out)
     subjects, shown, states = {}, {}, {}
     for m, cfg in configs.items():
-        path, state, reused = pretrained(cfg, train, show_progress, fabric)
+        images = train if cfg.split == "train" else load(cc.dataset, cfg.split, cfg.data_root, cfg.strict)
+        path, state, reused = pretrained(cfg, images, show_progress, fabric)
         states[m] = state.get("summary", {}) | {"reused": reused}
         method, _ = method_from(state)
         subjects[m] = (method.backbone, cc.evals, None, cfg.to_dict())
@@ -160,6 +172,9 @@ def run_compare(cc: CompareConfig, show_progress: bool = True, fabric=None) -> d
         "config": {"compare": {k: v for k, v in cc.to_dict().items() if k not in ("pretrain", "finetune")},
                    "pretrain": {m: c.to_dict() for m, c in configs.items()}, "finetune": cc.finetune.to_dict()},
         "headline": headline(rows, cc.labels_per_class),
+        "splits": {"train": len(train), "test": len(test), "validation_per_class": cc.val_per_class,
+                   "pretraining": {m: c.split for m, c in configs.items()}}
+        | (split_info(cc.dataset[len("folder:"):]) if cc.dataset.startswith("folder:") else {}),
     }
     write_json(out / "results.json", results)
     if cc.pretrain.logger:  # the table as metrics, the comparison's settings as hyperparameters

@@ -85,3 +85,41 @@ def read_jsonl(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+class DirLock:
+    """An exclusive lock on a directory for one live process (fcntl.flock on DIR/.lock, holding its pid).
+
+    The system drops it when the process ends, however it ends, so a crash never leaves it behind."""
+
+    def __init__(self, folder: str | Path):
+        self.path, self.fd = Path(folder) / ".lock", None
+
+    def acquire(self) -> "DirLock":
+        import fcntl
+
+        from .errors import ConfigError
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"another selfsup process (pid {holder}) is using {self.path.parent}; wait for it to "
+                              f"finish, stop it, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the lock
+            self.fd = None
+
+    def __enter__(self) -> "DirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

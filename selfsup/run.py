@@ -18,7 +18,7 @@ import torch
 
 from . import checkpoint, loggers
 from .errors import ConfigError, SelfsupError
-from .files import append_jsonl, write_json, write_text
+from .files import DirLock, append_jsonl, write_json, write_text
 from .monitor import is_collapsed
 
 
@@ -58,11 +58,13 @@ class RunDir:
         self.last_good, self.main = self.resumed_from, True
         self.every_steps, self.every_seconds, self.keep = checkpoint_steps, 60 * checkpoint_minutes, keep
         self.last_save = time.perf_counter()
-        self.collapse_warned, self.logger, self.loggers = False, logger, []
+        self.collapse_warned, self.logger, self.loggers, self.lock = False, logger, [], None
 
     def start(self, fabric, config: dict) -> None:
         """Remove a replaced run (rank 0, once every process has looked), write config.json and the metrics so far."""
         self.main = fabric.is_global_zero
+        if self.main:
+            self.lock = DirLock(self.out).acquire()  # before anything in the directory changes
         fabric.barrier()  # every process has looked at the directory
         if self.old and self.main:
             for p in self.old:
@@ -104,6 +106,11 @@ class RunDir:
         if self.main:
             write_json(self.out / "summary.json", summary)
             loggers.close(self.loggers)
+
+    def release(self) -> None:
+        """Let another process use the directory (also done by the system when this process ends)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def state_dict(self) -> dict:
         return {"history": self.history}

@@ -1,8 +1,8 @@
 """The pretraining loop: one explicit loop over parts that own their state (see docs/architecture.md).
 
-The loop never waits on the device between sync points. Every `sync.every` steps (about every
-SYNC_SECONDS) the processes agree, in one collective, on the clock, stop signals, checkpoint timing,
-the loss and the non-finite counters; logging, checkpoints and stopping happen only there.
+The loop never waits on the device between sync points. About every SYNC_SECONDS the processes agree,
+in one collective, on the clock, stop signals, checkpoint timing, the loss and the non-finite counters;
+logging, checkpoints and stopping happen only there.
 """
 from __future__ import annotations
 
@@ -111,6 +111,13 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
     fabric = fabric or fabric_for(cfg)
     check_engine(cfg, fabric.device.type)
     run.start(fabric, cfg.to_dict())
+    try:
+        return train(cfg, data, fabric, run, show_progress)
+    finally:
+        run.release()
+
+
+def train(cfg: PretrainConfig, data: ImageSet | None, fabric, run: RunDir, show_progress: bool) -> Path:
     fabric.seed_everything(cfg.seed, verbose=False)
     data = data if data is not None else load(cfg.dataset, cfg.split, cfg.data_root, cfg.strict)
     p = build(cfg, data, fabric, run, show_progress)

@@ -84,7 +84,7 @@ def test_cli_on_two_processes_writes_once_and_resumes_exactly(tmp_path):
     assert summary["world_size"] == 2 and summary["steps"] == 8 and summary["images_seen"] == 8 * 32 * 2
     steps = [json.loads(line)["step"] for line in (whole / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 8  # one writer: no line twice
-    assert sorted(p.name for p in whole.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in whole.iterdir()) == [".lock", "checkpoints", "config.json", "metrics.jsonl", "summary.json"]
     two_processes("--steps", "8", "--checkpoint-steps", "4", "--out", str(cut))
     for name in ("last.pt", "step-000000008.pt"):
         checkpoint.remove(cut / "checkpoints" / name)

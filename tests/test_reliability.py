@@ -189,3 +189,21 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     _, err = more.communicate(timeout=300)
     assert more.returncode == 0, err[-2000:]
     assert checkpoint.load(run)["budget"]["step"] == stopped_at + 3
+
+
+def test_two_runs_into_one_directory_and_a_crash_leaves_no_lock(tmp_path):
+    """A second pretrain into a directory a live run is using is one line; once the first is killed (no chance to
+    clean up), the directory is free again and the run resumes."""
+    run = tmp_path / "run"
+    args = ["--dataset", "digits", "--batch-size", "32", "--monitor-seconds", "0", "--checkpoint-steps", "2",
+            "--backbone-args", "width=4"]
+    first = cli("pretrain", *args, "--steps", "100000", "--out", str(run))
+    wait_for(run / "checkpoints" / "step-000000002.pt.sha256", first)
+    second = cli("pretrain", *args, "--steps", "2", "--overwrite", "--out", str(run))
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2 and "another selfsup process (pid" in err and "Traceback" not in err, err
+    assert checkpoint.step_files(run / "checkpoints")  # --overwrite deleted nothing of the live run
+    first.send_signal(signal.SIGKILL)
+    finish(first)
+    resumed = cli("pretrain", "--resume", str(run), "--steps", str(checkpoint.latest(run)[1]["budget"]["step"] + 2))
+    assert finish(resumed) == 0

@@ -10,7 +10,7 @@ from ..errors import DataError
 from ..registry import Registry
 from . import formats
 from .download import MNIST_PICKLE, data_root, fetch, unpack_if_needed
-from .folder import read_folder
+from .folder import load_folder, read_folder
 from .splits import few_labels
 
 
@@ -131,7 +131,7 @@ def load(name: str, split: str = "train", root: str | Path | None = None, strict
 
     strict: an image folder with unreadable files is an error instead of a warning that skips them."""
     if name.startswith("folder:"):
-        x, y, classes = read_folder(name[len("folder:"):], strict=strict)
+        x, y, classes = load_folder(name[len("folder:"):], split, strict=strict)
         return ImageSet(name, x, y, classes)
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}, or folder:PATH")
@@ -146,8 +146,11 @@ def load(name: str, split: str = "train", root: str | Path | None = None, strict
     return ImageSet(name, np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]), parts[0].classes)
 
 
-def has_test_split(name: str) -> bool:
-    return not name.startswith("folder:")
+def has_unlabeled_split(name: str, root: str | Path | None = None) -> bool:
+    """Whether `name` has unlabeled images beside its training split (STL-10's unlabeled, a folder's unlabeled/)."""
+    if name.startswith("folder:"):
+        return (Path(name[len("folder:"):]).expanduser() / "unlabeled").is_dir()
+    return "unlabeled" in SPLITS.get(name, ())
 
 
 __all__ = ["ImageSet", "DATASETS", "load", "fetch", "few_labels", "data_root", "read_folder", "SPLITS"]

@@ -127,6 +127,7 @@ def run_facts(results: dict) -> dict[str, str]:
                                  for m, s in results.get("pretrain", {}).items()) or "none",
         "evaluation": f"{results.get('eval_seconds', 0) / 60:.1f} min; seeds {', '.join(map(str, results['config']['compare']['seeds']))}; "
                       f"validation {results['config']['compare']['val_per_class']} per class (early stopping only)",
+        "splits": "; ".join(f"{k}: {v}" for k, v in results.get("splits", {}).items()) or "the dataset's own",
         "versions": f"selfsup {__version__}, torch {torch.__version__}, python {platform.python_version()}",
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
