@@ -23,7 +23,7 @@ from .evaluate import (EVALS, FinetuneConfig, aggregate, class_count, few_label_
                        validation_split)
 from .evaluate.finetune import train_classifier
 from .factory import encoder_spec, method_from, random_encoder
-from .files import DirLock, read_jsonl, write_json
+from .files import DirLock, append_jsonl, read_jsonl, write_json
 from .methods import METHODS
 from .report import format_table
 from .train import pretrain
@@ -114,8 +114,7 @@ class EvalCache:
 
     def add(self, key: str, row: dict) -> None:
         self.rows[key] = row | {"key": key}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(self.rows[key]) + "\n")
+        append_jsonl(self.path, [self.rows[key]])
 
 
 def run_compare(cc: CompareConfig, show_progress: bool = True, fabric=None) -> dict:

@@ -22,10 +22,19 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def write_error(path: Path, e: OSError):
+    """One line for a write the disk refused (full, over quota, read-only, over a size limit)."""
+    from .errors import SelfsupError
+
+    return SelfsupError(f"cannot write {path} ({e.strerror or e}); free some space or choose another output "
+                        f"directory; the file as it was before is intact")
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call `write(f)` on a temporary file beside `path`, fsync it, then rename it over `path`.
 
-    Readers see the old file or the whole new one, never a part; the temporary file is removed on any failure."""
+    Readers see the old file or the whole new one, never a part; the temporary file is removed on any failure,
+    and a refused write (a full disk) is one SelfsupError line."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -34,9 +43,20 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
+    except Exception as e:  # noqa: BLE001 - a writer (torch's zip writer) may wrap the refused write in its own error
+        refused = next((c for c in _chain(e) if isinstance(c, OSError)), None)
+        if refused is None:
+            raise
+        raise write_error(path, refused) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _chain(e: BaseException):
+    while e is not None:
+        yield e
+        e = e.__cause__ or e.__context__
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -68,9 +88,21 @@ def file_digest(path: str | Path, algo: str = "sha256") -> str:
 
 
 def append_jsonl(path: str | Path, rows: list[dict]) -> None:
-    """Append rows, one JSON object a line."""
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    """Append rows, one JSON object a line; after a torn last line (a killed writer) the new rows start a line of
+    their own. A refused write is one SelfsupError line."""
+    path = Path(path)
+    try:
+        torn = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
+        with open(path, "a") as f:
+            f.write(("\n" if torn else "") + "".join(json.dumps(r) + "\n" for r in rows))
+    except OSError as e:
+        raise write_error(path, e) from None
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

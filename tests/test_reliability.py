@@ -207,3 +207,69 @@ def test_two_runs_into_one_directory_and_a_crash_leaves_no_lock(tmp_path):
     finish(first)
     resumed = cli("pretrain", "--resume", str(run), "--steps", str(checkpoint.latest(run)[1]["budget"]["step"] + 2))
     assert finish(resumed) == 0
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Files may grow to 40 kB only (RLIMIT_FSIZE, as a full disk or a quota would refuse them): the checkpoint at
+    step 4 cannot be written. The run stops with one line naming the file and the cause; the step-2 checkpoint
+    is intact and verifiable; nothing half-written is left."""
+    run = tmp_path / "run"
+    args = ["--dataset", "digits", "--batch-size", "32", "--monitor-seconds", "0", "--checkpoint-steps", "2",
+            "--backbone-args", "width=4", "--method-args", "proj_hidden=16,proj_dim=8"]
+    assert finish(cli("pretrain", *args, "--steps", "6", "--out", str(run))) == 0
+    for name in ("last.pt", "step-000000006.pt", "step-000000004.pt"):
+        checkpoint.remove(run / "checkpoints" / name)
+    good = (run / "checkpoints" / "step-000000002.pt").read_bytes()
+
+    def small_files():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+    proc = subprocess.Popen([sys.executable, "-m", "selfsup", "pretrain", "--resume", str(run)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=small_files,
+                            env=os.environ | {"PYTHONPATH": str(ROOT)})
+    _, err = proc.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "cannot write" in lines[0] and "step-000000004.pt" in lines[0] and "File too large" in lines[0]
+    assert [p.name for p in checkpoint.step_files(run / "checkpoints")] == ["step-000000002.pt"]
+    assert (run / "checkpoints" / "step-000000002.pt").read_bytes() == good
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # verifiable: no fallback warning
+        assert checkpoint.latest(run)[1]["budget"]["step"] == 2
+    assert not [p for p in run.rglob("*.tmp")]
+
+
+def test_appending_after_a_torn_line_keeps_both_rows(tmp_path):
+    from selfsup.files import append_jsonl, read_jsonl
+
+    path = tmp_path / "evals.jsonl"
+    path.write_text('{"key": "a", "accuracy": 0.5}\n{"key": "b", "accur')  # a writer killed mid-line
+    append_jsonl(path, [{"key": "c", "accuracy": 0.7}])
+    assert [r["key"] for r in read_jsonl(path)] == ["a", "c"]
+
+
+@pytest.mark.slow
+def test_compare_killed_during_evaluation_reuses_what_it_finished(tmp_path):
+    """SIGKILL once the first evaluations are in evals.jsonl, then the same command: pretraining is reused, every
+    evaluation appears once, and the ones finished before the kill are kept."""
+    from selfsup.files import read_jsonl
+
+    out = tmp_path / "cmp"
+    args = ["compare", "--dataset", "digits", "--methods", "simclr", "--baselines", "random", "--labels-per-class",
+            "1,2,5,10", "--evals", "knn,linear", "--seeds", "3", "--minutes-per-method", "0.05", "--backbone-args",
+            "width=4", "--out", str(out)]
+    first = cli(*args)
+    wait_for(out / "evals.jsonl", first, timeout=300)
+    first.send_signal(signal.SIGKILL)
+    finish(first)
+    before = {r["key"] for r in read_jsonl(out / "evals.jsonl")}
+    second = cli(*args)
+    _, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err[-2000:]
+    keys = [r["key"] for r in read_jsonl(out / "evals.jsonl")]
+    assert len(keys) == len(set(keys)) == 2 * 4 * 3 * 2 and before <= set(keys)
+    results = json.loads((out / "results.json").read_text())
+    assert results["pretrain"]["simclr"]["reused"] and "pretraining simclr" not in err
