@@ -31,15 +31,22 @@ def _kv(text: str) -> dict:
     """'width=64,stem=small' or a JSON object -> dict with typed values."""
     import yaml
 
-    if text.strip().startswith("{"):
-        return json.loads(text)
-    out = {}
-    for part in filter(None, text.split(",")):
-        if "=" not in part:
-            raise argparse.ArgumentTypeError(f"expected key=value pairs, got {part!r}")
-        k, v = part.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+    try:
+        if text.strip().startswith("{"):
+            out = json.loads(text)
+            if not isinstance(out, dict):
+                raise ValueError("not an object")
+            return out
+        out = {}
+        for part in filter(None, text.split(",")):
+            if "=" not in part:
+                raise argparse.ArgumentTypeError(f"expected key=value pairs, got {part!r}")
+            k, v = part.split("=", 1)
+            out[k.strip()] = yaml.safe_load(v)
+        return out
+    except (ValueError, yaml.YAMLError) as e:
+        raise argparse.ArgumentTypeError(f"expected key=value pairs or a JSON object, got {text!r} "
+                                         f"({str(e).splitlines()[0]})") from None
 
 
 def _default(f: dataclasses.Field):
@@ -224,6 +231,13 @@ def cmd_list(registry_name: str):
     return run
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line, like every other error: `error: ...` and where to look, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Every flag's help shows its default; config flags already name theirs (their parser default is None)."""
 
@@ -236,7 +250,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = _Help
-    p = argparse.ArgumentParser(prog="selfsup", formatter_class=fmt,
+    p = _Parser(prog="selfsup", formatter_class=fmt,
                                 description="Self-supervised pretraining on images, evaluated against few-label baselines.")
     sub = p.add_subparsers(dest="command", required=True)
     add = lambda name, help_: sub.add_parser(name, help=help_, description=help_, formatter_class=fmt)  # noqa: E731

@@ -92,11 +92,13 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config is a mapping of field: value, not {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(map(str, d)) - names)
         if unknown:
             raise ConfigError(f"unknown config field(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-        return cls(**d)
+        return cls(**{f.name: typed(f, d[f.name]) for f in dataclasses.fields(cls) if f.name in d})
 
     def override(self, **changes: Any) -> "PretrainConfig":
         """A copy with the non-None `changes` applied (unknown fields are an error)."""
@@ -110,6 +112,23 @@ class PretrainConfig:
         if epochs is None and minutes is None and steps is None:
             return self
         return PretrainConfig.from_dict(self.to_dict() | {"epochs": epochs, "minutes": minutes, "steps": steps})
+
+
+def typed(f: dataclasses.Field, value: Any) -> Any:
+    """`value` as field `f`'s type (an int where a float is wanted becomes a float), or one ConfigError line."""
+    kind = str(f.type)
+    if value is None and "None" in kind:
+        return None
+    base = kind.split(" |")[0].split("[")[0]
+    ok = {"str": isinstance(value, str), "bool": isinstance(value, bool), "dict": isinstance(value, dict),
+          "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool)}[base]
+    if not ok:
+        raise ConfigError(f"config field {f.name} must be {kind.replace('dict[str, Any]', 'a mapping')}, "
+                          f"got {value!r:.80}")
+    if base == "dict" and not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"config field {f.name} must have names as keys, got {value!r:.80}")
+    return float(value) if base == "float" else value
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from ..errors import DataError
 
 HOLDOUT, HOLDOUT_SEED = 0.2, 30_011  # the held-out test split of a folder of class subfolders
 GREY_MODES = ("1", "L", "I", "I;16", "F", "LA")
+MAX_PIXELS = 64_000_000  # larger claimed sizes (decompression bombs, absurd headers) are skipped unread
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
@@ -81,7 +82,9 @@ def read_folder(folder: str | Path, size: int | None = None, strict: bool = Fals
     loaded, bad = [], []
     for path, label in files:
         try:
-            with Image.open(path) as im:
+            with Image.open(path) as im:  # reads the header only
+                if im.width * im.height > MAX_PIXELS:
+                    raise DataError(f"{im.width}x{im.height} pixels is more than {MAX_PIXELS:,}")
                 im.load()
                 loaded.append((im.copy(), label))
         except Exception as e:  # noqa: BLE001 - PIL raises many kinds on corrupt files; each is one unreadable image
@@ -90,7 +93,8 @@ def read_folder(folder: str | Path, size: int | None = None, strict: bool = Fals
         first = ", ".join(str(p) for p, _ in bad[:3])
         if strict:
             raise DataError(f"{len(bad)} unreadable image file(s) in {folder}, first: {first}; remove them or drop --strict")
-        warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {folder}, first: {first}", stacklevel=2)
+        warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {folder}, first: {first} "
+                      f"({type(bad[0][1]).__name__}: {str(bad[0][1])[:80]})", stacklevel=2)
     if not loaded:
         raise DataError(f"none of the {len(files)} image files in {folder} could be read")
 
