@@ -159,18 +159,16 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def upgrade(old: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint of format 1 (one flat dict) in today's layout, where each part of the run has its own slice."""
+    from .encoders import EncoderSpec
     from .methods import METHODS
 
     cfg, channels, order = old["config"], old["in_channels"], old.get("data_order", {})
-    encoder = {"backbone": cfg["backbone"], "backbone_args": cfg.get("backbone_args", {}), "in_channels": channels,
-               "image_size": old.get("image_size"), "value_range": (0.0, 1.0),
-               "input_transform": METHODS.get(cfg["method"]).input_transform(channels)}
+    encoder = EncoderSpec(cfg["backbone"], cfg.get("backbone_args", {}), channels, old.get("image_size"),
+                          METHODS.get(cfg["method"]).input_transform(channels))
     new = {"format": FORMAT, "config": cfg, "method": old["method_state"], "final": old.get("final", False),
-           "encoder": encoder,
-           "optimizer": old.get("optimizer"), "precision": {}, "rng": old.get("rng"),
+           "encoder": encoder.to_dict(), "optimizer": old.get("optimizer"), "precision": {}, "rng": old.get("rng"),
            "batches": {k: order.get(k) for k in ("seed", "epoch", "epoch_step", "images", "world_size", "batch_size")},
            "budget": {"step": old.get("step", 0), "images_seen": old.get("images_seen", 0),
-                      "progress": old.get("progress", 0.0), "skipped": old.get("skipped", 0),
-                      "seconds": old.get("seconds", 0.0)},
-           "run": {"history": old.get("history", [])}}
+                      "progress": old.get("progress", 0.0), "seconds": old.get("seconds", 0.0)},
+           "guard": {"bad": old.get("skipped", 0)}, "run": {"history": old.get("history", [])}}
     return new | ({"summary": old["summary"]} if "summary" in old else {})

@@ -49,7 +49,7 @@ class Parts:
     memory: torch.memory_format
     monitor: OnlineKNN | None
     bar: ProgressLine
-    sync: dict = field(default_factory=dict)  # next sync step, its interval, the img/s window
+    sync: dict = field(default_factory=dict)  # the next sync step; at the last: step, time, skipped steps
 
     def stateful(self) -> dict:
         return {"method": self.method, "optimizer": self.optimizer, "precision": self.fabric.strategy.precision,
@@ -123,7 +123,7 @@ def train(cfg: PretrainConfig, data: ImageSet | None, fabric, run: RunDir, show_
     p = build(cfg, data, fabric, run, show_progress)
     if p.monitor is not None and p.monitor.enabled and run.saved is None:
         run.log({"step": 0, "seconds": 0.0, "knn_acc": p.monitor(p.method.backbone)})  # where random init starts
-    p.sync.update(next=p.budget.step + 1, every=1, t=time.perf_counter(), step=p.budget.step, monitor=time.perf_counter(),
+    p.sync.update(next=p.budget.step + 1, t=time.perf_counter(), step=p.budget.step, monitor=time.perf_counter(),
                   bad=float(p.guard.bad))  # skipped steps of a resumed run were reported before
     p.model.train()
     with StopSignals() as signals:
@@ -154,7 +154,7 @@ def train(cfg: PretrainConfig, data: ImageSet | None, fabric, run: RunDir, show_
 def sync_point(p: Parts, signals: StopSignals) -> bool:
     """Agree, stop on a non-finite run, log, checkpoint, stop on a signal. True when the budget is spent."""
     fabric, run, b, cfg = p.fabric, p.run, p.budget, p.cfg
-    unhealthy = float(p.guard.bad) > p.sync.get("bad", 0) and not all(
+    unhealthy = float(p.guard.bad) > p.sync["bad"] and not all(
         torch.isfinite(t).all() for t in p.method.state_dict().values() if t.is_floating_point())  # NaN in BN stats
     window = time.perf_counter() - p.sync["t"]
     bad, stop_step, stop_loss, loss_sum, loss_n = p.guard.counters()
@@ -166,8 +166,8 @@ def sync_point(p: Parts, signals: StopSignals) -> bool:
     if stop_step > 0 or unhealthy:
         step, loss = (int(stop_step), stop_loss) if stop_step > 0 else (b.step, float("nan"))
         raise nonfinite_error(step, loss, p.optimizer.param_groups[0]["lr"], precision, run.last_good, run.out)
-    if bad > p.sync.get("bad", 0) and fabric.is_global_zero:
-        print(f"warning: {int(bad - p.sync.get('bad', 0))} step(s) with non-finite gradients skipped by step {b.step} "
+    if bad > p.sync["bad"] and fabric.is_global_zero:
+        print(f"warning: {int(bad - p.sync['bad'])} step(s) with non-finite gradients skipped by step {b.step} "
               f"({int(bad)} of --skip-nonfinite {cfg.skip_nonfinite})", file=sys.stderr, flush=True)
     steps, done = b.step - p.sync["step"], b.progress() >= 1
     if fabric.is_global_zero:
@@ -184,7 +184,7 @@ def sync_point(p: Parts, signals: StopSignals) -> bool:
         run.log(stats)
         p.bar.update(b.progress(), stats)
     every = max(1, min(1000, round(SYNC_SECONDS * steps / max(window, 1e-6))))  # the same on every process
-    p.sync.update(t=time.perf_counter(), step=b.step, next=b.step + every, every=every, bad=bad)
+    p.sync.update(t=time.perf_counter(), step=b.step, next=b.step + every, bad=bad)
     if stop or ((time_due or run.step_due(b.step)) and not done):
         run.save(p.checkpoint(final=False), b.step, final=False)
     if stop:

@@ -31,14 +31,13 @@ class Evaluation:
 
     kind: str  # frozen | graph | trained
     fn: Callable | None = None
-    unlabeled: bool = False  # reads the unlabeled training images (never their labels)
 
 
 EVALS: Registry = Registry("evaluation", sort=False)  # registration order is the order of columns in tables
 EVALS.register("knn", "weighted kNN (k 20, cosine) on frozen features")(Evaluation("frozen", knn_accuracy))
 EVALS.register("linear", "logistic regression (L-BFGS) on frozen, normalized features")(Evaluation("frozen", linear_accuracy))
 EVALS.register("propagate", "labels spread over the kNN graph of every training image (uses the unlabeled images)")(
-    Evaluation("graph", unlabeled=True))
+    Evaluation("graph"))
 EVALS.register("finetune", "encoder + linear head trained on the labels, early-stopped on validation")(
     Evaluation("trained"))
 VAL_SEED = 10_007  # the validation split never moves with the evaluation seeds
