@@ -1,9 +1,11 @@
-"""Time to accuracy on MNIST at 10 labels per class, within a wall-clock budget (issue: label efficiency).
+"""Time to accuracy at 10 labels per class (MNIST by default), within a wall-clock budget.
 
     python bench/label_efficiency.py --minutes 9 --every 1 --seeds 3 --name simclr-demo
     python bench/label_efficiency.py --minutes 4 --every 5 --no-finetune --set lr=0.002 --name x-lr2e-3
+    SELFSUP_DATA=DIR python bench/label_efficiency.py --dataset cifar10 --base colour --minutes 8 --every 2 --name c10
 
-Starts from the demo's configuration (`--base library` for PretrainConfig's defaults), changed by `--set`.
+Starts from the demo's configuration (`--base colour`: the colour-image recipe; `--base library`: PretrainConfig's
+defaults), changed by `--set`.
 Pretrains once per seed with a checkpoint every `--every` minutes (all kept), then scores each checkpoint
 with the 10 labels per class that seed draws. Choices are made on a labeled validation split carved from
 the training images (`--val-per-class`, 500 by default: 5,000 images, never among the labels); the test
@@ -35,8 +37,9 @@ from selfsup import checkpoint  # noqa: E402
 from selfsup.factory import encoder_from  # noqa: E402
 from selfsup.compare import load_splits  # noqa: E402
 from selfsup.config import PretrainConfig  # noqa: E402
+from selfsup.defaults import COLOUR  # noqa: E402
 from selfsup.demo import DEMO_PRETRAIN  # noqa: E402
-from selfsup.evaluate import (aggregate, extract_features, few_label_rows, knn_accuracy, label_subset,  # noqa: E402
+from selfsup.evaluate import (aggregate, class_count, extract_features, few_label_rows, knn_accuracy, label_subset,  # noqa: E402
                               unlabeled_pool, validation_split)
 from selfsup.evaluate.linear import fit_linear, predict_linear  # noqa: E402
 from selfsup.evaluate.propagate import LabelGraph, vote  # noqa: E402
@@ -52,7 +55,7 @@ def probe_accuracy(probe: tuple, x: torch.Tensor, y: torch.Tensor) -> float:
     return (predict_linear(probe, x) == y).float().mean().item()
 
 
-def frozen_scores(encoder, train, test, idx, val_idx) -> dict:
+def frozen_scores(encoder, train, test, idx, val_idx, classes: int = 10) -> dict:
     """Validation and test accuracy of every kNN and linear-probe setting; `knn`/`linear` = best on validation.
 
     Features as they are, and centred on the mean feature of the unlabeled pool ("-c"): every training image
@@ -67,10 +70,10 @@ def frozen_scores(encoder, train, test, idx, val_idx) -> dict:
         for k in K_GRID:
             grid[f"knn_k{k}{tag}"] = (knn_accuracy(f - c, y, vf - c, vy, k=k), knn_accuracy(f - c, y, tf - c, ty, k=k))
         for wd in WD_GRID:
-            probe = fit_linear(f - c, y, 10, wd)
+            probe = fit_linear(f - c, y, classes, wd)
             grid[f"linear_wd{wd:g}{tag}"] = (probe_accuracy(probe, vf - c, vy), probe_accuracy(probe, tf - c, ty))
     for k, graph in LabelGraph.for_each_k(torch.cat([f, pool]), GRAPH_GRID).items():
-        scores = graph.spread(torch.arange(len(y)), y, 10)  # one spread for both splits
+        scores = graph.spread(torch.arange(len(y)), y, classes)  # one spread for both splits
         grid[f"propagate_k{k}"] = tuple((vote(graph.nodes, scores, q) == qy).float().mean().item()
                                         for q, qy in ((vf, vy), (tf, ty)))
     out = {"grid": {name: {"val": round(v, 4), "test": round(t, 4)} for name, (v, t) in grid.items()}}
@@ -84,8 +87,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=9.0, help="pretraining minutes (the rest of 10 is evaluation)")
     p.add_argument("--every", type=float, default=1.0, help="minutes between scored checkpoints")
+    p.add_argument("--steps", type=int, help="a step budget instead of --minutes (a fixed wall clock turned into "
+                   "steps at the img/s measured alone, so that other work on the machine cannot change the result); "
+                   "--every then counts steps")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (pretraining and label draw)")
-    p.add_argument("--base", choices=("demo", "library"), default="demo",
+    p.add_argument("--dataset", default="mnist", help="dataset name or folder:PATH")
+    p.add_argument("--base", choices=("demo", "colour", "library"), default="demo",
                    help="start from the demo's configuration (selfsup.demo.DEMO_PRETRAIN) or PretrainConfig's defaults")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=YAML", help="PretrainConfig override")
     p.add_argument("--val-per-class", type=int, default=500, help="labeled validation images per class")
@@ -99,16 +106,22 @@ def main() -> None:
     if args.reuse and not args.keep:
         p.error("--reuse needs --keep DIR: the runs to score")
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    train, test = load_splits("mnist", None)
+    train, test = load_splits(args.dataset, None)
+    classes = class_count(train.labels)
     val_idx = validation_split(train.labels, args.val_per_class)
     runs = []
     for seed in range(args.seeds):
         idx = label_subset(train.labels, LABELS, seed, val_idx)
         with tempfile.TemporaryDirectory() as tmp:
             tmp = f"{args.keep}/seed{seed}" if args.keep else tmp
-            base = DEMO_PRETRAIN if args.base == "demo" else PretrainConfig()
-            cfg = base.override(dataset="mnist", minutes=args.minutes, seed=seed, out=tmp, checkpoint_minutes=args.every,
-                                keep_checkpoints=1000, monitor_seconds=0).override(**overrides)
+            base = {"demo": DEMO_PRETRAIN, "colour": COLOUR, "library": PretrainConfig()}[args.base]
+            cfg = base.override(dataset=args.dataset, seed=seed, out=tmp, keep_checkpoints=1000, monitor_seconds=0)
+            if args.steps:
+                cfg = cfg.with_budget(steps=args.steps).override(checkpoint_steps=int(args.every),
+                                                                 checkpoint_minutes=1e6)
+            else:
+                cfg = cfg.with_budget(minutes=args.minutes).override(checkpoint_minutes=args.every)
+            cfg = cfg.override(**overrides)
             if args.reuse and (Path(tmp) / "summary.json").exists():
                 print(f"scoring the finished run in {tmp}", flush=True)
             else:
@@ -119,10 +132,10 @@ def main() -> None:
                 encoder, _ = encoder_from(state)
                 t0 = time.perf_counter()
                 point = {"step": state["budget"]["step"], "pretrain_seconds": round(state["budget"]["seconds"], 1)}
-                point |= frozen_scores(encoder, train, test, idx, val_idx)
+                point |= frozen_scores(encoder, train, test, idx, val_idx, classes)
                 if path.name == "last.pt" and args.finetune:
                     row, = few_label_rows(encoder, train, test, [LABELS], cfg.method, evals=("finetune",), seeds=(seed,),
-                                          val_per_class=args.val_per_class)
+                                          val_per_class=args.val_per_class)  # early-stopped on the same validation split
                     point |= {"finetune": row["accuracy"], "finetune_val": row["val_accuracy"]}
                 point["eval_seconds"] = round(time.perf_counter() - t0, 1)
                 point["elapsed_minutes"] = round((point["pretrain_seconds"] + point["eval_seconds"]) / 60, 2)

@@ -163,6 +163,7 @@ def upgrade(old: dict[str, Any]) -> dict[str, Any]:
     from .methods import METHODS
 
     cfg, channels, order = old["config"], old["in_channels"], old.get("data_order", {})
+    cfg = cfg | {"method_args": METHODS.get(cfg["method"]).legacy_args(cfg.get("method_args", {}), 1)}
     encoder = EncoderSpec(cfg["backbone"], cfg.get("backbone_args", {}), channels, old.get("image_size"),
                           METHODS.get(cfg["method"]).input_transform(channels))
     new = {"format": FORMAT, "config": cfg, "method": old["method_state"], "final": old.get("final", False),

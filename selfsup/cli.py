@@ -132,25 +132,39 @@ def cmd_eval(args) -> None:
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
-    run_demo(args.out, tuple(args.methods.split(",")), args.minutes, tuple(args.labels_per_class), seed=args.seed)
+    run_demo(args.out, tuple(args.methods.split(",")), args.minutes, tuple(args.labels_per_class), args.dataset,
+             seed=args.seed)
 
 
 def cmd_compare(args) -> None:
     from .compare import CompareConfig, run_compare
     from .config import PretrainConfig, load_yaml
-    from .evaluate import FinetuneConfig
-
-    base = PretrainConfig.from_dict(load_yaml(args.config)) if args.config else PretrainConfig()
-    base = base.override(backbone=args.backbone, backbone_args=args.backbone_args, batch_size=args.batch_size)
-    split = lambda text: tuple(v for v in text.split(",") if v)  # noqa: E731
-    cc = CompareConfig(dataset=args.dataset, methods=split(args.methods), baselines=split(args.baselines),
-                       labels_per_class=tuple(args.labels_per_class), evals=split(args.evals),
-                       minutes_per_method=args.minutes_per_method, seeds=tuple(range(args.seeds)), out=args.out,
-                       val_per_class=args.val_per_class, pretrain=base,
-                       finetune=FinetuneConfig(steps=args.finetune_steps))
     from .engine import fabric_for
 
-    run_compare(cc, fabric=fabric_for(base) if cc.methods else None)  # the engine starts at the entry point
+    if args.recipe:
+        from .recipes import get
+
+        cc = get(args.recipe).config(args.size or "cpu")
+    elif args.size:
+        raise ConfigError("--size picks a recipe's size; give --recipe NAME too (see `selfsup recipes`)")
+    else:
+        cc = CompareConfig()
+    names = lambda text: tuple(v for v in text.split(",") if v)  # noqa: E731
+    given = {"dataset": args.dataset, "minutes_per_method": args.minutes_per_method, "out": args.out,
+             "val_per_class": args.val_per_class,
+             "methods": None if args.methods is None else names(args.methods),
+             "baselines": None if args.baselines is None else names(args.baselines),
+             "evals": None if args.evals is None else names(args.evals),
+             "labels_per_class": None if args.labels_per_class is None else tuple(args.labels_per_class),
+             "seeds": None if args.seeds is None else tuple(range(args.seeds))}
+    cc = dataclasses.replace(cc, **{k: v for k, v in given.items() if v is not None})
+    if args.config:  # a YAML of PretrainConfig fields replaces the recipe's (or the measured default) base
+        cc = dataclasses.replace(cc, pretrain=PretrainConfig.from_dict(load_yaml(args.config)))
+    changes = {"backbone": args.backbone, "backbone_args": args.backbone_args, "batch_size": args.batch_size}
+    cc = dataclasses.replace(cc, pretrain_args=cc.pretrain_args | {k: v for k, v in changes.items() if v is not None})
+    if args.finetune_steps is not None:
+        cc = dataclasses.replace(cc, finetune=dataclasses.replace(cc.finetune, steps=args.finetune_steps))
+    run_compare(cc, fabric=fabric_for(cc.base()) if cc.methods else None)  # the engine starts here
 
 
 def cmd_embed(args) -> None:
@@ -222,6 +236,8 @@ def cmd_list(registry_name: str):
             from .backbones import BACKBONES as reg
         elif registry_name == "evals":
             from .evaluate import EVALS as reg
+        elif registry_name == "recipes":
+            from .recipes import RECIPES as reg
         else:
             from .data import DATASETS as reg
         for name, desc in reg.describe().items():
@@ -248,6 +264,29 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _compare_flags(c: argparse.ArgumentParser) -> None:
+    """`compare` flags default to None (= not given), so that only what the user typed overrides a recipe."""
+    c.add_argument("--recipe", help="start from a packaged experiment (see `selfsup recipes`); flags override it")
+    c.add_argument("--size", choices=("cpu", "gpu"), help="the recipe's size: cpu (about 15 minutes on 2 cores, the "
+                   "default) or gpu (the full-length protocol)")
+    c.add_argument("--dataset", help="dataset name or folder:PATH (default: mnist)")
+    c.add_argument("--methods", help="comma-separated; see `selfsup methods` (default: simclr)")
+    c.add_argument("--baselines", help="comma-separated: supervised, random (default: supervised,random)")
+    c.add_argument("--labels-per-class", type=_csv_ints, help="comma-separated label counts (default: 1,10,100)")
+    c.add_argument("--evals", help="comma-separated; see `selfsup evals` (default: knn,linear,finetune)")
+    c.add_argument("--minutes-per-method", type=float, help="pretraining budget of each method (default: 3)")
+    c.add_argument("--seeds", type=_count, help="how many seeds (label subsets and initializations): 0..N-1 (default: 1)")
+    c.add_argument("--val-per-class", type=int, help="held-out labeled images per class for early stopping (default: 10)")
+    c.add_argument("--finetune-steps", type=int, help="step budget of fine-tuning and supervised training (default: 300)")
+    c.add_argument("--backbone", default=None, help="encoder for every method (default: the measured one for the "
+                   "data: small_cnn width 16 for grey images, width 32 for colour)")
+    c.add_argument("--backbone-args", type=_kv, default=None, metavar="K=V,...", help="the backbone's arguments")
+    c.add_argument("--batch-size", type=int, default=None, help="pretraining batch size (default: 256)")
+    c.add_argument("--config", help="YAML of PretrainConfig fields shared by every method (replaces the defaults)")
+    c.add_argument("--out", help="output directory (default: runs/cmp, or runs/RECIPE-SIZE)")
+    c.set_defaults(run=cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = _Help
     p = _Parser(prog="selfsup", formatter_class=fmt,
@@ -257,28 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = add("demo", "the main job: SimCLR vs supervised and random init on MNIST at 1/10/100 labels per class")
     d.add_argument("--out", default="runs/demo", help="output directory")
+    d.add_argument("--dataset", default="mnist", help="dataset name or folder:PATH; colour images get the measured "
+                   "colour setup (see `selfsup recipes`)")
     d.add_argument("--methods", default="simclr", help="comma-separated methods (see `selfsup methods`)")
     d.add_argument("--minutes", type=float, default=5.0, help="pretraining minutes per method")
     d.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100], help="comma-separated label counts")
     d.add_argument("--seed", type=int, default=0, help="seed for pretraining, label subsets and baselines")
     d.set_defaults(run=cmd_demo)
 
-    c = add("compare", "methods vs supervised-from-scratch and random-init, one table and report.html")
-    c.add_argument("--dataset", default="mnist", help="dataset name or folder:PATH")
-    c.add_argument("--methods", default="simclr", help="comma-separated; see `selfsup methods`")
-    c.add_argument("--baselines", default="supervised,random", help="comma-separated: supervised, random")
-    c.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100], help="comma-separated label counts")
-    c.add_argument("--evals", default="knn,linear,finetune", help="comma-separated; see `selfsup evals`")
-    c.add_argument("--minutes-per-method", type=float, default=3.0, help="pretraining budget of each method")
-    c.add_argument("--seeds", type=_count, default=1, help="how many seeds (label subsets and initializations): 0..N-1")
-    c.add_argument("--val-per-class", type=int, default=10, help="held-out labeled images per class for early stopping")
-    c.add_argument("--finetune-steps", type=int, default=300, help="step budget of fine-tuning and supervised training")
-    c.add_argument("--backbone", default=None, help="encoder for every method (default: the config's, small_cnn)")
-    c.add_argument("--backbone-args", type=_kv, default=None, metavar="K=V,...", help="the backbone's arguments")
-    c.add_argument("--batch-size", type=int, default=None, help="pretraining batch size (default: the config's, 256)")
-    c.add_argument("--config", help="YAML of PretrainConfig fields shared by every method")
-    c.add_argument("--out", default="runs/cmp", help="output directory")
-    c.set_defaults(run=cmd_compare)
+    _compare_flags(add("compare", "methods vs supervised-from-scratch and random-init, one table and report.html"))
 
     t = add("pretrain", "pretrain an encoder without labels")
     t.add_argument("--config", help="YAML file of config fields; flags override it")
@@ -321,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     da.add_argument("--split", default="train,test", help="comma-separated splits for info")
     da.set_defaults(run=cmd_data)
 
-    for name in ("methods", "backbones", "datasets", "evals"):
+    for name in ("methods", "backbones", "datasets", "evals", "recipes"):
         add(name, f"list the registered {name}").set_defaults(run=cmd_list(name))
     return p
 

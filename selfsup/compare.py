@@ -9,7 +9,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 
@@ -44,7 +44,8 @@ class CompareConfig:
     pictures: bool = True  # maps, filters, neighbours, views and colorization samples in the report
     map_points: int = 2000  # test images per embedding map (t-SNE time grows with this)
     out: str = "runs/cmp"
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    pretrain: PretrainConfig | None = None  # None: the measured defaults for the data's channels (selfsup.defaults)
+    pretrain_args: dict = field(default_factory=dict)  # PretrainConfig fields changed on top of `pretrain`
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self) -> "CompareConfig":
@@ -61,7 +62,21 @@ class CompareConfig:
             raise ConfigError(f"--minutes-per-method must be positive, got {self.minutes_per_method}")
         return self
 
+    def base(self, channels: int | None = None) -> PretrainConfig:
+        """The pretraining config every method shares: `pretrain` (or the defaults for `channels`) + `pretrain_args`."""
+        from .defaults import for_channels
+
+        if self.pretrain is None and channels is None:
+            return PretrainConfig().override(**self.pretrain_args)  # before the data is read: engine and data fields
+        return (self.pretrain or for_channels(channels)).override(**self.pretrain_args)
+
+    def resolved(self, channels: int) -> "CompareConfig":
+        """The same comparison with its pretraining config made concrete for images of `channels` channels."""
+        return replace(self, pretrain=self.base(channels), pretrain_args={})
+
     def method_config(self, method: str) -> PretrainConfig:
+        if self.pretrain is None or self.pretrain_args:
+            raise ValueError("method_config needs a resolved CompareConfig (call resolved(channels) first)")
         d = self.pretrain.to_dict() | {"dataset": self.dataset, "method": method, "out": str(Path(self.out) / "pretrain" / method)}
         if d["split"] == "train" and has_unlabeled_split(self.dataset, d["data_root"]):
             d["split"] = "train+unlabeled"  # unlabeled images join pretraining, never evaluation
@@ -123,13 +138,14 @@ def run_compare(cc: CompareConfig, show_progress: bool = True, fabric=None) -> d
     fabric: the engine the program created (default: one from `cc.pretrain`). On several processes every one
     pretrains; only the main one evaluates and writes (the others return an empty dict)."""
     cc.validate()
-    configs = {m: cc.method_config(m) for m in cc.methods}
     out = Path(cc.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot write to output directory {out} ({e.strerror}); choose another --out") from None
-    train, test = load_splits(cc.dataset, cc.pretrain.data_root)
+    train, test = load_splits(cc.dataset, cc.base().data_root)
+    cc = cc.resolved(train.channels)
+    configs = {m: cc.method_config(m) for m in cc.methods}
     if configs and fabric is None:
         from .engine import fabric_for
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from .compare import CompareConfig, run_compare
 from .config import PretrainConfig
+from .defaults import GREY
 from .evaluate import FinetuneConfig
 
-# The configuration chosen on the validation split by bench/label_efficiency.py (README, "Label efficiency"):
-# SimCLR at NT-Xent temperature 1.0 on a width-16 small_cnn, AdamW lr 4e-3, batch 256, with the `greyscale`
-# digits augmentation.
-DEMO_PRETRAIN = PretrainConfig(method="simclr", method_args={"temperature": 1.0}, backbone="small_cnn",
-                               backbone_args={"width": 16}, lr=4e-3)
+# The configuration chosen on the validation split by bench/label_efficiency.py (bench/README.md, "Label
+# efficiency"); colour datasets start from `defaults.COLOUR` instead.
+DEMO_PRETRAIN = GREY
 DEMO_EVALS = ("knn", "linear", "propagate", "finetune")
 
 
@@ -21,7 +20,7 @@ def demo_config(out: str = "runs/demo", methods: tuple[str, ...] = ("simclr",), 
     return CompareConfig(dataset=dataset, methods=tuple(methods), baselines=("supervised", "random"),
                          labels_per_class=tuple(labels_per_class), evals=DEMO_EVALS,
                          minutes_per_method=minutes, seeds=(seed,), out=str(out),
-                         pretrain=(base or DEMO_PRETRAIN).override(seed=seed), finetune=finetune or FinetuneConfig())
+                         pretrain=base, pretrain_args={"seed": seed}, finetune=finetune or FinetuneConfig())
 
 
 def run_demo(out: str = "runs/demo", methods: tuple[str, ...] = ("simclr",), minutes: float = 5.0,

@@ -197,13 +197,13 @@ def sync_point(p: Parts, signals: StopSignals) -> bool:
 def finish(p: Parts) -> Path:
     """The final checkpoint (last.pt) with the run's summary; summary.json beside it."""
     b, fabric, run = p.budget, p.fabric, p.run
-    seconds = b.elapsed()
-    losses = [h["loss"] for h in run.history if "loss" in h]
+    seconds, logged = b.elapsed(), [h for h in run.history if "loss" in h]
     summary = {"steps": b.step, "epochs": round(b.images_seen / p.batches.n, 3), "images_seen": b.images_seen,
                "seconds": round(seconds, 2), "img_per_s": round(b.images_seen / seconds, 1),
-               "final_loss": losses[-1] if losses else None, "skipped_batches": int(p.guard.bad),
+               "final_loss": logged[-1]["loss"] if logged else None, "skipped_batches": int(p.guard.bad),
                "resumed": run.resumed_from is not None, "precision": str(fabric.strategy.precision.precision),
-               "device": str(fabric.device), "world_size": fabric.world_size}
+               "device": str(fabric.device), "world_size": fabric.world_size,
+               "method_metrics": {k: round(logged[-1][k], 4) for k in p.method.metrics if logged and k in logged[-1]}}
     path = run.save(p.checkpoint(final=True, summary=summary), b.step, final=True) or run.out / "checkpoints" / "last.pt"
     run.finish(summary)
     fabric.barrier()

@@ -15,12 +15,7 @@ from selfsup.data import ImageSet, few_labels, load, read_folder
 from selfsup.data import download as fetch_mod
 from selfsup.errors import DataError
 
-
-def write_idx(path, arr):
-    arr = np.asarray(arr, np.uint8)
-    head = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(head + arr.tobytes())
+from real_formats import cifar_batch, write_idx
 
 
 def test_mnist_idx(data_root, rng):
@@ -61,11 +56,6 @@ def test_mnist_pickle(data_root, rng):
     assert train.images.shape == (8, 1, 28, 28) and test.images.shape == (4, 1, 28, 28)
     np.testing.assert_array_equal(train.images.reshape(8, -1)[:5], np.rint(tr[0] * 256).astype(np.uint8))
     np.testing.assert_array_equal(train.labels, np.concatenate([tr[1], va[1]]))
-
-
-def cifar_batch(path, x, y, label_key):
-    with open(path, "wb") as f:
-        pickle.dump({b"data": x.reshape(len(x), -1), label_key.encode(): list(y), b"batch_label": b"x"}, f, protocol=2)
 
 
 def test_cifar10(data_root, rng):

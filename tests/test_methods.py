@@ -12,6 +12,7 @@ from selfsup.backbones import BACKBONES
 from selfsup.colour import Lightness, lab_to_rgb, rgb_to_lab
 from selfsup.config import PretrainConfig
 from selfsup.data import ImageSet, load
+from selfsup.errors import ConfigError
 from selfsup.evaluate import extract_features, few_label_rows
 from selfsup.losses import byol_loss, negative_cosine
 from selfsup.methods import METHODS
@@ -116,6 +117,27 @@ def test_simsiam_gradient_reaches_z_only_through_the_predictor_branch():
 
 # --- Rotation ---------------------------------------------------------------------------------------
 
+def test_simclr_local_crops_views_and_loss():
+    """K local crops at half the side; the loss is the mean NT-Xent over the global pair and every (local, global)
+    pair, computed here pair by pair; the views run through the real loop and resume."""
+    from selfsup.augment import preset
+    from selfsup.losses import nt_xent
+
+    cfg = PretrainConfig(method="simclr", method_args={"local_crops": 3}, backbone_args={"width": 4})
+    m = build_method(cfg, encoder_spec(cfg, 3, 32))
+    views = m.views(preset("simclr", 3))
+    assert [v.size for v in views] == [None, None, 16, 16, 16] and views[2].crop_scale == (0.05, 0.4)
+    torch.manual_seed(0)
+    x = [torch.rand(6, 3, 32, 32), torch.rand(6, 3, 32, 32)] + [torch.rand(6, 3, 16, 16) for _ in range(3)]
+    m.eval()  # BatchNorm with running statistics: each embedding is the same whichever batch it is in
+    z = [m.embed(v) for v in x]
+    pairs = [(z[0], z[1])] + [(z[k], z[g]) for k in (2, 3, 4) for g in (0, 1)]
+    want = mean(nt_xent(a, b, m.temperature).item() for a, b in pairs)
+    assert math.isclose(m.loss(x).item(), want, rel_tol=1e-5)
+    with pytest.raises(ConfigError, match="local_crops"):
+        build_method(cfg.override(method_args={"local_crops": -1}), encoder_spec(cfg, 3, 32))
+
+
 def test_rotation_labels_match_the_rotation_applied():
     x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).view(2, 1, 3, 3)
     rotated, k = rotate_batch(x)
@@ -158,6 +180,46 @@ def test_colorization_on_colour_keeps_first_layer_and_input_path(tmp_path):
     with torch.no_grad():
         assert torch.allclose(encoder(rgb), encoder.encoder(Lightness()(rgb)))  # downstream sees the same L input
     assert extract_features(encoder, x[:4], precision="32-true").shape == (4, 64)
+
+
+def test_colour_bins_soft_targets_and_annealed_mean():
+    from selfsup.methods.colorization import CENTRES, annealed_mean, soft_bins
+
+    ab = torch.tensor([[35.0, -65.0], [-104.0, 3.0], [0.0, 0.0]]).T.reshape(1, 2, 3, 1)  # three pixels
+    t = soft_bins(ab)  # (1, Q, 3, 1)
+    assert torch.allclose(t.sum(1), torch.ones(1, 3, 1)) and ((t > 0).sum(1) == 5).all()
+    for i, (a, b) in enumerate(ab[0, :, :, 0].T.tolist()):  # the heaviest bin is the nearest centre
+        nearest = ((CENTRES - torch.tensor([a, b])) ** 2).sum(1).argmin()
+        assert t[0, :, i, 0].argmax() == nearest
+    sharp = annealed_mean(torch.log(t + 1e-12) * 50)  # a near one-hot distribution decodes to its bin's centre
+    assert (sharp - ab).abs().max() < GRID_HALF_DIAGONAL
+
+
+GRID_HALF_DIAGONAL = 7.1  # 10x10 bins: no point is farther than this from its bin's centre
+
+
+def test_colorization_classes_learn_colours_and_prior():
+    """Trained on a few red and blue images, the classes loss paints them in colour through the annealed-mean
+    decoding, and the rebalancing prior moves from uniform towards the colours it saw."""
+    from selfsup.colour import rgb_to_lab
+
+    red, blue = torch.zeros(3, 16, 16), torch.zeros(3, 16, 16)
+    red[0], blue[2], blue[1] = 0.8, 1.0, 0.35
+    x = torch.stack([red, blue] * 8)
+    cfg = PretrainConfig(method="colorization", backbone_args={"width": 8})
+    m = build_method(cfg, encoder_spec(cfg, 3, 16))
+    opt = torch.optim.AdamW(m.parameters(), 3e-3)
+    for _ in range(60):
+        loss = m.loss([x])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    (caption, picture), = m.pictures((x[:2] * 255).round().to(torch.uint8).numpy()).items()
+    tile = picture.shape[0] // 2 - 1
+    made = torch.from_numpy(picture[2:2 + tile, 4 + tile:4 + 2 * tile]).permute(2, 0, 1)[None].float() / 255
+    chroma = rgb_to_lab(made)[:, 1:].norm(dim=1).mean()
+    assert chroma > 30, chroma  # red is about 70 from grey in ab
+    assert m.prior.max() > 3 / len(m.prior)  # the prior left uniform for the colours it saw
 
 
 def test_colorization_on_grey_is_inpainting(capsys):

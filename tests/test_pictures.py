@@ -32,9 +32,10 @@ def test_filter_grid_size_and_pretrained_differs_from_random(trained):
 def test_neighbours_views_and_samples_sizes(trained, tmp_path):
     encoder, _ = trained
     test = load("digits", "test")
-    nn_grid = pictures.nearest_neighbours(encoder, test.images[:3], test.images[:100], k=5)
-    tile = 8 * pictures.auto_scale(8)
-    assert nn_grid.shape == (2 + 3 * (tile + 2), 2 + 6 * (tile + 2), 3)
+    nn_grid, hits = pictures.nearest_neighbours(encoder, test.images[:3], test.images[:100], k=5)
+    scale = pictures.auto_scale(8)
+    tile, pad = 8 * scale, 2 * scale
+    assert nn_grid.shape == (pad + 3 * (tile + pad), pad + 6 * (tile + pad), 3) and hits is None
     views = pictures.augmented_views(test.images[:2], preset("greyscale", 1), n_views=4)
     assert views.shape == (2 + 2 * (tile + 2), 2 + 5 * (tile + 2), 3)
     path = pictures.save_png(views, tmp_path / "views.png")
@@ -46,10 +47,30 @@ def test_neighbours_views_and_samples_sizes(trained, tmp_path):
 def test_nearest_neighbours_exclude_the_query_itself():
     enc = BACKBONES.build("small_cnn", in_channels=1, width=4)
     x = np.random.default_rng(0).integers(0, 256, (20, 1, 8, 8), dtype=np.uint8)
-    g = pictures.nearest_neighbours(enc, x[:1], x, k=3)
-    tile = 8 * pictures.auto_scale(8)
-    query, first = g[2:2 + tile, 2:2 + tile], g[2:2 + tile, 4 + tile:4 + 2 * tile]
+    g, _ = pictures.nearest_neighbours(enc, x[:1], x, k=3)
+    scale = pictures.auto_scale(8)
+    tile, pad = 8 * scale, 2 * scale
+    query, first = g[pad:pad + tile, pad:pad + tile], g[pad:pad + tile, 2 * pad + tile:2 * pad + 2 * tile]
     assert not np.array_equal(query, first)
+
+
+def test_neighbour_frames_tell_same_class_from_other():
+    """Three copies of two images: each query's nearest neighbour is its own copy (green frame); the class of the
+    other image decides the others' frames, and the returned fraction counts them."""
+    enc = BACKBONES.build("small_cnn", in_channels=3, width=4)
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    bank = np.stack([a, a, b, b]).copy()
+    bank[1, :, 0, 0] ^= 1  # near-copies, so that the query is not excluded as itself
+    bank[3, :, 0, 0] ^= 1
+    labels = np.array([0, 0, 1, 1])
+    g, hits = pictures.nearest_neighbours(enc, bank[[0]], bank, k=3, query_labels=labels[[0]], bank_labels=labels)
+    scale = pictures.auto_scale(32)
+    tile, pad = 32 * scale, 2 * scale
+    first = g[pad:pad + tile, 2 * pad + tile:2 * pad + 2 * tile]  # the nearest neighbour: the near-copy of a
+    assert tuple(first[0, tile // 2]) == pictures.SAME and hits == 1 / 3
+    third = g[pad:pad + tile, 4 * pad + 3 * tile:4 * pad + 4 * tile]
+    assert tuple(third[0, tile // 2]) == pictures.OTHER
 
 
 def test_colorization_samples_colour_and_inpainting():

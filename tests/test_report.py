@@ -22,9 +22,9 @@ HISTORY = {"simclr": [{"step": 0, "seconds": 0, "knn_acc": 0.4}] +
 
 def test_table_bold_best_and_gain():
     t = table_html(ROWS)
-    assert "<b>0.910 ± 0.010</b>" in t and "<b>0.950</b>" in t
-    assert "+12.0 pts" in t  # simclr's best at 10 (0.95) minus supervised (0.83)
-    assert "gain vs supervised @10" in t
+    assert "<b>0.910<small> ± 0.010</small></b>" in t and "<b>0.950</b>" in t
+    assert '<td class="up">+12.0</td>' in t  # simclr's best at 10 (0.95) minus supervised (0.83), in points
+    assert '<th colspan="1">gain vs supervised</th>' in t and '<th colspan="2">linear</th>' in t
 
 
 def test_text_table_shows_std():
@@ -36,6 +36,24 @@ def test_report_is_self_contained(tmp_path):
     page = path.read_text()
     assert page.count("<svg") == 2 and 'id="results"' in page and "12.0 points ahead" in page
     assert not re.search(r'(src|href)="https?://', page)  # nothing fetched from the network
+
+
+def test_wide_table_fits_a_laptop_screen(tmp_path, browser_page):
+    """The widest table a compare makes (4 evaluations x 3 label counts, 3 seeds with std, gains) fits in 1400 px."""
+    page, errors, _ = browser_page
+    rows = [{"method": m, "eval": e, "labels_per_class": n, "accuracy": 0.5 + i / 100, "std": 0.0123,
+             "seeds": [0, 1, 2], "accuracies": [0.5, 0.5, 0.5]}
+            for i, m in enumerate(("simclr", "colorization", "random-init")) for e in ("knn", "linear", "propagate", "finetune")
+            for n in (1, 10, 100) if not (m == "random-init" and e == "finetune")]
+    rows += [{"method": "supervised", "eval": "finetune", "labels_per_class": n, "accuracy": 0.4, "std": 0.01,
+              "seeds": [0, 1, 2], "accuracies": [0.4] * 3} for n in (1, 10, 100)]
+    path = write_report(RESULTS | {"rows": rows}, HISTORY, tmp_path / "report.html")
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.goto(path.as_uri())
+    box = page.locator("#results").bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 1400, box
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 1400
+    assert errors == []
 
 
 def test_report_of_a_real_compare_renders_in_headless_chromium(tmp_path, browser_page):

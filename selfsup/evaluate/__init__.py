@@ -16,7 +16,7 @@ from torch import nn
 from ..data import ImageSet, few_labels
 from ..data.splits import class_count
 from ..registry import Registry
-from .features import extract_features
+from .features import extract_features, tensor_of
 from .finetune import FinetuneConfig, accuracy, train_classifier
 from .knn import knn_accuracy
 from .linear import linear_accuracy
@@ -114,7 +114,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                 else:
                     model, info = train_classifier(enc, train.images[idx], train.labels[idx], train.images[val_idx],
                                                    train.labels[val_idx], n_classes, finetune, s, encoder_lr_scale, dev)
-                    row["accuracy"] = round(accuracy(model, torch.from_numpy(test.images), test_y), 4)  # test: scored once
+                    row["accuracy"] = round(accuracy(model, tensor_of(test.images), test_y), 4)  # test: scored once
                     row |= {"val_accuracy": round(info["val_accuracy"], 4), "best_step": info["best_step"]}
                 rows.append(row)
     return rows

@@ -30,7 +30,12 @@ def extract_features(encoder: nn.Module, images: np.ndarray | Tensor, batch_size
     with autocast_for(device, precision):
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size]
-            x = torch.as_tensor(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+            x = tensor_of(x) if isinstance(x, np.ndarray) else x
             out.append(encoder(prepare(x.to(device), encoder)).float().cpu())
     encoder.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+def tensor_of(images: np.ndarray) -> torch.Tensor:
+    """A tensor over a contiguous, writable array (read-only ones, as IDX files and memory maps give, are copied)."""
+    return torch.from_numpy(np.require(images, requirements=("C", "W")))

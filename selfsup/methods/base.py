@@ -65,6 +65,11 @@ class MethodBase(nn.Module):
     def views(self, base: "Augment") -> list["Augment"]:
         return [base] * self.n_views
 
+    @classmethod
+    def legacy_args(cls, args: dict, checkpoint_format: int) -> dict:
+        """The method arguments that rebuild what a checkpoint of an older format trained (defaults changed since)."""
+        return args
+
     def loss(self, views: list[Tensor]) -> Tensor:
         raise NotImplementedError
 

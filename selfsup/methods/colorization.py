@@ -1,9 +1,11 @@
-"""Colorization: Colorful Image Colorization (Zhang, Isola & Efros, ECCV 2016), as regression of Lab ab.
+"""Colorization: Colorful Image Colorization (Zhang, Isola & Efros, ECCV 2016).
 
-Colour data: the encoder sees Lab lightness L (1 channel); a small decoder predicts the ab channels
-from the encoder's last feature map, with an L1 loss. Predicting ab leaves luminance, which the input
-already holds, out of the target; L1 is less prone than L2 to the desaturated average of plausible
-colours. (Zhang et al. classify over quantized ab bins instead, which is heavier.)
+Colour data: the encoder sees Lab lightness L (1 channel); a small decoder predicts, at a quarter of the
+image's side, a distribution over the ab plane quantized into 10x10 bins (`loss="classes"`, the default): the
+target is soft (each pixel's 5 nearest bins, Gaussian weights, sigma 5), and rare colours weigh more (class
+rebalancing with the running colour prior mixed half and half with uniform, as the paper does). A picture
+decodes the annealed mean (temperature 0.38) of the predicted distribution. `loss="l1"` regresses ab with
+an L1 loss instead: cheaper, but it predicts the desaturated average of plausible colours (grey on photographs).
 The encoder that evaluation gets has the `lightness` input transform, so colour images downstream go
 through the same conversion as in pretraining, and the first conv layer is kept, never swapped.
 
@@ -26,6 +28,25 @@ from . import METHODS
 from .base import MethodBase
 
 AB_SCALE = 110.0  # a, b in about [-110, 110] -> about [-1, 1]
+GRID = 10.0  # ab bin side
+CENTRES = torch.cartesian_prod(torch.arange(-105.0, 110.0, GRID), torch.arange(-105.0, 110.0, GRID))  # (484, 2)
+SIGMA, NEAREST, MIX, ANNEAL = 5.0, 5, 0.5, 0.38
+
+
+def soft_bins(ab: Tensor) -> Tensor:
+    """(B, 2, h, w) ab -> (B, Q, h, w) soft targets: Gaussian weights on each pixel's NEAREST bins, summing to 1."""
+    b, _, h, w = ab.shape
+    d2 = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2).float(), CENTRES.to(ab.device)) ** 2  # (B*h*w, Q)
+    near, idx = d2.topk(NEAREST, dim=1, largest=False)
+    weight = torch.softmax(-near / (2 * SIGMA ** 2), dim=1)
+    target = torch.zeros_like(d2).scatter_(1, idx, weight)
+    return target.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def annealed_mean(logits: Tensor, temperature: float = ANNEAL) -> Tensor:
+    """(B, Q, h, w) logits -> (B, 2, h, w) ab: the mean of the distribution sharpened by `temperature`."""
+    p = torch.softmax(logits.float() / temperature, dim=1)
+    return torch.einsum("bqhw,qc->bchw", p, CENTRES.to(logits.device))
 
 
 def square_holes(x: Tensor, frac: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
@@ -49,14 +70,23 @@ class Colorization(MethodBase):
             raise ConfigError(f"colorization needs 1- or 3-channel images, got {data_channels}")
         return "lightness" if data_channels == 3 else None  # grey data goes to the conv net as it is
 
-    def __init__(self, backbone: nn.Module, hidden: int = 128):
+    @classmethod
+    def legacy_args(cls, args: dict, checkpoint_format: int) -> dict:
+        return {"loss": "l1"} | args if checkpoint_format < 2 else args  # format 1 regressed ab with L1
+
+    def __init__(self, backbone: nn.Module, hidden: int = 128, loss: str = "classes"):
         super().__init__()
+        if loss not in ("classes", "l1"):
+            raise ConfigError(f"colorization loss must be 'classes' or 'l1', got {loss!r}")
         self.backbone = backbone
         self.variant = "lab" if backbone.in_channels == 3 else "inpainting"
         self.net = backbone.encoder if self.variant == "lab" else backbone  # the conv net behind the transform
-        out = 2 if self.variant == "lab" else 1
+        self.classes = self.variant == "lab" and loss == "classes"
+        out = len(CENTRES) if self.classes else 2 if self.variant == "lab" else 1
         self.decoder_in = conv_bn(backbone.out_dim, hidden)  # the last feature map has out_dim channels
         self.decoder_out = nn.Sequential(conv_bn(hidden, hidden // 2), nn.Conv2d(hidden // 2, out, 1))
+        if self.classes:  # the running colour prior (how often each bin is the target), for rebalancing
+            self.register_buffer("prior", torch.full((len(CENTRES),), 1.0 / len(CENTRES)))
         if self.variant == "inpainting":
             print("colorization: 1-channel data has no colour; running the inpainting variant", file=sys.stderr)
 
@@ -69,6 +99,8 @@ class Colorization(MethodBase):
     def loss(self, views: list[Tensor]) -> Tensor:
         x = views[0]
         size = tuple(x.shape[-2:])
+        if self.classes:
+            return self.class_loss(x)
         if self.variant == "lab":
             lab = rgb_to_lab(x)  # (B, 3, H, W), fp32
             grey = (lab[:, :1] / 100).to(x.dtype).contiguous(memory_format=torch.channels_last)
@@ -80,6 +112,23 @@ class Colorization(MethodBase):
         loss = ((pred - x.float()).abs() * hole).sum() / hole.sum().clamp_min(1)
         self.measure(hole_l1=loss)
         return loss
+
+    def class_loss(self, x: Tensor) -> Tensor:
+        """Rebalanced cross-entropy against soft ab bins, at a quarter of the side."""
+        lab = rgb_to_lab(x)
+        grey = (lab[:, :1] / 100).to(x.dtype).contiguous(memory_format=torch.channels_last)
+        small = (max(1, x.shape[-2] // 4), max(1, x.shape[-1] // 4))
+        target = soft_bins(F.adaptive_avg_pool2d(lab[:, 1:], small))  # (B, Q, h, w)
+        with torch.no_grad():
+            if self.training:  # the prior follows the data seen so far
+                self.prior.lerp_(target.mean(dim=(0, 2, 3)), 0.01)
+            w = 1 / ((1 - MIX) * self.prior + MIX / len(CENTRES))
+            w = w / (self.prior * w).sum()  # the expected weight under the prior is 1
+            pixel_w = w[target.argmax(1)]  # (B, h, w): the weight of each pixel's nearest bin
+        logp = F.log_softmax(self.predict(grey, small).float(), dim=1)
+        ce = -(target * logp).sum(1)  # (B, h, w)
+        self.measure(colour_ce=ce.mean())
+        return (pixel_w * ce).mean()
 
     @torch.no_grad()
     def pictures(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -93,7 +142,12 @@ class Colorization(MethodBase):
         if self.variant == "lab":
             lab = rgb_to_lab(x)
             grey = lab[:, :1] / 100
-            ab = self.predict(grey, size).float() * AB_SCALE
+            if self.classes:  # the annealed mean at a quarter of the side, enlarged to the image's
+                small = (max(1, size[0] // 4), max(1, size[1] // 4))
+                ab = F.interpolate(annealed_mean(self.predict(grey, small)), size=size, mode="bilinear",
+                                   align_corners=False)
+            else:
+                ab = self.predict(grey, size).float() * AB_SCALE
             seen, made = grey.expand(-1, 3, -1, -1), lab_to_rgb(torch.cat([lab[:, :1], ab], dim=1))
             caption = "colorization: input, prediction, truth"
         else:

@@ -46,7 +46,7 @@ def subsample(n: int, max_points: int | None, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
 
 
-def thumbnails(images: np.ndarray, side: int = 48) -> list[str]:
+def thumbnails(images: np.ndarray, side: int = 96) -> list[str]:
     """PNG data URIs of each (C, H, W) uint8 image, enlarged (nearest) to about `side` pixels."""
     from PIL import Image
 
@@ -84,7 +84,7 @@ def map_html(xy: np.ndarray, labels: np.ndarray, classes: list[str], images: np.
                                 "index": idx})
         fig.scatter("x", "y", source=src, size=6, alpha=0.75, color=PALETTE[i % len(PALETTE)], legend_label=name,
                     name="points")
-    fig.add_tools(HoverTool(tooltips='<div class="selfsup-tip"><img src="@img" width="64" style="image-rendering:pixelated">'
+    fig.add_tools(HoverTool(tooltips='<div class="selfsup-tip"><img src="@img" width="96" style="image-rendering:pixelated">'
                                      '<div class="selfsup-cls">class: @cls</div></div>'))
     fig.legend.click_policy = "hide"
     fig.legend.location = "top_left"

@@ -14,11 +14,20 @@ def _img(uri: str, alt: str) -> str:
     return f'<figure><img src="{uri}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
+def neighbours(encoder, test: ImageSet, queries: np.ndarray, bank_idx: np.ndarray) -> str:
+    picture, hits = pictures.nearest_neighbours(encoder, test.images[queries], test.images[bank_idx], 8,
+                                                test.labels[queries], test.labels[bank_idx])
+    caption = "nearest neighbours (query, then top 8)"
+    if hits is not None and (test.labels[queries] >= 0).all():
+        caption += f": green shares the query's class, red does not ({hits:.0%} green)"
+    return _img(pictures.data_uri(picture), caption)
+
+
 def gallery_html(subjects: dict[str, dict], test: ImageSet, out_dir: Path, map_points: int = 2000, seed: int = 0) -> str:
     """subjects: name -> {"encoder", "identity", optional "method" (module) and "view" (augmentation preset)}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    queries = np.sort(rng.choice(len(test), 6, replace=False))
+    queries = np.sort(rng.choice(len(test), min(8, len(test)), replace=False))
     bank_idx = embedding.subsample(len(test), map_points, seed)
     blocks = []
     for name, s in subjects.items():
@@ -31,8 +40,7 @@ def gallery_html(subjects: dict[str, dict], test: ImageSet, out_dir: Path, map_p
         figs = [f'<figure><a href="{out_dir.name}/{safe}.html"><img src="{out_dir.name}/{safe}.png" alt="map" class="map"></a>'
                 f'<figcaption>embedding map (<a href="{out_dir.name}/{safe}.html">interactive</a>)</figcaption></figure>',
                 _img(pictures.data_uri(pictures.filter_grid(enc)), "first-layer filters"),
-                _img(pictures.data_uri(pictures.nearest_neighbours(enc, test.images[queries], test.images[bank_idx])),
-                     "nearest neighbours (query, then top 8)")]
+                neighbours(enc, test, queries, bank_idx)]
         if s.get("view") is not None:
             figs.append(_img(pictures.data_uri(pictures.augmented_views(test.images[queries[:4]], s["view"], seed=seed)),
                              "augmented views (original, then views)"))

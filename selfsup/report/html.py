@@ -77,14 +77,18 @@ def pretraining_svg(histories: dict[str, list[dict]]) -> str:
 
 
 def table_html(rows: list[dict]) -> str:
-    """Methods by (eval, labels per class); best per column in bold; gain over supervised from scratch."""
+    """Methods by eval, then labels per class (a two-row header keeps it narrow); best per column in bold; the
+    gain of each method's best evaluation over supervised from scratch."""
     cols = sorted({(r["eval"], r["labels_per_class"]) for r in rows}, key=lambda c: (EVALS.names().index(c[0]), c[1]))
     counts = sorted({r["labels_per_class"] for r in rows})
     cell = {(r["method"], r["eval"], r["labels_per_class"]): r for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows))
     best = {c: max((cell[(m, *c)]["accuracy"] for m in methods if (m, *c) in cell), default=None) for c in cols}
     sup = {n: cell[("supervised", "finetune", n)]["accuracy"] for n in counts if ("supervised", "finetune", n) in cell}
-    head = "".join(f"<th>{e}@{n}</th>" for e, n in cols) + "".join(f"<th>gain vs supervised @{n}</th>" for n in counts if n in sup)
+    groups = list(dict.fromkeys(e for e, _ in cols)) + (["gain vs supervised"] if sup else [])
+    span = {g: sum(1 for e, _ in cols if e == g) for g in groups} | {"gain vs supervised": len(sup)}
+    top = "".join(f'<th colspan="{span[g]}">{html.escape(g)}</th>' for g in groups)
+    sub = "".join(f"<th>{n}</th>" for _, n in cols) + "".join(f"<th>{n}</th>" for n in counts if n in sup)
     body = []
     for m in methods:
         tds = []
@@ -93,7 +97,7 @@ def table_html(rows: list[dict]) -> str:
             if r is None:
                 tds.append("<td>–</td>")
                 continue
-            text = f"{r['accuracy']:.3f}" + (f" ± {r['std']:.3f}" if "std" in r else "")
+            text = f"{r['accuracy']:.3f}" + (f"<small> ± {r['std']:.3f}</small>" if "std" in r else "")
             tds.append(f"<td><b>{text}</b></td>" if r["accuracy"] == best[c] else f"<td>{text}</td>")
         for n in counts:
             if n not in sup:
@@ -103,9 +107,11 @@ def table_html(rows: list[dict]) -> str:
                 tds.append("<td>–</td>")
             else:
                 g = max(mine) - sup[n]
-                tds.append(f'<td class="{"up" if g > 0 else "down"}">{g * 100:+.1f} pts</td>')
+                tds.append(f'<td class="{"up" if g > 0 else "down"}">{g * 100:+.1f}</td>')
         body.append(f"<tr><th>{html.escape(m)}</th>{''.join(tds)}</tr>")
-    return f'<table id="results"><thead><tr><th>method</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (f'<div class="scroll"><table id="results"><thead><tr><th rowspan="2">method</th>{top}</tr>'
+            f'<tr class="counts">{sub}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+            '<p class="note">Columns: evaluation, then labels per class; gains in accuracy points.</p>')
 
 
 def run_facts(results: dict) -> dict[str, str]:
@@ -124,6 +130,7 @@ def run_facts(results: dict) -> dict[str, str]:
         "hardware": hw,
         "pretraining": "; ".join(f"{m}: {s.get('seconds', 0) / 60:.1f} min, {s.get('img_per_s', 0):.0f} img/s, "
                                  f"{s.get('epochs', 0)} epochs, {s.get('precision', '?')}{' (reused)' if s.get('reused') else ''}"
+                                 + "".join(f", final {k} {v:.3f}" for k, v in s.get("method_metrics", {}).items())
                                  for m, s in results.get("pretrain", {}).items()) or "none",
         "evaluation": f"{results.get('eval_seconds', 0) / 60:.1f} min; seeds {', '.join(map(str, results['config']['compare']['seeds']))}; "
                       f"validation {results['config']['compare']['val_per_class']} per class (early stopping only)",
@@ -152,10 +159,11 @@ def _cpu_name() -> str:
 
 
 CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
-thead th{background:#f3f3f3}tbody th{text-align:left}td.up{color:#176117}td.down{color:#a11}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
+thead th{background:#f3f3f3;text-align:center}tr.counts th{font-weight:normal;font-size:.85em}
+.scroll{max-width:100%;overflow-x:auto}#results{font-size:13px}.note{font-size:.85em;color:#555;margin-top:-.5em}tbody th{text-align:left}td.up{color:#176117}td.down{color:#a11}
 .facts td,.facts th{text-align:left}.plot svg{max-width:100%;height:auto}.headline{font-size:1.1em;background:#f6f8ff;padding:.6em 1em}
-section.extra img{image-rendering:pixelated;max-width:100%}section.extra figure{display:inline-block;vertical-align:top;margin:.3em 1em .3em 0}
+section.extra img{image-rendering:pixelated;max-width:100%;height:auto}section.extra figure{display:inline-block;vertical-align:top;margin:.3em 1em .3em 0}
 section.extra img.map{width:360px;image-rendering:auto}figcaption{font-size:.85em;color:#555}"""
 
 

@@ -33,8 +33,20 @@ def grid(rows: list[np.ndarray], pad: int = 2, scale: int = 1, background: int =
     return out
 
 
-def auto_scale(side: int, target: int = 64) -> int:
+def auto_scale(side: int, target: int = 96) -> int:
+    """How many times to enlarge a tile of `side` pixels so that a person can see it (32 px -> 3x, 96 px -> 1x)."""
     return max(1, target // side)
+
+
+def frame(tiles: np.ndarray, colours: list[tuple[int, int, int]], width: int = 2) -> np.ndarray:
+    """(n, h, w, 3) tiles with a coloured border of `width` pixels drawn inside each (one colour per tile)."""
+    out = tiles.copy()
+    for t, c in zip(out, colours):
+        t[:width], t[-width:], t[:, :width], t[:, -width:] = c, c, c, c
+    return out
+
+
+SAME, OTHER = (40, 160, 60), (210, 40, 40)  # neighbour frames: the query's class, another class
 
 
 def filter_grid(encoder: torch.nn.Module, per_row: int = 8, scale: int = 8) -> np.ndarray:
@@ -48,17 +60,33 @@ def filter_grid(encoder: torch.nn.Module, per_row: int = 8, scale: int = 8) -> n
 
 
 @torch.no_grad()
-def nearest_neighbours(encoder: torch.nn.Module, queries: np.ndarray, bank: np.ndarray, k: int = 8) -> np.ndarray:
-    """Each row: a query image, then its k most cosine-similar images from `bank` (the query itself excluded)."""
+def nearest_neighbours(encoder: torch.nn.Module, queries: np.ndarray, bank: np.ndarray, k: int = 8,
+                       query_labels: np.ndarray | None = None, bank_labels: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, float | None]:
+    """Each row: a query image, then its k most cosine-similar images from `bank` (the query itself excluded).
+
+    With labels, each neighbour is framed green when it shares the query's class and red when it does not;
+    returns (picture, fraction of neighbours sharing the query's class, or None without labels)."""
     from ..evaluate import extract_features
 
     qf = F.normalize(extract_features(encoder, queries), dim=1)
     bf = F.normalize(extract_features(encoder, bank), dim=1)
     sim = qf @ bf.T  # (Q, N)
     same = torch.from_numpy((queries.reshape(len(queries), 1, -1) == bank.reshape(1, len(bank), -1)).all(-1))
-    idx = sim.masked_fill(same, -2).topk(k, dim=1).indices
-    rows = [np.concatenate([to_rgb(queries[i:i + 1]), to_rgb(bank[idx[i].numpy()])]) for i in range(len(queries))]
-    return grid(rows, scale=auto_scale(queries.shape[-1]))
+    idx = sim.masked_fill(same, -2).topk(k, dim=1).indices.numpy()  # (Q, k)
+    scale = auto_scale(queries.shape[-1])
+    big = lambda a: to_rgb(a).repeat(scale, 1).repeat(scale, 2)  # noqa: E731  enlarged before framing: thin frames
+    rows, hits = [], None
+    labelled = query_labels is not None and bank_labels is not None
+    if labelled:
+        match = bank_labels[idx] == np.asarray(query_labels)[:, None]  # (Q, k)
+        hits = float(match.mean())
+    for i in range(len(queries)):
+        nbrs = big(bank[idx[i]])
+        if labelled:
+            nbrs = frame(nbrs, [SAME if m else OTHER for m in match[i]], width=max(1, scale))
+        rows.append(np.concatenate([big(queries[i:i + 1]), nbrs]))
+    return grid(rows, pad=2 * scale), hits
 
 
 def augmented_views(images: np.ndarray, view, n_views: int = 8, seed: int = 0) -> np.ndarray:

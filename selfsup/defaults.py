@@ -1,0 +1,18 @@
+"""The pretraining setups chosen by measurement, by kind of image (bench/README.md, "Colour recipe" and
+"Label efficiency"). `selfsup demo` and `selfsup compare` start from them when no --config is given."""
+from __future__ import annotations
+
+from .config import PretrainConfig
+
+# Digits and other 1-channel images: SimCLR at temperature 1.0 on a width-16 small_cnn, AdamW 4e-3, batch 256,
+# the `greyscale` augmentation preset.
+GREY = PretrainConfig(method="simclr", method_args={"temperature": 1.0}, backbone="small_cnn",
+                      backbone_args={"width": 16}, lr=4e-3)
+# Small colour photographs (CIFAR-10's 32x32): chosen at a fixed wall clock on a validation split.
+COLOUR = PretrainConfig(method="simclr", method_args={"temperature": 0.2}, backbone="small_cnn",
+                        backbone_args={"width": 32}, lr=2e-3)
+
+
+def for_channels(channels: int) -> PretrainConfig:
+    """The measured starting point for images with `channels` channels."""
+    return COLOUR if channels == 3 else GREY

@@ -1,0 +1,83 @@
+"""Recipes: each packaged experiment runs end to end on small files in its dataset's real format, and flags
+given beside --recipe override it."""
+import dataclasses
+import json
+
+import pytest
+
+from selfsup import cli
+from selfsup.compare import run_compare
+from selfsup.errors import ConfigError
+from selfsup.recipes import RECIPES, get
+
+from real_formats import WRITERS
+
+# A few steps of everything: the real protocol's shape (methods, evals, baselines, splits) at toy size.
+TINY = {"steps": 2, "batch_size": 16, "monitor_seconds": 0, "backbone_args": {"width": 4}}
+
+
+@pytest.mark.parametrize("name", RECIPES.names())
+def test_recipe_runs_on_real_formats(name, data_root, rng, tmp_path):
+    recipe = get(name)
+    WRITERS[recipe.dataset](data_root, rng)
+    cc = recipe.config("cpu", out=str(tmp_path / name))
+    cc = dataclasses.replace(cc, labels_per_class=(1,), val_per_class=1, minutes_per_method=None, pretrain_args=TINY,
+                             finetune=dataclasses.replace(cc.finetune, steps=2, eval_every=1), map_points=30,
+                             pictures=name == "simclr-cifar10")
+    results = run_compare(cc, show_progress=False)
+    got = {(r["method"], r["eval"]) for r in results["rows"]}
+    assert {(m, e) for m in cc.methods for e in cc.evals} <= got
+    assert ("supervised", "finetune") in got and all(0 <= r["accuracy"] <= 1 for r in results["rows"])
+    if recipe.dataset == "stl10":  # pretraining read the unlabeled split too, at the CPU size's 48 px
+        assert results["splits"]["pretraining"] == {"byol": "train+unlabeled"}
+        assert results["config"]["pretrain"]["byol"]["image_size"] == 48
+    if cc.pictures:
+        page = (tmp_path / name / "report.html").read_text()
+        assert "<img" in page and "map" in page
+
+
+def test_recipe_flags_override(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr("selfsup.compare.run_compare", lambda cc, fabric=None: seen.setdefault("cc", cc))
+    out = str(tmp_path / "o")
+    assert cli.main(["compare", "--recipe", "simclr-cifar10", "--labels-per-class", "5", "--minutes-per-method", "1",
+                     "--backbone-args", "width=8", "--finetune-steps", "7", "--out", out]) == 0
+    cc, base = seen["cc"], get("simclr-cifar10").config("cpu")
+    assert cc.labels_per_class == (5,) and cc.minutes_per_method == 1 and cc.finetune.steps == 7 and cc.out == out
+    assert cc.evals == base.evals and cc.methods == base.methods and cc.dataset == "cifar10"  # the rest: the recipe's
+    assert cc.base(3).backbone_args == {"width": 8} and cc.base(3).method_args == base.base(3).method_args
+    assert cli.main(["compare", "--recipe", "simclr-cifar10", "--size", "gpu", "--out", out]) == 0
+    assert seen["cc"] is cc  # setdefault kept the first; the gpu size is checked directly:
+    gpu = get("simclr-cifar10").config("gpu").resolved(3)
+    assert gpu.pretrain.backbone == "resnet18" and gpu.minutes_per_method is None and gpu.pretrain.epochs == 200
+
+
+def test_recipe_errors(capsys):
+    assert cli.main(["compare", "--recipe", "nope"]) == 2
+    assert "unknown recipe 'nope'; choose one of: rotation-mnist" in capsys.readouterr().err
+    assert cli.main(["compare", "--size", "gpu"]) == 2
+    assert "--size picks a recipe's size" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="sizes cpu, gpu"):
+        get("rotation-mnist").config("tpu")
+
+
+def test_recipes_listed(capsys):
+    assert cli.main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in RECIPES.names())
+    for n in RECIPES.names():  # each names its source's published numbers for docs/experiments.md
+        assert get(n).published and get(n).source
+    json.dumps({n: get(n).published for n in RECIPES.names()})
+
+
+def test_defaults_follow_the_data_and_flags_change_them():
+    from selfsup.compare import CompareConfig
+    from selfsup.defaults import COLOUR, GREY
+    from selfsup.demo import demo_config
+
+    cc = CompareConfig(pretrain_args={"batch_size": 64})
+    assert cc.resolved(3).pretrain == COLOUR.override(batch_size=64)
+    assert cc.resolved(1).pretrain == GREY.override(batch_size=64)
+    assert demo_config(dataset="cifar10", seed=2).resolved(3).pretrain == COLOUR.override(seed=2)
+    with pytest.raises(ValueError, match="resolved"):
+        cc.method_config("simclr")
