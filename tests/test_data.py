@@ -3,7 +3,6 @@ import gzip
 import hashlib
 import io
 import pickle
-import struct
 import tarfile
 import warnings
 import zipfile

@@ -13,7 +13,7 @@ from selfsup import load_encoder
 from selfsup.backbones import BACKBONES
 from selfsup.cli import main
 from selfsup.config import PretrainConfig
-from selfsup.data import ImageSet, load
+from selfsup.data import ImageSet
 from selfsup.export import export, torchvision_names
 from selfsup.train import pretrain
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup import checkpoint
 from selfsup.backbones import BACKBONES
 from selfsup.colour import Lightness, lab_to_rgb, rgb_to_lab
 from selfsup.config import PretrainConfig

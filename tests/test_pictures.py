@@ -8,7 +8,6 @@ from selfsup.augment import preset
 from selfsup.backbones import BACKBONES
 from selfsup.config import PretrainConfig
 from selfsup.data import ImageSet, load
-from selfsup.methods import METHODS
 from selfsup.report import embedding, pictures
 from selfsup.train import pretrain
 

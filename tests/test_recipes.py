@@ -81,3 +81,10 @@ def test_defaults_follow_the_data_and_flags_change_them():
     assert demo_config(dataset="cifar10", seed=2).resolved(3).pretrain == COLOUR.override(seed=2)
     with pytest.raises(ValueError, match="resolved"):
         cc.method_config("simclr")
+
+
+def test_every_recipe_is_documented():
+    from pathlib import Path
+
+    page = (Path(__file__).parent.parent / "docs" / "experiments.md").read_text()
+    assert all(f"`{n}`" in page and f"--recipe {n}" in page for n in RECIPES.names())
