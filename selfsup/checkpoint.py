@@ -163,9 +163,10 @@ def upgrade(old: dict[str, Any]) -> dict[str, Any]:
     from .methods import METHODS
 
     cfg, channels, order = old["config"], old["in_channels"], old.get("data_order", {})
-    cfg = cfg | {"method_args": METHODS.get(cfg["method"]).legacy_args(cfg.get("method_args", {}), 1)}
+    method = METHODS.get(cfg["method"])
+    cfg = cfg | {"method_args": method.legacy_args(cfg.get("method_args", {}), 1)}
     encoder = EncoderSpec(cfg["backbone"], cfg.get("backbone_args", {}), channels, old.get("image_size"),
-                          METHODS.get(cfg["method"]).input_transform(channels))
+                          method.input_transform(channels))
     new = {"format": FORMAT, "config": cfg, "method": old["method_state"], "final": old.get("final", False),
            "encoder": encoder.to_dict(), "optimizer": old.get("optimizer"), "precision": {}, "rng": old.get("rng"),
            "batches": {k: order.get(k) for k in ("seed", "epoch", "epoch_step", "images", "world_size", "batch_size")},

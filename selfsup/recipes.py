@@ -9,12 +9,13 @@ Each recipe starts from the measured defaults for its kind of image (`selfsup.de
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from .compare import CompareConfig
 from .config import PretrainConfig
 from .defaults import COLOUR, GREY
+from .errors import ConfigError
 from .evaluate import FinetuneConfig
 from .registry import Registry
 
@@ -33,11 +34,8 @@ class Recipe:
     published: dict[str, float]  # the source's numbers, by row name
     build: Callable[[str], CompareConfig]  # size ("cpu" or "gpu") -> configuration
     sizes: tuple[str, ...] = ("cpu", "gpu")
-    notes: list[str] = field(default_factory=list)
 
     def config(self, size: str = "cpu", out: str | None = None) -> CompareConfig:
-        from .errors import ConfigError
-
         if size not in self.sizes:
             raise ConfigError(f"recipe {self.name} has sizes {', '.join(self.sizes)}, not {size!r}")
         cc = self.build(size)
@@ -47,9 +45,8 @@ class Recipe:
 RECIPES: Registry = Registry("recipe", sort=False)
 
 
-def _add(recipe: Recipe) -> Recipe:
+def _add(recipe: Recipe) -> None:
     RECIPES.register(recipe.name, recipe.summary)(lambda: recipe)
-    return recipe
 
 
 def get(name: str) -> Recipe:
@@ -57,15 +54,16 @@ def get(name: str) -> Recipe:
 
 
 def _cc(dataset: str, methods: tuple[str, ...], evals: tuple[str, ...], labels: tuple[int, ...], size: str,
-        base: PretrainConfig, cpu_minutes: float, gpu_epochs: float, baselines=("supervised", "random"),
-        finetune_steps: tuple[int, int] = (300, 2000), val_per_class: int = 10) -> CompareConfig:
+        base: PretrainConfig, cpu_minutes: float, gpu_epochs: float) -> CompareConfig:
+    """Methods against supervised training and random weights; the cpu size a wall-clock budget, the gpu size
+    ResNet-18 for an epoch budget with a longer fine-tuning."""
     if size == "cpu":
-        pre, minutes, ft = base, cpu_minutes, FinetuneConfig(steps=finetune_steps[0])
+        pre, minutes, ft = base, cpu_minutes, FinetuneConfig(steps=300)
     else:
         pre = base.override(**GPU_CHANGES).with_budget(epochs=gpu_epochs)
-        minutes, ft = None, FinetuneConfig(steps=finetune_steps[1], patience=10)
-    return CompareConfig(dataset=dataset, methods=methods, baselines=tuple(baselines), labels_per_class=labels,
-                         evals=evals, minutes_per_method=minutes, val_per_class=val_per_class, pretrain=pre, finetune=ft)
+        minutes, ft = None, FinetuneConfig(steps=2000, patience=10)
+    return CompareConfig(dataset=dataset, methods=methods, baselines=("supervised", "random"), labels_per_class=labels,
+                         evals=evals, minutes_per_method=minutes, pretrain=pre, finetune=ft)
 
 
 _add(Recipe(
@@ -103,9 +101,7 @@ _add(Recipe(
     {"byol finetune": 0.481, "supervised finetune": 0.504},
     lambda size: _cc("stl10", ("byol",), ("knn", "linear", "finetune"), (10, 100), size,
                      COLOUR.override(method="byol", method_args={}, image_size=48 if size == "cpu" else None),
-                     cpu_minutes=8, gpu_epochs=100),
-    notes=["STL-10 cannot be downloaded on the machines selfsup is developed on: this recipe is tested on small "
-           "files in STL-10's binary format and has not been run at full size."]))
+                     cpu_minutes=8, gpu_epochs=100)))
 
 _add(Recipe(
     "cifar100-compare", "cifar100",
@@ -114,6 +110,4 @@ _add(Recipe(
     "evaluation and interactive embedding maps; the source reported 59.1% / 31.6% / 24.3% / 16.1%.",
     {"supervised": 0.591, "byol linear": 0.316, "simsiam linear": 0.243, "random-init linear": 0.161},
     lambda size: _cc("cifar100", ("byol", "simsiam"), ("knn", "linear", "finetune"), (10, 100), size,
-                     COLOUR.override(method_args={}), cpu_minutes=4, gpu_epochs=200),
-    notes=["CIFAR-100 cannot be downloaded on the machines selfsup is developed on: this recipe is tested on small "
-           "files in CIFAR-100's pickle format and has not been run at full size."]))
+                     COLOUR.override(method_args={}), cpu_minutes=4, gpu_epochs=200)))

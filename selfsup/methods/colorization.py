@@ -49,6 +49,17 @@ def annealed_mean(logits: Tensor, temperature: float = ANNEAL) -> Tensor:
     return torch.einsum("bqhw,qc->bchw", p, CENTRES.to(logits.device))
 
 
+def lab_input(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, 3, H, W) RGB -> (Lab in fp32, the encoder's input L/100 in x's dtype, channels-last)."""
+    lab = rgb_to_lab(x)
+    return lab, (lab[:, :1] / 100).to(x.dtype).contiguous(memory_format=torch.channels_last)
+
+
+def quarter(size: tuple[int, int]) -> tuple[int, int]:
+    """The side the class loss predicts colour at: a quarter of the image's, as Zhang et al. do."""
+    return max(1, size[0] // 4), max(1, size[1] // 4)
+
+
 def square_holes(x: Tensor, frac: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
     """A (B, 1, H, W) mask with a random square of side frac*H per image (1 = hidden)."""
     b, _, h, w = x.shape
@@ -102,8 +113,7 @@ class Colorization(MethodBase):
         if self.classes:
             return self.class_loss(x)
         if self.variant == "lab":
-            lab = rgb_to_lab(x)  # (B, 3, H, W), fp32
-            grey = (lab[:, :1] / 100).to(x.dtype).contiguous(memory_format=torch.channels_last)
+            lab, grey = lab_input(x)
             err = (self.predict(grey, size).float() - lab[:, 1:] / AB_SCALE).abs()
             self.measure(ab_l1=err.mean() * AB_SCALE)
             return err.mean()
@@ -115,9 +125,8 @@ class Colorization(MethodBase):
 
     def class_loss(self, x: Tensor) -> Tensor:
         """Rebalanced cross-entropy against soft ab bins, at a quarter of the side."""
-        lab = rgb_to_lab(x)
-        grey = (lab[:, :1] / 100).to(x.dtype).contiguous(memory_format=torch.channels_last)
-        small = (max(1, x.shape[-2] // 4), max(1, x.shape[-1] // 4))
+        lab, grey = lab_input(x)
+        small = quarter(tuple(x.shape[-2:]))
         target = soft_bins(F.adaptive_avg_pool2d(lab[:, 1:], small))  # (B, Q, h, w)
         with torch.no_grad():
             if self.training:  # the prior follows the data seen so far
@@ -140,11 +149,9 @@ class Colorization(MethodBase):
         x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255)
         size = tuple(x.shape[-2:])
         if self.variant == "lab":
-            lab = rgb_to_lab(x)
-            grey = lab[:, :1] / 100
+            lab, grey = lab_input(x)
             if self.classes:  # the annealed mean at a quarter of the side, enlarged to the image's
-                small = (max(1, size[0] // 4), max(1, size[1] // 4))
-                ab = F.interpolate(annealed_mean(self.predict(grey, small)), size=size, mode="bilinear",
+                ab = F.interpolate(annealed_mean(self.predict(grey, quarter(size))), size=size, mode="bilinear",
                                    align_corners=False)
             else:
                 ab = self.predict(grey, size).float() * AB_SCALE

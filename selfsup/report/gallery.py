@@ -15,10 +15,13 @@ def _img(uri: str, alt: str) -> str:
 
 
 def neighbours(encoder, test: ImageSet, queries: np.ndarray, bank_idx: np.ndarray) -> str:
+    """The neighbour grid, framed by class where every query has a label."""
+    labelled = bool((test.labels[queries] >= 0).all())
     picture, hits = pictures.nearest_neighbours(encoder, test.images[queries], test.images[bank_idx], 8,
-                                                test.labels[queries], test.labels[bank_idx])
+                                                test.labels[queries] if labelled else None,
+                                                test.labels[bank_idx] if labelled else None)
     caption = "nearest neighbours (query, then top 8)"
-    if hits is not None and (test.labels[queries] >= 0).all():
+    if hits is not None:
         caption += f": green shares the query's class, red does not ({hits:.0%} green)"
     return _img(pictures.data_uri(picture), caption)
 
