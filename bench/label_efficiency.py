@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import machine, write  # noqa: E402
 from selfsup import checkpoint  # noqa: E402
-from selfsup.factory import encoder_from  # noqa: E402
+from selfsup.factory import encoder_from, encoder_spec, random_encoder  # noqa: E402
 from selfsup.compare import load_splits  # noqa: E402
 from selfsup.config import PretrainConfig  # noqa: E402
 from selfsup.defaults import COLOUR  # noqa: E402
@@ -83,6 +83,23 @@ def frozen_scores(encoder, train, test, idx, val_idx, classes: int = 10) -> dict
     return out
 
 
+def trained_scores(encoder, train, test, args, seed: int, name: str, pretrain_seconds: float,
+                   lr_scale: float | None = None) -> dict:
+    """Fine-tuning (LP-FT) and semi-supervised training, each best on the validation split, test scored once;
+    with each one's own seconds and the minutes to its accuracy counting pretraining."""
+    out = {}
+    for e in ("finetune", "semisup"):
+        if not getattr(args, e):
+            continue
+        t0 = time.perf_counter()
+        row, = few_label_rows(encoder, train, test, [args.labels], name, evals=(e,), seeds=(seed,),
+                              val_per_class=args.val_per_class, encoder_lr_scale=lr_scale)
+        seconds = time.perf_counter() - t0
+        out |= {e: row["accuracy"], f"{e}_val": row["val_accuracy"], f"{e}_seconds": round(seconds, 1),
+                f"{e}_minutes": round((pretrain_seconds + seconds) / 60, 2)}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=9.0, help="pretraining minutes (the rest of 10 is evaluation)")
@@ -97,6 +114,11 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=YAML", help="PretrainConfig override")
     p.add_argument("--val-per-class", type=int, default=500, help="labeled validation images per class")
     p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--semisup", action=argparse.BooleanOptionalAction, default=True,
+                   help="semi-supervised training of the last checkpoint (selfsup.evaluate.semisup)")
+    p.add_argument("--scratch", action=argparse.BooleanOptionalAction, default=True,
+                   help="the same fine-tuning and semi-supervised training from random init, per seed")
+    p.add_argument("--labels", type=int, default=LABELS, help="labels per class")
     p.add_argument("--name", default="default")
     p.add_argument("--keep", metavar="DIR", help="keep the runs and checkpoints in DIR/seedN (default: a temp dir)")
     p.add_argument("--reuse", action="store_true",
@@ -111,7 +133,7 @@ def main() -> None:
     val_idx = validation_split(train.labels, args.val_per_class)
     runs = []
     for seed in range(args.seeds):
-        idx = label_subset(train.labels, LABELS, seed, val_idx)
+        idx = label_subset(train.labels, args.labels, seed, val_idx)
         with tempfile.TemporaryDirectory() as tmp:
             tmp = f"{args.keep}/seed{seed}" if args.keep else tmp
             base = {"demo": DEMO_PRETRAIN, "colour": COLOUR, "library": PretrainConfig()}[args.base]
@@ -133,24 +155,31 @@ def main() -> None:
                 t0 = time.perf_counter()
                 point = {"step": state["budget"]["step"], "pretrain_seconds": round(state["budget"]["seconds"], 1)}
                 point |= frozen_scores(encoder, train, test, idx, val_idx, classes)
-                if path.name == "last.pt" and args.finetune:
-                    row, = few_label_rows(encoder, train, test, [LABELS], cfg.method, evals=("finetune",), seeds=(seed,),
-                                          val_per_class=args.val_per_class)  # early-stopped on the same validation split
-                    point |= {"finetune": row["accuracy"], "finetune_val": row["val_accuracy"]}
                 point["eval_seconds"] = round(time.perf_counter() - t0, 1)
+                if path.name == "last.pt":  # trained evaluations: each timed on its own, beside the frozen ones
+                    point |= trained_scores(encoder, train, test, args, seed, cfg.method, point["pretrain_seconds"])
+                    if args.scratch:
+                        fresh = lambda s: random_encoder(encoder_spec(cfg, train.channels, train.size[0]), s)  # noqa: E731
+                        point |= {f"scratch_{k}": v for k, v in
+                                  trained_scores(fresh, train, test, args, seed, "supervised", 0.0, 1.0).items()}
                 point["elapsed_minutes"] = round((point["pretrain_seconds"] + point["eval_seconds"]) / 60, 2)
                 print({k: v for k, v in point.items() if k != "grid"}, flush=True)
                 points.append(point)
             runs.append({"seed": seed, "config": state["config"] | {"out": None}, "points": points,
                          "summary": state["summary"]})  # the last checkpoint scored is last.pt
-    evals = [k for k in ("knn", "linear", "propagate", "finetune") if k in runs[0]["points"][-1]]
+    evals = [k for k in ("knn", "linear", "propagate", "finetune", "semisup", "scratch_finetune", "scratch_semisup")
+             if k in runs[0]["points"][-1]]
     final = aggregate([{"method": args.name, "eval": k, "labels_per_class": LABELS, "seed": r["seed"],
                         "accuracy": r["points"][-1][k]} for r in runs for k in evals])
     for row in final:  # validation accuracy beside test, averaged the same way
         row["val_accuracy"] = round(float(np.mean([r["points"][-1][f"{row['eval']}_val"] for r in runs])), 4)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    for row in final:  # time to this accuracy: pretraining + this evaluation alone
+        row["minutes"] = round(float(np.mean([r["points"][-1].get(f"{row['eval']}_minutes", r["points"][-1]["elapsed_minutes"])
+                                              for r in runs])), 2)
     write(f"label-efficiency-{device}-{args.name}.json",
           {"command": "python " + " ".join(sys.argv), "machine": machine(), "minutes": args.minutes,
+           "labels_per_class": args.labels,
            "val_per_class": args.val_per_class, "final": final, "runs": runs})
 
 

@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dataset", default="mnist", help="dataset name or folder:PATH; colour images get the measured "
                    "colour setup (see `selfsup recipes`)")
     d.add_argument("--methods", default="simclr", help="comma-separated methods (see `selfsup methods`)")
-    d.add_argument("--minutes", type=float, default=5.0, help="pretraining minutes per method")
+    d.add_argument("--minutes", type=float, default=4.0, help="pretraining minutes per method")
     d.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100], help="comma-separated label counts")
     d.add_argument("--seed", type=int, default=0, help="seed for pretraining, label subsets and baselines")
     d.set_defaults(run=cmd_demo)

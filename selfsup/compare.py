@@ -19,7 +19,7 @@ from .config import PretrainConfig
 from .data import ImageSet, fetch, has_unlabeled_split, load
 from .data.folder import split_info
 from .errors import ConfigError, DataError, SelfsupError
-from .evaluate import (EVALS, FinetuneConfig, aggregate, class_count, few_label_rows, label_subset,
+from .evaluate import (EVALS, FinetuneConfig, SemisupConfig, aggregate, class_count, few_label_rows, label_subset,
                        validation_split)
 from .evaluate.finetune import train_classifier
 from .factory import encoder_spec, method_from, random_encoder
@@ -47,6 +47,7 @@ class CompareConfig:
     pretrain: PretrainConfig | None = None  # None: the measured defaults for the data's channels (selfsup.defaults)
     pretrain_args: dict = field(default_factory=dict)  # PretrainConfig fields changed on top of `pretrain`
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    semisup: SemisupConfig = field(default_factory=SemisupConfig)
 
     def validate(self) -> "CompareConfig":
         METHODS.check(self.methods)
@@ -173,10 +174,11 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
     fresh = lambda seed: random_encoder(spec, seed)  # noqa: E731
     arch = {"backbone": cc.pretrain.backbone, "backbone_args": cc.pretrain.backbone_args, "method": cc.pretrain.method}
     if "random" in cc.baselines:
-        subjects[BASELINES["random"]] = (fresh, tuple(e for e in cc.evals if EVALS.get(e).kind != "trained"), None, arch)
+        subjects[BASELINES["random"]] = (fresh, tuple(e for e in cc.evals if EVALS.get(e).kind in ("frozen", "graph")), None, arch)
         shown[BASELINES["random"]] = {"encoder": fresh(cc.seeds[0]), "identity": arch | {"seed": cc.seeds[0]}}
     if "supervised" in cc.baselines:
-        subjects[BASELINES["supervised"]] = (fresh, ("finetune",), 1.0, arch)  # from scratch: one learning rate
+        trained = ("finetune",) + tuple(e for e in cc.evals if EVALS.get(e).kind == "semi")  # the same training
+        subjects[BASELINES["supervised"]] = (fresh, trained, 1.0, arch)  # from scratch: one learning rate
     t_eval = time.perf_counter()
     per_seed = evaluate_all(cc, subjects, train, test, EvalCache(out / "evals.jsonl"))
     rows = aggregate(per_seed)
@@ -184,8 +186,11 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
         "dataset": cc.dataset, "rows": rows, "rows_per_seed": per_seed,
         "pretrain_seconds": round(sum(s.get("seconds", 0) for s in states.values()), 1),
         "pretrain": states, "eval_seconds": round(time.perf_counter() - t_eval, 1),
-        "config": {"compare": {k: v for k, v in cc.to_dict().items() if k not in ("pretrain", "finetune")},
-                   "pretrain": {m: c.to_dict() for m, c in configs.items()}, "finetune": cc.finetune.to_dict()},
+        "config": {"compare": {k: v for k, v in cc.to_dict().items() if k not in ("pretrain", "finetune", "semisup")},
+                   "pretrain": {m: c.to_dict() for m, c in configs.items()}, "finetune": cc.finetune.to_dict(),
+                   "semisup": cc.semisup.to_dict()},
+        "evals": {e: {"description": EVALS.describe()[e], "uses_unlabeled_images": EVALS.get(e).unlabeled}
+                  for e in cc.evals},
         "headline": headline(rows, cc.labels_per_class),
         "splits": {"train": len(train), "test": len(test), "validation_per_class": cc.val_per_class,
                    "pretraining": {m: c.split for m, c in configs.items()}}
@@ -208,16 +213,17 @@ def evaluate_all(cc: CompareConfig, subjects: dict, train: ImageSet, test: Image
     """Per-seed rows of every subject (name -> (encoder or seed -> encoder, evals, lr scale, identity)); rows
     already in the cache are reused, new ones are added to it as they are made."""
     ft, per_seed = cc.finetune, []
+    trained = {"finetune": ft.to_dict(), "semisup": cc.semisup.to_dict()}  # what else determines a trained row
     for name, (encoder, evals, lr_scale, identity) in subjects.items():
         for s in cc.seeds:
             for e in evals:
                 keys = {n: _key([name, identity, cc.dataset, e, n, s, cc.val_per_class,
-                                 ft.to_dict() if e == "finetune" else None]) for n in cc.labels_per_class}
+                                 trained.get(e)]) for n in cc.labels_per_class}
                 todo = [n for n, k in keys.items() if k not in cache.rows]
                 if todo:
                     print(f"evaluating {name}: {e} at {todo} labels per class, seed {s}", file=sys.stderr, flush=True)
                     for r in few_label_rows(encoder, train, test, todo, name, (e,), (s,), val_per_class=cc.val_per_class,
-                                            finetune=ft, encoder_lr_scale=lr_scale):
+                                            finetune=ft, encoder_lr_scale=lr_scale, semisup=cc.semisup):
                         cache.add(keys[r["labels_per_class"]], r)
                 per_seed += [{k: v for k, v in cache.rows[keys[n]].items() if k != "key"} for n in cc.labels_per_class]
     return per_seed
@@ -243,15 +249,26 @@ def write_pages(cc: CompareConfig, results: dict, configs: dict, shown: dict, fr
 
 
 def headline(rows: list[dict], labels_per_class: tuple[int, ...]) -> dict:
-    """Best self-supervised row vs supervised-from-scratch at 10 labels per class (or the middle count)."""
+    """Which evaluation of which method won at 10 labels per class (or the middle count), what it used, and how far
+    it is from supervised from scratch (and from the same semi-supervised training from scratch, when shown)."""
     n = 10 if 10 in labels_per_class else sorted(labels_per_class)[len(labels_per_class) // 2]
-    sup = [r for r in rows if r["method"] == "supervised" and r["labels_per_class"] == n]
-    ssl = [r for r in rows if r["method"] not in BASELINES.values() and r["labels_per_class"] == n]
-    if not sup or not ssl:
+    at = [r for r in rows if r["labels_per_class"] == n]
+    sup = {r["eval"]: r["accuracy"] for r in at if r["method"] == BASELINES["supervised"]}
+    ssl = [r for r in at if r["method"] not in BASELINES.values()]
+    if "finetune" not in sup or not ssl:
         return {}
+    unlabeled = lambda r: r["eval"] in EVALS and EVALS.get(r["eval"]).unlabeled  # noqa: E731
     best = max(ssl, key=lambda r: r["accuracy"])
-    gain = best["accuracy"] - sup[0]["accuracy"]
-    verb = "ahead of" if gain > 0 else "behind"
-    text = (f"At {n} labels per class, the best self-supervised result ({best['method']}, {best['eval']}: "
-            f"{best['accuracy']:.3f}) is {abs(gain) * 100:.1f} points {verb} supervised from scratch ({sup[0]['accuracy']:.3f}).")
-    return {"labels_per_class": n, "best": best, "supervised": sup[0]["accuracy"], "gain": round(gain, 4), "text": text}
+    gain = best["accuracy"] - sup["finetune"]
+    uses = "the labels and the unlabeled images" if unlabeled(best) else "the labels alone"
+    text = (f"At {n} labels per class, {best['method']} with {best['eval']} wins: {best['accuracy']:.3f}, using {uses}; "
+            f"{abs(gain) * 100:.1f} points {'ahead of' if gain > 0 else 'behind'} supervised from scratch "
+            f"({sup['finetune']:.3f}).")
+    alone = [r for r in ssl if not unlabeled(r)]
+    if unlabeled(best) and alone:
+        top = max(alone, key=lambda r: r["accuracy"])
+        text += f" With the labels alone, {top['method']} {top['eval']} reaches {top['accuracy']:.3f}."
+    if best["eval"] in sup and best["eval"] != "finetune":
+        text += f" The same {best['eval']} training from random init reaches {sup[best['eval']]:.3f}."
+    return {"labels_per_class": n, "best": best, "supervised": sup["finetune"], "gain": round(gain, 4),
+            "uses_unlabeled_images": unlabeled(best), "text": text}

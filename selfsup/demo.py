@@ -4,27 +4,32 @@ from __future__ import annotations
 from .compare import CompareConfig, run_compare
 from .config import PretrainConfig
 from .defaults import GREY
-from .evaluate import FinetuneConfig
+from .evaluate import FinetuneConfig, SemisupConfig
 
 # The configuration chosen on the validation split by bench/label_efficiency.py (bench/README.md, "Label
 # efficiency"); colour datasets start from `defaults.COLOUR` instead.
 DEMO_PRETRAIN = GREY
-DEMO_EVALS = ("knn", "linear", "propagate", "finetune")
+DEMO_MINUTES = 4.0  # pretraining; with every evaluation and baseline the demo ends within 10 minutes on 2 cores
+DEMO_EVALS = ("knn", "linear", "propagate", "finetune", "semisup")
 
 
-def demo_config(out: str = "runs/demo", methods: tuple[str, ...] = ("simclr",), minutes: float = 5.0,
+def demo_config(out: str = "runs/demo", methods: tuple[str, ...] = ("simclr",), minutes: float = DEMO_MINUTES,
                 labels_per_class: tuple[int, ...] = (1, 10, 100), dataset: str = "mnist", seed: int = 0,
-                base: PretrainConfig | None = None, finetune: FinetuneConfig | None = None) -> CompareConfig:
-    """SimCLR against supervised-from-scratch and random-init; kNN, linear probe, label propagation and fine-tuning
-    at 1, 10 and 100 labels per class."""
+                base: PretrainConfig | None = None, finetune: FinetuneConfig | None = None,
+                semisup: SemisupConfig | None = None) -> CompareConfig:
+    """SimCLR against supervised-from-scratch and random-init; kNN, linear probe, label propagation, fine-tuning and
+    semi-supervised training at 1, 10 and 100 labels per class."""
     return CompareConfig(dataset=dataset, methods=tuple(methods), baselines=("supervised", "random"),
                          labels_per_class=tuple(labels_per_class), evals=DEMO_EVALS,
                          minutes_per_method=minutes, seeds=(seed,), out=str(out),
-                         pretrain=base, pretrain_args={"seed": seed}, finetune=finetune or FinetuneConfig())
+                         pretrain=base, pretrain_args={"seed": seed}, finetune=finetune or FinetuneConfig(),
+                         semisup=semisup or SemisupConfig())
 
 
-def run_demo(out: str = "runs/demo", methods: tuple[str, ...] = ("simclr",), minutes: float = 5.0,
+def run_demo(out: str = "runs/demo", methods: tuple[str, ...] = ("simclr",), minutes: float = DEMO_MINUTES,
              labels_per_class: tuple[int, ...] = (1, 10, 100), dataset: str = "mnist", seed: int = 0,
-             base: PretrainConfig | None = None, finetune: FinetuneConfig | None = None, show_progress: bool = True) -> dict:
+             base: PretrainConfig | None = None, finetune: FinetuneConfig | None = None,
+             semisup: SemisupConfig | None = None, show_progress: bool = True) -> dict:
     """Run the demo preset; writes OUT/results.json and OUT/report.html."""
-    return run_compare(demo_config(out, methods, minutes, labels_per_class, dataset, seed, base, finetune), show_progress)
+    return run_compare(demo_config(out, methods, minutes, labels_per_class, dataset, seed, base, finetune, semisup),
+                       show_progress)

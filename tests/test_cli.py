@@ -59,19 +59,22 @@ def test_lists(capsys):
 
 
 def test_demo_results_shape(tmp_path, capsys):
-    from selfsup.evaluate import FinetuneConfig
+    from selfsup.evaluate import FinetuneConfig, SemisupConfig
 
     res = run_demo(tmp_path / "demo", minutes=0.05, labels_per_class=(1, 10), dataset="digits", show_progress=False,
-                   finetune=FinetuneConfig(steps=20, eval_every=10))
+                   finetune=FinetuneConfig(steps=20, eval_every=10), semisup=SemisupConfig(steps=20, eval_every=10))
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved == json.loads(json.dumps(res))
     assert saved["dataset"] == "digits" and saved["pretrain_seconds"] > 0
     assert saved["config"]["pretrain"]["simclr"]["method"] == "simclr"
     keys = {(r["method"], r["eval"], r["labels_per_class"]) for r in saved["rows"]}
-    want = {(m, e, n) for m, evals in (("simclr", ("knn", "linear", "propagate", "finetune")),
+    want = {(m, e, n) for m, evals in (("simclr", ("knn", "linear", "propagate", "finetune", "semisup")),
                                         ("random-init", ("knn", "linear", "propagate")),
-                                        ("supervised", ("finetune",))) for e in evals for n in (1, 10)}
+                                        ("supervised", ("finetune", "semisup"))) for e in evals for n in (1, 10)}
     assert keys == want
+    assert saved["evals"]["semisup"]["uses_unlabeled_images"] and not saved["evals"]["finetune"]["uses_unlabeled_images"]
+    semi = {(r["method"], r["labels_per_class"]): r["steps_run"] for r in saved["rows_per_seed"] if r["eval"] == "semisup"}
+    assert semi[("simclr", 1)] == semi[("supervised", 1)] == 20  # from scratch: the same budget
     assert all(0 <= r["accuracy"] <= 1 and r["seed"] == 0 for r in saved["rows"])
     assert (tmp_path / "demo" / "report.html").exists()
     assert "random-init" in capsys.readouterr().out

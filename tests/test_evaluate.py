@@ -165,3 +165,17 @@ def test_graphs_from_one_neighbour_search_equal_graphs_built_alone():
         alone = LabelGraph(x, k)
         assert torch.equal(graph.s.indices(), alone.s.indices())
         assert torch.allclose(graph.spread(torch.arange(4), labels, 4), alone.spread(torch.arange(4), labels, 4))
+
+
+def test_shortlisted_neighbours_equal_the_exact_search():
+    """Ranking in bfloat16 and choosing among 2k + 8 candidates in float32 finds the float32 search's neighbours."""
+    from selfsup.evaluate.propagate import knn_graph
+
+    x, _ = blobs(n_per_class=200, dim=64)
+    x = torch.nn.functional.normalize(x, dim=1)
+    (ja, sa), (jb, sb) = knn_graph(x, 5, chunk=300, shortlist=False), knn_graph(x, 5, chunk=300, shortlist=True)
+    assert (ja == jb).float().mean() > 0.999
+    same = ja == jb
+    assert torch.allclose(sa[same], sb[same], atol=1e-6)  # the similarities are float32's
+    assert torch.allclose(sa, sb, atol=1e-3)  # where they differ, the two are near-ties
+    assert not (jb == torch.arange(len(x))[:, None]).any()  # never its own neighbour

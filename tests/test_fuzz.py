@@ -38,8 +38,11 @@ def _edit(buf: bytearray, edits) -> bytearray:
     return buf
 
 
+SCRATCH = tempfile.TemporaryDirectory(prefix="selfsup-fuzz-")  # removed when the test process ends
+
+
 def write(data: bytes, name: str) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="fuzz-"))
+    folder = Path(tempfile.mkdtemp(dir=SCRATCH.name))
     path = folder / name
     path.write_bytes(data)
     return path

@@ -18,6 +18,7 @@ from ..data.splits import class_count
 from ..registry import Registry
 from .features import extract_features, tensor_of
 from .finetune import FinetuneConfig, accuracy, train_classifier
+from .semisup import SemisupConfig, train_semisup
 from .knn import knn_accuracy
 from .linear import linear_accuracy
 from .propagate import LabelGraph, propagate_accuracy
@@ -27,10 +28,25 @@ from .propagate import LabelGraph, propagate_accuracy
 @dataclass(frozen=True)
 class Evaluation:
     """How an evaluation runs: on frozen features of the labeled subset (`fn(train_f, train_y, test_f, test_y)`),
-    over the graph of every unlabeled training image (`graph`), or by training the encoder (`trained`)."""
+    over the graph of every unlabeled training image (`graph`), by training the encoder on the labels
+    (`trained`), or by training it on the labels and the unlabeled images, starting from the graph (`semi`)."""
 
-    kind: str  # frozen | graph | trained
+    kind: str  # frozen | graph | trained | semi
     fn: Callable | None = None
+
+    @property
+    def unlabeled(self) -> bool:
+        """Whether it reads the unlabeled training images (never their labels), beside the few labeled ones."""
+        return self.kind in ("graph", "semi")
+
+    @property
+    def needs_graph(self) -> bool:
+        return self.kind in ("graph", "semi")
+
+    @property
+    def frozen_features(self) -> bool:
+        """Whether it starts from the frozen encoder's features of the training images (all but `trained`)."""
+        return self.kind != "trained"
 
 
 EVALS: Registry = Registry("evaluation", sort=False)  # registration order is the order of columns in tables
@@ -38,8 +54,11 @@ EVALS.register("knn", "weighted kNN (k 20, cosine) on frozen features")(Evaluati
 EVALS.register("linear", "logistic regression (L-BFGS) on frozen, normalized features")(Evaluation("frozen", linear_accuracy))
 EVALS.register("propagate", "labels spread over the kNN graph of every training image (uses the unlabeled images)")(
     Evaluation("graph"))
-EVALS.register("finetune", "encoder + linear head trained on the labels, early-stopped on validation")(
+EVALS.register("finetune", "LP-FT: the linear probe, then encoder + head trained on the labels, best on validation")(
     Evaluation("trained"))
+EVALS.register("semisup", "encoder + head trained on the labels and on pseudo-labels, from propagation then its own "
+               "confident predictions, of the unlabeled images (FixMatch-style; uses the unlabeled images)")(
+    Evaluation("semi"))
 VAL_SEED = 10_007  # the validation split never moves with the evaluation seeds
 POOL_SEED = 20_011
 
@@ -67,19 +86,19 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                    labels_per_class: list[int], name: str, evals: tuple[str, ...] = ("knn", "linear"),
                    seeds: tuple[int, ...] = (0,), device: str | torch.device | None = None, val_per_class: int = 10,
                    finetune: FinetuneConfig | None = None, encoder_lr_scale: float | None = None,
-                   pool_size: int | None = 60_000) -> list[dict]:
+                   pool_size: int | None = 60_000, semisup: SemisupConfig | None = None) -> list[dict]:
     """Accuracy rows for each seed, labels-per-class count and eval.
 
     `encoder` is a module, or a function of the seed that builds one (random-init and supervised baselines).
     Frozen evals embed the labeled subset and the test split. `propagate` embeds every training image outside
     the validation split (at most `pool_size` of them, drawn once; None: no limit) and builds their kNN graph
     once per encoder; the labels of each subset spread over it (no other label is read). A pretrained encoder
-    is embedded once for all seeds. Fine-tuning early-stops
-    on validation.
+    is embedded once for all seeds. Fine-tuning keeps its best weights on validation. `semisup` trains on the
+    labels and the pool, starting from the graph's scores.
     """
     EVALS.check(evals)
     val_idx = validation_split(train.labels, val_per_class)  # held out for every eval, so subsets match across evals
-    finetune = finetune or FinetuneConfig()
+    finetune, semisup = finetune or FinetuneConfig(), semisup or SemisupConfig()
     n_classes = class_count(train.labels, test.labels)
     test_y = torch.from_numpy(test.labels)
     rows, embedded = [], None
@@ -87,8 +106,8 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
         enc = encoder(s) if callable(encoder) and not isinstance(encoder, nn.Module) else encoder
         dev = device or next(enc.parameters()).device
         subsets = {n: label_subset(train.labels, n, s, val_idx) for n in labels_per_class}
-        frozen = [e for e in evals if EVALS.get(e).kind != "trained"]
-        graph_evals = [e for e in evals if EVALS.get(e).kind == "graph"]
+        frozen = [e for e in evals if EVALS.get(e).frozen_features]
+        graph_evals = [e for e in evals if EVALS.get(e).needs_graph]
         if frozen:
             needed = np.unique(np.concatenate(list(subsets.values())))
             if graph_evals:  # the graph's nodes: the pool and every labeled image
@@ -104,10 +123,18 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
             for e in evals:
                 row = {"method": name, "eval": e, "labels_per_class": n, "seed": s}
                 kind = EVALS.get(e).kind
-                if kind == "graph":
+                if kind in ("graph", "semi"):
                     at, lab = torch.tensor([pos[int(i)] for i in idx]), torch.from_numpy(train.labels[idx])
+                if kind == "graph":
                     hits = graph.predict(at, lab, test_f, n_classes) == test_y
                     row["accuracy"] = round(hits.float().mean().item(), 4)
+                elif kind == "semi":  # the pool: every image the graph holds, the labeled ones among them
+                    model, info = train_semisup(enc, train.images[needed], at.numpy(), train.labels[idx],
+                                                train.images[val_idx], train.labels[val_idx], n_classes, semisup, s,
+                                                encoder_lr_scale, dev, scores=graph.spread(at, lab, n_classes))
+                    row["accuracy"] = round(accuracy(model, tensor_of(test.images), test_y), 4)  # test: scored once
+                    row |= {k: info[k] for k in ("best_step", "steps_run", "pseudo_label_share")} | {
+                        "val_accuracy": round(info["val_accuracy"], 4)}
                 elif kind == "frozen":
                     f = feats[[pos[int(i)] for i in idx]]
                     row["accuracy"] = round(EVALS.get(e).fn(f, torch.from_numpy(train.labels[idx]), test_f, test_y), 4)
@@ -115,7 +142,8 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                     model, info = train_classifier(enc, train.images[idx], train.labels[idx], train.images[val_idx],
                                                    train.labels[val_idx], n_classes, finetune, s, encoder_lr_scale, dev)
                     row["accuracy"] = round(accuracy(model, tensor_of(test.images), test_y), 4)  # test: scored once
-                    row |= {"val_accuracy": round(info["val_accuracy"], 4), "best_step": info["best_step"]}
+                    row |= {"val_accuracy": round(info["val_accuracy"], 4), "best_step": info["best_step"],
+                            "steps_run": info["steps_run"]}
                 rows.append(row)
     return rows
 
@@ -139,4 +167,4 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 __all__ = ["class_count", "Evaluation", "extract_features", "knn_accuracy", "linear_accuracy", "propagate_accuracy", "few_label_rows",
            "unlabeled_pool", "aggregate", "EVALS",
-           "FinetuneConfig", "validation_split", "label_subset"]
+           "FinetuneConfig", "SemisupConfig", "validation_split", "label_subset"]

@@ -1,7 +1,11 @@
 """Fine-tuning (pretrained encoder + linear head, end to end) and supervised training from scratch.
 
-Both train on the few-label subset only, with augmentation, and stop early on a held-out labeled
-validation split drawn from the training data. The test split is looked at once, after training.
+Both are LP-FT (Kumar et al. 2022): the head starts as the linear probe fitted on the frozen encoder's
+features (`linear.fit_linear`, the same solution the `linear` evaluation scores), then encoder and head train
+together on the few-label subset, with augmentation. Validation accuracy is checked before the first step and
+every `eval_every` steps, and the best weights are kept, so the result starts from the probe and moves only
+when a held-out labeled validation split (drawn from the training data) says it is better. The test split is
+looked at once, after training.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from torch import nn
 from ..augment import augment, preset
 from ..engine import autocast_for
 from ..schedule import cosine
-from .features import prepare
+from .features import extract_features, prepare
+from .linear import fit_linear
 
 
 @dataclass
@@ -25,6 +30,7 @@ class FinetuneConfig:
     batch_size: int = 128
     lr: float = 3e-3  # the head's learning rate (AdamW, cosine decay)
     encoder_lr_scale: float = 0.1  # the pretrained encoder learns 10x slower than the head
+    head_init: str = "probe"  # probe: LP-FT, the head starts as the fitted linear probe; zeros: a blank head
     weight_decay: float = 5e-4
     eval_every: int = 20  # steps between validation checks
     patience: int = 5  # validation checks without improvement before stopping
@@ -34,11 +40,32 @@ class FinetuneConfig:
         return asdict(self)
 
 
+class ProbeHead(nn.Module):
+    """The linear probe as a layer: logits = normalize(f) * sqrt(D) @ weight + bias, in float32, so that a probe
+    fitted by `fit_linear` is exactly its starting point."""
+
+    def __init__(self, dim: int, n_classes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim, n_classes))
+        self.bias = nn.Parameter(torch.zeros(n_classes))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(f.device.type, enabled=False):
+            return F.normalize(f.float(), dim=1) * f.shape[1] ** 0.5 @ self.weight + self.bias  # (B, n_classes)
+
+
 class Classifier(nn.Module):
     def __init__(self, encoder: nn.Module, n_classes: int):
         super().__init__()
-        self.encoder, self.head = encoder, nn.Linear(encoder.out_dim, n_classes)
+        self.encoder, self.head = encoder, ProbeHead(encoder.out_dim, n_classes)
         self.image_size = getattr(encoder, "image_size", None)
+
+    @torch.no_grad()
+    def init_head(self, x: np.ndarray, y: np.ndarray, weight_decay: float = 1e-4) -> None:
+        """Fit the head as the linear probe on the frozen encoder's features of (x, y), un-augmented."""
+        w, b = fit_linear(extract_features(self.encoder, x), torch.from_numpy(y), self.head.bias.numel(), weight_decay)
+        self.head.weight.copy_(w)
+        self.head.bias.copy_(b)
 
     def forward(self, x):
         return self.head(self.encoder(x))  # (B, n_classes)
@@ -64,6 +91,8 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
     torch.manual_seed(seed)
     device = torch.device(device)
     model = Classifier(copy.deepcopy(encoder), n_classes).to(device).to(memory_format=torch.channels_last)
+    if cfg.head_init == "probe":
+        model.init_head(train_x, train_y)
     scale = cfg.encoder_lr_scale if encoder_lr_scale is None else encoder_lr_scale
     opt = torch.optim.AdamW([{"params": model.head.parameters(), "lr": cfg.lr},
                              {"params": model.encoder.parameters(), "lr": cfg.lr * scale}], weight_decay=cfg.weight_decay)
@@ -74,7 +103,8 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
     x = torch.from_numpy(np.ascontiguousarray(train_x)).to(device)
     y = torch.from_numpy(train_y).to(device)
     vx, vy = torch.from_numpy(np.ascontiguousarray(val_x)), torch.from_numpy(val_y)
-    best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+    best = (accuracy(model, vx, vy), 0, copy.deepcopy(model.state_dict()))  # step 0: the probe itself
+    start = best[0]
     bad_checks, step = 0, 0
     model.train()
     for step in range(1, cfg.steps + 1):
@@ -96,4 +126,4 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
                 if bad_checks >= cfg.patience:
                     break
     model.load_state_dict(best[2])
-    return model.eval(), {"val_accuracy": best[0], "best_step": best[1], "steps_run": step}
+    return model.eval(), {"val_accuracy": best[0], "best_step": best[1], "steps_run": step, "start_val_accuracy": start}

@@ -17,13 +17,33 @@ GRAPH_K = 5  # neighbours per node; chosen on MNIST's validation split (bench/la
 VOTE_K = 10  # nodes a test image asks
 
 
-def knn_graph(x: Tensor, k: int, chunk: int = 1024) -> tuple[Tensor, Tensor]:
-    """Indices and cosine similarities (clamped at 0) of each row's k nearest other rows, nearest first: (N, k) each."""
+def knn_graph(x: Tensor, k: int, chunk: int = 1024, shortlist: bool | None = None) -> tuple[Tensor, Tensor]:
+    """Indices and cosine similarities (clamped at 0) of each row's k nearest other rows, nearest first: (N, k) each.
+
+    shortlist: rank in bfloat16 (several times faster where the hardware runs it natively), keep the 2k + 8 best
+    as candidates, and choose the k nearest among them by their float32 similarities; None: where bf16 is native.
+    A true neighbour is missed only if bfloat16's rounding (about 3 significant digits) pushes it below 2k + 8
+    others, so the result equals the float32 search on all but near-ties.
+    """
+    n = len(x)
+    if shortlist is None:
+        from ..engine import choose_precision
+
+        shortlist = choose_precision(x.device.type).startswith("bf16")
+    m = min(2 * k + 8, n - 1)
+    shortlist = shortlist and m < n - 1
+    ranked = x.to(torch.bfloat16) if shortlist else x
     idx, sim = [], []
-    for i in range(0, len(x), chunk):
-        s = x[i:i + chunk] @ x.T  # (chunk, N)
+    for i in range(0, n, chunk):
+        s = ranked[i:i + chunk] @ ranked.T  # (chunk, N)
         s[torch.arange(len(s)), torch.arange(i, i + len(s))] = -2.0  # not its own neighbour
-        top, j = s.topk(k, dim=1)
+        if shortlist:
+            cand = s.topk(m, dim=1).indices  # (chunk, m)
+            exact = torch.einsum("cd,cmd->cm", x[i:i + chunk], x[cand])  # float32 similarities of the candidates
+            top, j = exact.topk(k, dim=1)
+            j = cand.gather(1, j)
+        else:
+            top, j = s.topk(k, dim=1)
         idx.append(j)
         sim.append(top.clamp(min=0))
     return torch.cat(idx), torch.cat(sim)

@@ -87,7 +87,9 @@ def table_html(rows: list[dict]) -> str:
     sup = {n: cell[("supervised", "finetune", n)]["accuracy"] for n in counts if ("supervised", "finetune", n) in cell}
     groups = list(dict.fromkeys(e for e, _ in cols)) + (["gain vs supervised"] if sup else [])
     span = {g: sum(1 for e, _ in cols if e == g) for g in groups} | {"gain vs supervised": len(sup)}
-    top = "".join(f'<th colspan="{span[g]}">{html.escape(g)}</th>' for g in groups)
+    marked = lambda g: g in EVALS and EVALS.get(g).unlabeled  # noqa: E731
+    top = "".join(f'<th colspan="{span[g]}"' + (' class="unlabeled" title="uses the unlabeled images too"' if marked(g) else "")
+                  + f">{html.escape(g)}{'*' if marked(g) else ''}</th>" for g in groups)
     sub = "".join(f"<th>{n}</th>" for _, n in cols) + "".join(f"<th>{n}</th>" for n in counts if n in sup)
     body = []
     for m in methods:
@@ -111,7 +113,9 @@ def table_html(rows: list[dict]) -> str:
         body.append(f"<tr><th>{html.escape(m)}</th>{''.join(tds)}</tr>")
     return (f'<div class="scroll"><table id="results"><thead><tr><th rowspan="2">method</th>{top}</tr>'
             f'<tr class="counts">{sub}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
-            '<p class="note">Columns: evaluation, then labels per class; gains in accuracy points.</p>')
+            '<p class="note">Columns: evaluation, then labels per class; gains in accuracy points.'
+            + (" * uses the unlabeled training images (never their labels) beside the few labeled ones."
+               if any(marked(g) for g in groups) else "") + "</p>")
 
 
 def run_facts(results: dict) -> dict[str, str]:

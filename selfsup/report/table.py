@@ -23,11 +23,13 @@ def format_table(rows: list[dict]) -> str:
             cols.append(col)
     order = {e: i for i, e in enumerate(EVALS)}
     cols.sort(key=lambda c: (order.get(c[0], len(order)), c[1]))
-    head = ["method"] + [f"{e}@{n}" for e, n in cols]
+    mark = lambda e: "*" if e in EVALS and EVALS.get(e).unlabeled else ""  # noqa: E731
+    head = ["method"] + [f"{e}{mark(e)}@{n}" for e, n in cols]
     def show(v: list[float]) -> str:
         return f"{mean(v):.3f}±{stdev(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
 
     body = [[m] + [show(cells[(m, c)]) if cells.get((m, c)) else "-" for c in cols] for m in methods]
     widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
     line = lambda row: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in body])
+    note = ["* uses the unlabeled training images too"] if any(mark(e) for e, _ in cols) else []
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in body] + note)

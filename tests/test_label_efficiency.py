@@ -1,0 +1,140 @@
+"""LP-FT fine-tuning and semi-supervised training: where they start, what they read, what they are compared with."""
+import numpy as np
+import pytest
+import torch
+
+from selfsup.backbones import BACKBONES
+from selfsup.data import ImageSet, load
+from selfsup.evaluate import (FinetuneConfig, SemisupConfig, extract_features, few_label_rows, label_subset,
+                              unlabeled_pool, validation_split)
+from selfsup.evaluate.finetune import Classifier, accuracy, train_classifier
+from selfsup.evaluate.linear import fit_linear, predict_linear
+from selfsup.evaluate.propagate import LabelGraph
+from selfsup.evaluate.semisup import graph_scores, pseudo_labels, train_semisup
+
+FAST_SEMI = SemisupConfig(steps=12, rounds=2, batch_size=16, unlabeled_ratio=2, eval_every=4)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load("digits", "train"), load("digits", "test")
+
+
+def encoder(seed=0, width=8):
+    torch.manual_seed(seed)
+    return BACKBONES.build("small_cnn", in_channels=1, width=width)
+
+
+def test_lp_ft_starts_at_the_linear_probe(digits):
+    """Before the first step, the classifier is the probe that the `linear` evaluation fits on the same features:
+    the same predictions on validation, so its first validation accuracy is the probe's."""
+    train, _ = digits
+    val = validation_split(train.labels, 10)
+    idx = label_subset(train.labels, 5, 0, val)
+    enc = encoder()
+    f, vf = extract_features(enc, train.images[idx]), extract_features(enc, train.images[val])
+    probe = fit_linear(f, torch.from_numpy(train.labels[idx]), 10)
+    model = Classifier(enc, 10)
+    model.init_head(train.images[idx], train.labels[idx])
+    with torch.no_grad():
+        assert torch.equal(model.head(vf).argmax(1), predict_linear(probe, vf))
+    probe_val = (predict_linear(probe, vf) == torch.from_numpy(train.labels[val])).float().mean().item()
+    _, info = train_classifier(enc, train.images[idx], train.labels[idx], train.images[val], train.labels[val], 10,
+                               FinetuneConfig(steps=4, eval_every=2), 0, 1.0)
+    assert info["start_val_accuracy"] == pytest.approx(probe_val)
+    assert info["val_accuracy"] >= probe_val - 1e-6  # the probe stays, unless validation says a later step is better
+
+
+def test_a_blank_head_is_still_possible(digits):
+    train, _ = digits
+    val = validation_split(train.labels, 10)
+    idx = label_subset(train.labels, 5, 0, val)
+    _, info = train_classifier(encoder(), train.images[idx], train.labels[idx], train.images[val], train.labels[val],
+                               10, FinetuneConfig(steps=2, eval_every=1, head_init="zeros"), 0, 1.0)
+    assert info["start_val_accuracy"] == pytest.approx(0.1)  # all-zero logits: every image gets class 0
+
+
+def naive_pseudo_labels(graph, own, graph_threshold, threshold):
+    classes, mask = [], []
+    for g, o in zip(graph.tolist(), own.tolist()):
+        if max(g) >= graph_threshold:
+            classes.append(g.index(max(g)))
+            mask.append(1.0)
+        else:
+            classes.append(o.index(max(o)))
+            mask.append(1.0 if max(o) >= threshold else 0.0)
+    return torch.tensor(classes), torch.tensor(mask)
+
+
+def test_pseudo_labels_match_a_loop():
+    gen = torch.Generator().manual_seed(0)
+    graph = torch.rand(200, 5, generator=gen) ** 4
+    graph /= graph.sum(1, keepdim=True)
+    own = (torch.randn(200, 5, generator=gen) * 3).softmax(1)
+    classes, mask = pseudo_labels(graph, own, 0.5, 0.9)
+    want_classes, want_mask = naive_pseudo_labels(graph, own, 0.5, 0.9)
+    assert torch.equal(mask, want_mask) and 0 < mask.mean() < 1
+    assert torch.equal(classes[mask > 0], want_classes[mask > 0])
+
+
+def test_graph_scores_are_propagation_from_the_given_labels_alone(digits):
+    train, _ = digits
+    pool = train.images[:300]
+    at, y = np.arange(0, 300, 30), train.labels[:300:30]
+    enc = encoder()
+    scores = graph_scores(enc, pool, at, y, 10)
+    graph = LabelGraph(extract_features(enc, pool))
+    assert torch.allclose(scores, graph.spread(torch.from_numpy(at), torch.from_numpy(y), 10))
+    assert (scores[at].argmax(1).numpy() == y).mean() > 0.8  # a labeled node keeps (mostly) its own label
+    other = graph_scores(enc, pool, at, np.roll(y, 1), 10)
+    assert not torch.allclose(scores, other)  # the given labels are what it reads
+
+
+def scrambled(images: ImageSet, keep: np.ndarray) -> ImageSet:
+    """The same images, every label outside `keep` moved to another image's."""
+    labels = images.labels.copy()
+    out = np.setdiff1d(np.arange(len(labels)), keep)
+    labels[out] = np.roll(labels[out], 7)
+    return ImageSet(images.name, images.images, labels)
+
+
+def test_semisup_reads_no_label_outside_the_subset_and_validation(digits, monkeypatch):
+    """With the same validation split and label subset, scrambling every other training label, and every test
+    label, changes nothing about training."""
+    import selfsup.evaluate as ev
+
+    train, test = digits
+    val = validation_split(train.labels, 10)
+    idx = label_subset(train.labels, 3, 0, val)
+    allowed = np.union1d(val, idx)
+    monkeypatch.setattr(ev, "validation_split", lambda labels, n: val)  # the draws are fixed: only reading is tested
+    monkeypatch.setattr(ev, "label_subset", lambda labels, n, seed, v: idx)
+    runs = []
+    for tr, te in ((train, test), (scrambled(train, allowed), scrambled(test, np.array([], int)))):
+        runs.append(few_label_rows(encoder, tr, te, [3], "supervised", ("semisup",), (0,), semisup=FAST_SEMI,
+                                   encoder_lr_scale=1.0))
+    (a,), (b,) = runs
+    keys = ("val_accuracy", "best_step", "steps_run", "pseudo_label_share")
+    assert [a[k] for k in keys] == [b[k] for k in keys]
+    assert a["steps_run"] == FAST_SEMI.steps
+    assert a["accuracy"] != b["accuracy"]  # the test labels did change: only the score moved
+
+
+def test_semisup_beats_its_labels_alone(digits):
+    """With 2 labels per class, training on the unlabeled images too beats fine-tuning the same encoder on the
+    labels alone (digits: 1,437 training images, an 8x8 small CNN)."""
+    train, test = digits
+    val = validation_split(train.labels, 10)
+    idx = label_subset(train.labels, 2, 0, val)
+    pool = unlabeled_pool(len(train), exclude=val)
+    pos = {int(i): r for r, i in enumerate(pool)}
+    at = np.array([pos[int(i)] for i in idx])
+    enc = encoder(0, 16)
+    cfg = SemisupConfig(steps=200, eval_every=20, batch_size=32)
+    model, info = train_semisup(enc, train.images[pool], at, train.labels[idx], train.images[val], train.labels[val],
+                                10, cfg, 0, 1.0)
+    alone, _ = train_classifier(enc, train.images[idx], train.labels[idx], train.images[val], train.labels[val], 10,
+                                FinetuneConfig(steps=200, eval_every=20), 0, 1.0)
+    tx, ty = torch.from_numpy(test.images), torch.from_numpy(test.labels)
+    semi, labels_only = accuracy(model, tx, ty), accuracy(alone, tx, ty)
+    assert semi > labels_only + 0.05, (semi, labels_only, info)
