@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write  # noqa: E402
 from selfsup import checkpoint  # noqa: E402
 from selfsup.factory import encoder_from, encoder_spec, random_encoder  # noqa: E402
-from selfsup.compare import load_splits  # noqa: E402
+from selfsup.compare import SCRATCH, load_splits  # noqa: E402
 from selfsup.config import PretrainConfig  # noqa: E402
 from selfsup.defaults import COLOUR  # noqa: E402
 from selfsup.demo import DEMO_PRETRAIN  # noqa: E402
@@ -84,7 +84,7 @@ def frozen_scores(encoder, train, test, idx, val_idx, classes: int = 10) -> dict
 
 
 def trained_scores(encoder, train, test, args, seed: int, name: str, pretrain_seconds: float,
-                   lr_scale: float | None = None) -> dict:
+                   overrides: dict | None = None) -> dict:
     """Fine-tuning (LP-FT) and semi-supervised training, each best on the validation split, test scored once;
     with each one's own seconds and the minutes to its accuracy counting pretraining."""
     out = {}
@@ -93,7 +93,7 @@ def trained_scores(encoder, train, test, args, seed: int, name: str, pretrain_se
             continue
         t0 = time.perf_counter()
         row, = few_label_rows(encoder, train, test, [args.labels], name, evals=(e,), seeds=(seed,),
-                              val_per_class=args.val_per_class, encoder_lr_scale=lr_scale)
+                              val_per_class=args.val_per_class, **(overrides or {}))
         seconds = time.perf_counter() - t0
         out |= {e: row["accuracy"], f"{e}_val": row["val_accuracy"], f"{e}_seconds": round(seconds, 1),
                 f"{e}_minutes": round((pretrain_seconds + seconds) / 60, 2)}
@@ -161,7 +161,7 @@ def main() -> None:
                     if args.scratch:
                         fresh = lambda s: random_encoder(encoder_spec(cfg, train.channels, train.size[0]), s)  # noqa: E731
                         point |= {f"scratch_{k}": v for k, v in
-                                  trained_scores(fresh, train, test, args, seed, "supervised", 0.0, 1.0).items()}
+                                  trained_scores(fresh, train, test, args, seed, "supervised", 0.0, SCRATCH).items()}
                 point["elapsed_minutes"] = round((point["pretrain_seconds"] + point["eval_seconds"]) / 60, 2)
                 print({k: v for k, v in point.items() if k != "grid"}, flush=True)
                 points.append(point)

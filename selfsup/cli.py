@@ -164,6 +164,8 @@ def cmd_compare(args) -> None:
     cc = dataclasses.replace(cc, pretrain_args=cc.pretrain_args | {k: v for k, v in changes.items() if v is not None})
     if args.finetune_steps is not None:
         cc = dataclasses.replace(cc, finetune=dataclasses.replace(cc.finetune, steps=args.finetune_steps))
+    if args.semisup_steps is not None:
+        cc = dataclasses.replace(cc, semisup=dataclasses.replace(cc.semisup, steps=args.semisup_steps))
     run_compare(cc, fabric=fabric_for(cc.base()) if cc.methods else None)  # the engine starts here
 
 
@@ -278,6 +280,8 @@ def _compare_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--seeds", type=_count, help="how many seeds (label subsets and initializations): 0..N-1 (default: 1)")
     c.add_argument("--val-per-class", type=int, help="held-out labeled images per class for early stopping (default: 10)")
     c.add_argument("--finetune-steps", type=int, help="step budget of fine-tuning and supervised training (default: 300)")
+    c.add_argument("--semisup-steps", type=int, help="step budget of semi-supervised training, from the pretrained "
+                   "encoder and from scratch alike (default: 500)")
     c.add_argument("--backbone", default=None, help="encoder for every method (default: the measured one for the "
                    "data: small_cnn width 16 for grey images, width 32 for colour)")
     c.add_argument("--backbone-args", type=_kv, default=None, metavar="K=V,...", help="the backbone's arguments")

@@ -29,6 +29,10 @@ from .report import format_table
 from .train import pretrain
 
 BASELINES = {"random": "random-init", "supervised": "supervised"}
+# Training from random weights: one learning rate (a slower encoder makes no sense there) and, for fine-tuning, a
+# plain linear head (a probe on random features is a poor start: 0.913 against 0.955 at 100 MNIST labels per class,
+# bench/README.md).
+SCRATCH = {"encoder_lr_scale": 1.0, "head": "linear"}
 
 
 @dataclass
@@ -59,6 +63,11 @@ class CompareConfig:
             raise ConfigError("nothing to compare: give --methods and/or --baselines")
         if any(n < 1 for n in self.labels_per_class):
             raise ConfigError("--labels-per-class values must be at least 1")
+        for flag, steps in (("--finetune-steps", self.finetune.steps), ("--semisup-steps", self.semisup.steps)):
+            if steps < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {steps}")
+        if not 1 <= self.semisup.rounds <= self.semisup.steps:
+            raise ConfigError(f"semisup rounds must be between 1 and its steps ({self.semisup.steps}), got {self.semisup.rounds}")
         if self.minutes_per_method is not None and not self.minutes_per_method > 0:
             raise ConfigError(f"--minutes-per-method must be positive, got {self.minutes_per_method}")
         return self
@@ -165,7 +174,7 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
         path, state, reused = pretrained(cfg, images, show_progress, fabric)
         states[m] = state.get("summary", {}) | {"reused": reused}
         method, _ = method_from(state)
-        subjects[m] = (method.backbone, cc.evals, None, cfg.to_dict())
+        subjects[m] = (method.backbone, cc.evals, {}, cfg.to_dict())
         shown[m] = {"encoder": method.backbone, "identity": cfg.to_dict(), "method": method,
                     "view": view_for(cfg, train.channels, method)}
     if fabric is not None and not fabric.is_global_zero:
@@ -174,11 +183,11 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
     fresh = lambda seed: random_encoder(spec, seed)  # noqa: E731
     arch = {"backbone": cc.pretrain.backbone, "backbone_args": cc.pretrain.backbone_args, "method": cc.pretrain.method}
     if "random" in cc.baselines:
-        subjects[BASELINES["random"]] = (fresh, tuple(e for e in cc.evals if EVALS.get(e).kind in ("frozen", "graph")), None, arch)
+        subjects[BASELINES["random"]] = (fresh, tuple(e for e in cc.evals if EVALS.get(e).kind in ("frozen", "graph")), {}, arch)
         shown[BASELINES["random"]] = {"encoder": fresh(cc.seeds[0]), "identity": arch | {"seed": cc.seeds[0]}}
     if "supervised" in cc.baselines:
         trained = ("finetune",) + tuple(e for e in cc.evals if EVALS.get(e).kind == "semi")  # the same training
-        subjects[BASELINES["supervised"]] = (fresh, trained, 1.0, arch)  # from scratch: one learning rate
+        subjects[BASELINES["supervised"]] = (fresh, trained, SCRATCH, arch)
     t_eval = time.perf_counter()
     per_seed = evaluate_all(cc, subjects, train, test, EvalCache(out / "evals.jsonl"))
     rows = aggregate(per_seed)
@@ -210,20 +219,20 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
 
 
 def evaluate_all(cc: CompareConfig, subjects: dict, train: ImageSet, test: ImageSet, cache: EvalCache) -> list[dict]:
-    """Per-seed rows of every subject (name -> (encoder or seed -> encoder, evals, lr scale, identity)); rows
-    already in the cache are reused, new ones are added to it as they are made."""
+    """Per-seed rows of every subject (name -> (encoder or seed -> encoder, evals, training overrides, identity));
+    rows already in the cache are reused, new ones are added to it as they are made."""
     ft, per_seed = cc.finetune, []
     trained = {"finetune": ft.to_dict(), "semisup": cc.semisup.to_dict()}  # what else determines a trained row
-    for name, (encoder, evals, lr_scale, identity) in subjects.items():
+    for name, (encoder, evals, overrides, identity) in subjects.items():
         for s in cc.seeds:
             for e in evals:
-                keys = {n: _key([name, identity, cc.dataset, e, n, s, cc.val_per_class,
-                                 trained.get(e)]) for n in cc.labels_per_class}
+                keys = {n: _key([name, identity, cc.dataset, e, n, s, cc.val_per_class, trained.get(e)]
+                                + ([overrides] if overrides else [])) for n in cc.labels_per_class}
                 todo = [n for n, k in keys.items() if k not in cache.rows]
                 if todo:
                     print(f"evaluating {name}: {e} at {todo} labels per class, seed {s}", file=sys.stderr, flush=True)
                     for r in few_label_rows(encoder, train, test, todo, name, (e,), (s,), val_per_class=cc.val_per_class,
-                                            finetune=ft, encoder_lr_scale=lr_scale, semisup=cc.semisup):
+                                            finetune=ft, semisup=cc.semisup, **overrides):
                         cache.add(keys[r["labels_per_class"]], r)
                 per_seed += [{k: v for k, v in cache.rows[keys[n]].items() if k != "key"} for n in cc.labels_per_class]
     return per_seed
@@ -242,7 +251,7 @@ def write_pages(cc: CompareConfig, results: dict, configs: dict, shown: dict, fr
         val = validation_split(train.labels, cc.val_per_class)
         idx = label_subset(train.labels, n, cc.seeds[0], val)
         model, _ = train_classifier(fresh(cc.seeds[0]), train.images[idx], train.labels[idx], train.images[val],
-                                    train.labels[val], class_count(train.labels), cc.finetune, cc.seeds[0], 1.0)
+                                    train.labels[val], class_count(train.labels), cc.finetune, cc.seeds[0], **SCRATCH)
         shown[BASELINES["supervised"]] = {"encoder": model.encoder, "identity": arch | {"n": n, "ft": cc.finetune.to_dict()}}
     extra = gallery_html(shown, test, out / "maps", cc.map_points, cc.seeds[0]) if cc.pictures else ""
     write_report(results, histories, out / "report.html", extra)

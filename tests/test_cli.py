@@ -46,6 +46,8 @@ def test_too_many_labels_per_class(capsys, tmp_path):
     (["pretrain", "--dataset", "digits"], "give a budget"),
     (["pretrain", "--dataset", "digits", "--steps", "1", "--method", "nope"], "unknown method 'nope'"),
     (["eval", "--checkpoint", "/nonexistent/run"], "no checkpoint at"),
+    (["compare", "--dataset", "digits", "--semisup-steps", "0"], "--semisup-steps must be at least 1"),
+    (["compare", "--dataset", "digits", "--finetune-steps", "-3"], "--finetune-steps must be at least 1"),
 ])
 def test_errors_are_one_line(capsys, argv, message):
     code, _, err = run(capsys, *argv)

@@ -45,13 +45,18 @@ def test_lp_ft_starts_at_the_linear_probe(digits):
     assert info["val_accuracy"] >= probe_val - 1e-6  # the probe stays, unless validation says a later step is better
 
 
-def test_a_blank_head_is_still_possible(digits):
+def test_from_scratch_the_head_is_a_plain_linear_layer(digits):
+    """Supervised training from scratch starts from nn.Linear's init on raw features, not from a probe."""
+    from torch import nn
+
+    from selfsup.compare import SCRATCH
+
     train, _ = digits
     val = validation_split(train.labels, 10)
     idx = label_subset(train.labels, 5, 0, val)
-    _, info = train_classifier(encoder(), train.images[idx], train.labels[idx], train.images[val], train.labels[val],
-                               10, FinetuneConfig(steps=2, eval_every=1, head_init="zeros"), 0, 1.0)
-    assert info["start_val_accuracy"] == pytest.approx(0.1)  # all-zero logits: every image gets class 0
+    model, info = train_classifier(encoder(), train.images[idx], train.labels[idx], train.images[val],
+                                   train.labels[val], 10, FinetuneConfig(steps=2, eval_every=1), 0, **SCRATCH)
+    assert type(model.head) is nn.Linear and info["steps_run"] == 2
 
 
 def naive_pseudo_labels(graph, own, graph_threshold, threshold):

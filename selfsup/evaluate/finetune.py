@@ -30,7 +30,7 @@ class FinetuneConfig:
     batch_size: int = 128
     lr: float = 3e-3  # the head's learning rate (AdamW, cosine decay)
     encoder_lr_scale: float = 0.1  # the pretrained encoder learns 10x slower than the head
-    head_init: str = "probe"  # probe: LP-FT, the head starts as the fitted linear probe; zeros: a blank head
+    head_init: str = "probe"  # probe: LP-FT, the head starts as the fitted linear probe; linear: nn.Linear's init
     weight_decay: float = 5e-4
     eval_every: int = 20  # steps between validation checks
     patience: int = 5  # validation checks without improvement before stopping
@@ -55,9 +55,14 @@ class ProbeHead(nn.Module):
 
 
 class Classifier(nn.Module):
-    def __init__(self, encoder: nn.Module, n_classes: int):
+    """Encoder + head: the probe's form (`ProbeHead`), or a plain `nn.Linear` on the raw features (`head="linear"`)."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int, head: str = "probe"):
         super().__init__()
-        self.encoder, self.head = encoder, ProbeHead(encoder.out_dim, n_classes)
+        if head not in ("probe", "linear"):
+            raise ValueError(f"head must be 'probe' or 'linear', got {head!r}")
+        self.encoder = encoder
+        self.head = ProbeHead(encoder.out_dim, n_classes) if head == "probe" else nn.Linear(encoder.out_dim, n_classes)
         self.image_size = getattr(encoder, "image_size", None)
 
     @torch.no_grad()
@@ -86,12 +91,14 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
                      n_classes: int, cfg: FinetuneConfig, seed: int = 0, encoder_lr_scale: float | None = None,
-                     device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Train encoder + linear head on (train_x, train_y); keep the weights with the best validation accuracy."""
+                     device: str | torch.device = "cpu", head: str | None = None) -> tuple[nn.Module, dict]:
+    """Train encoder + linear head on (train_x, train_y); keep the weights with the best validation accuracy.
+    `head` overrides `cfg.head_init`."""
     torch.manual_seed(seed)
     device = torch.device(device)
-    model = Classifier(copy.deepcopy(encoder), n_classes).to(device).to(memory_format=torch.channels_last)
-    if cfg.head_init == "probe":
+    head = cfg.head_init if head is None else head
+    model = Classifier(copy.deepcopy(encoder), n_classes, head).to(device).to(memory_format=torch.channels_last)
+    if head == "probe":
         model.init_head(train_x, train_y)
     scale = cfg.encoder_lr_scale if encoder_lr_scale is None else encoder_lr_scale
     opt = torch.optim.AdamW([{"params": model.head.parameters(), "lr": cfg.lr},

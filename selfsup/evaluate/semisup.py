@@ -81,15 +81,17 @@ def predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Te
 def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray, labeled_y: np.ndarray,
                   val_x: np.ndarray, val_y: np.ndarray, n_classes: int, cfg: SemisupConfig, seed: int = 0,
                   encoder_lr_scale: float | None = None, device: str | torch.device = "cpu",
-                  scores: torch.Tensor | None = None) -> tuple[nn.Module, dict]:
+                  scores: torch.Tensor | None = None, head: str = "probe") -> tuple[nn.Module, dict]:
     """Train encoder + head on the pool of training images, of which those at `labeled_at` carry `labeled_y`;
     keep the weights with the best validation accuracy. `scores`: the first round's graph scores, when the
-    caller has them (see `graph_scores`)."""
+    caller has them (see `graph_scores`). `head`: start from the linear probe, or from `nn.Linear`'s init on the
+    raw features ("linear", better from random weights)."""
     torch.manual_seed(seed)
     device = torch.device(device)
     labeled_at = np.asarray(labeled_at)
-    model = Classifier(copy.deepcopy(encoder), n_classes).to(device).to(memory_format=torch.channels_last)
-    model.init_head(pool_x[labeled_at], labeled_y)
+    model = Classifier(copy.deepcopy(encoder), n_classes, head).to(device).to(memory_format=torch.channels_last)
+    if head == "probe":
+        model.init_head(pool_x[labeled_at], labeled_y)
     channels, size = pool_x.shape[1], getattr(encoder, "image_size", None)
     weak = replace(preset(cfg.weak, channels, method_default="supervised" if channels == 3 else "supervised-grey"), size=size)
     strong = replace(preset(cfg.strong, channels), size=size)
