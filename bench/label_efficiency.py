@@ -162,6 +162,8 @@ def main() -> None:
                         fresh = lambda s: random_encoder(encoder_spec(cfg, train.channels, train.size[0]), s)  # noqa: E731
                         point |= {f"scratch_{k}": v for k, v in
                                   trained_scores(fresh, train, test, args, seed, "supervised", 0.0, SCRATCH).items()}
+                    own = sum(point.get(f"{e}_seconds", 0) for e in ("finetune", "semisup"))  # from scratch aside
+                    point["pipeline_minutes"] = round((point["pretrain_seconds"] + point["eval_seconds"] + own) / 60, 2)
                 point["elapsed_minutes"] = round((point["pretrain_seconds"] + point["eval_seconds"]) / 60, 2)
                 print({k: v for k, v in point.items() if k != "grid"}, flush=True)
                 points.append(point)
@@ -169,17 +171,18 @@ def main() -> None:
                          "summary": state["summary"]})  # the last checkpoint scored is last.pt
     evals = [k for k in ("knn", "linear", "propagate", "finetune", "semisup", "scratch_finetune", "scratch_semisup")
              if k in runs[0]["points"][-1]]
-    final = aggregate([{"method": args.name, "eval": k, "labels_per_class": LABELS, "seed": r["seed"],
+    final = aggregate([{"method": args.name, "eval": k, "labels_per_class": args.labels, "seed": r["seed"],
                         "accuracy": r["points"][-1][k]} for r in runs for k in evals])
     for row in final:  # validation accuracy beside test, averaged the same way
         row["val_accuracy"] = round(float(np.mean([r["points"][-1][f"{row['eval']}_val"] for r in runs])), 4)
+    pipeline = [r["points"][-1].get("pipeline_minutes") for r in runs]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for row in final:  # time to this accuracy: pretraining + this evaluation alone
         row["minutes"] = round(float(np.mean([r["points"][-1].get(f"{row['eval']}_minutes", r["points"][-1]["elapsed_minutes"])
                                               for r in runs])), 2)
     write(f"label-efficiency-{device}-{args.name}.json",
           {"command": "python " + " ".join(sys.argv), "machine": machine(), "minutes": args.minutes,
-           "labels_per_class": args.labels,
+           "labels_per_class": args.labels, "pipeline_minutes": pipeline,
            "val_per_class": args.val_per_class, "final": final, "runs": runs})
 
 
