@@ -13,8 +13,13 @@ split is scored alongside, once per configuration, and is not used to choose any
 
 Each checkpoint gets kNN (k in K_GRID), the linear probe (weight decay in WD_GRID), both also on features
 centred by the unlabeled mean, and label propagation over every training image outside the validation
-split (graph k in GRAPH_GRID); the last one is also fine-tuned. `knn`, `linear` and `propagate` are the settings with the best validation accuracy.
-Elapsed time = pretraining seconds at the checkpoint + that evaluation's own seconds.
+split (graph k in GRAPH_GRID); `knn`, `linear` and `propagate` are the settings with the best validation accuracy.
+The last checkpoint is also fine-tuned (LP-FT) and trained semi-supervised, each keeping its best weights on the
+same validation split; `--scratch` runs the same two from random weights with the same budgets.
+Elapsed time = pretraining seconds at the checkpoint + that evaluation's own seconds (`finetune_minutes`,
+`semisup_minutes`); `pipeline_minutes` = pretraining + every evaluation of the pretrained encoder.
+
+    python bench/label_efficiency.py --minutes 4 --every 4 --seeds 3 --name semisup-demo
 Writes bench/results/label-efficiency-<device>-NAME.json.
 """
 from __future__ import annotations
@@ -39,7 +44,7 @@ from selfsup.compare import SCRATCH, load_splits  # noqa: E402
 from selfsup.config import PretrainConfig  # noqa: E402
 from selfsup.defaults import COLOUR  # noqa: E402
 from selfsup.demo import DEMO_PRETRAIN  # noqa: E402
-from selfsup.evaluate import (aggregate, class_count, extract_features, few_label_rows, knn_accuracy, label_subset,  # noqa: E402
+from selfsup.evaluate import (SemisupConfig, aggregate, class_count, extract_features, few_label_rows, knn_accuracy, label_subset,  # noqa: E402
                               unlabeled_pool, validation_split)
 from selfsup.evaluate.linear import fit_linear, predict_linear  # noqa: E402
 from selfsup.evaluate.propagate import LabelGraph, vote  # noqa: E402
@@ -93,7 +98,8 @@ def trained_scores(encoder, train, test, args, seed: int, name: str, pretrain_se
             continue
         t0 = time.perf_counter()
         row, = few_label_rows(encoder, train, test, [args.labels], name, evals=(e,), seeds=(seed,),
-                              val_per_class=args.val_per_class, **(overrides or {}))
+                              val_per_class=args.val_per_class, semisup=SemisupConfig(steps=args.semisup_steps),
+                              **(overrides or {}))
         seconds = time.perf_counter() - t0
         out |= {e: row["accuracy"], f"{e}_val": row["val_accuracy"], f"{e}_seconds": round(seconds, 1),
                 f"{e}_minutes": round((pretrain_seconds + seconds) / 60, 2)}
@@ -119,6 +125,7 @@ def main() -> None:
     p.add_argument("--scratch", action=argparse.BooleanOptionalAction, default=True,
                    help="the same fine-tuning and semi-supervised training from random init, per seed")
     p.add_argument("--labels", type=int, default=LABELS, help="labels per class")
+    p.add_argument("--semisup-steps", type=int, default=SemisupConfig.steps, help="semi-supervised step budget")
     p.add_argument("--name", default="default")
     p.add_argument("--keep", metavar="DIR", help="keep the runs and checkpoints in DIR/seedN (default: a temp dir)")
     p.add_argument("--reuse", action="store_true",

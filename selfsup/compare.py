@@ -168,11 +168,11 @@ def run_compare(cc: CompareConfig, show_progress: bool = True, fabric=None) -> d
 
 def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, show_progress: bool, fabric) -> dict:
     out = Path(cc.out)
-    subjects, shown, states = {}, {}, {}
+    subjects, shown, states, checkpoints = {}, {}, {}, {}
     for m, cfg in configs.items():
         images = train if cfg.split == "train" else load(cc.dataset, cfg.split, cfg.data_root, cfg.strict)
         path, state, reused = pretrained(cfg, images, show_progress, fabric)
-        states[m] = state.get("summary", {}) | {"reused": reused}
+        states[m], checkpoints[m] = state.get("summary", {}) | {"reused": reused}, state
         method, _ = method_from(state)
         subjects[m] = (method.backbone, cc.evals, {}, cfg.to_dict())
         shown[m] = {"encoder": method.backbone, "identity": cfg.to_dict(), "method": method,
@@ -189,7 +189,8 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
         trained = ("finetune",) + tuple(e for e in cc.evals if EVALS.get(e).kind == "semi")  # the same training
         subjects[BASELINES["supervised"]] = (fresh, trained, SCRATCH, arch)
     t_eval = time.perf_counter()
-    per_seed = evaluate_all(cc, subjects, train, test, EvalCache(out / "evals.jsonl"))
+    per_seed = evaluate_all(cc, subjects, train, test, EvalCache(out / "evals.jsonl"),
+                            keep=lambda row, model: keep_trained(cc, checkpoints, row, model))
     rows = aggregate(per_seed)
     results = {
         "dataset": cc.dataset, "rows": rows, "rows_per_seed": per_seed,
@@ -218,9 +219,24 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
     return results
 
 
-def evaluate_all(cc: CompareConfig, subjects: dict, train: ImageSet, test: ImageSet, cache: EvalCache) -> list[dict]:
+def keep_trained(cc: CompareConfig, checkpoints: dict, row: dict, model) -> None:
+    """Save the semi-supervised encoder (and head) of each pretrained method at the headline's label count, first
+    seed, as a checkpoint in OUT/semisup/METHOD: `selfsup export OUT/semisup/METHOD` hands it on like a pretrained one."""
+    n = 10 if 10 in cc.labels_per_class else sorted(cc.labels_per_class)[len(cc.labels_per_class) // 2]
+    if (row["eval"], row["labels_per_class"], row["seed"]) != ("semisup", n, cc.seeds[0]) or row["method"] not in checkpoints:
+        return
+    state = dict(checkpoints[row["method"]])
+    method, _ = method_from(state)
+    method.backbone.load_state_dict(model.encoder.state_dict())
+    state |= {"method": method.state_dict(), "semisup": {"row": row, "head": model.head.state_dict()}}
+    checkpoint.save(Path(cc.out) / "semisup" / row["method"] / "checkpoints" / "last.pt", state)
+
+
+def evaluate_all(cc: CompareConfig, subjects: dict, train: ImageSet, test: ImageSet, cache: EvalCache,
+                 keep=None) -> list[dict]:
     """Per-seed rows of every subject (name -> (encoder or seed -> encoder, evals, training overrides, identity));
-    rows already in the cache are reused, new ones are added to it as they are made."""
+    rows already in the cache are reused, new ones are added to it as they are made; `keep(row, model)` sees each
+    newly trained model."""
     ft, per_seed = cc.finetune, []
     trained = {"finetune": ft.to_dict(), "semisup": cc.semisup.to_dict()}  # what else determines a trained row
     for name, (encoder, evals, overrides, identity) in subjects.items():
@@ -232,7 +248,7 @@ def evaluate_all(cc: CompareConfig, subjects: dict, train: ImageSet, test: Image
                 if todo:
                     print(f"evaluating {name}: {e} at {todo} labels per class, seed {s}", file=sys.stderr, flush=True)
                     for r in few_label_rows(encoder, train, test, todo, name, (e,), (s,), val_per_class=cc.val_per_class,
-                                            finetune=ft, semisup=cc.semisup, **overrides):
+                                            finetune=ft, semisup=cc.semisup, keep=keep, **overrides):
                         cache.add(keys[r["labels_per_class"]], r)
                 per_seed += [{k: v for k, v in cache.rows[keys[n]].items() if k != "key"} for n in cc.labels_per_class]
     return per_seed

@@ -143,3 +143,28 @@ def test_semisup_beats_its_labels_alone(digits):
     tx, ty = torch.from_numpy(test.images), torch.from_numpy(test.labels)
     semi, labels_only = accuracy(model, tx, ty), accuracy(alone, tx, ty)
     assert semi > labels_only + 0.05, (semi, labels_only, info)
+
+
+def test_compare_keeps_the_semisup_encoder_for_export(tmp_path):
+    """The semi-supervised encoder at the headline's label count is a checkpoint that loads and exports."""
+    from selfsup import checkpoint
+    from selfsup.compare import CompareConfig, run_compare
+    from selfsup.config import PretrainConfig
+    from selfsup.export import export
+    from selfsup.factory import load_encoder
+
+    base = PretrainConfig(dataset="digits", steps=10, batch_size=64, backbone_args={"width": 8}, monitor_seconds=0.5)
+    cc = CompareConfig(dataset="digits", methods=("simclr",), baselines=(), labels_per_class=(10,),
+                       evals=("semisup",), minutes_per_method=None, pictures=False, out=str(tmp_path / "cmp"),
+                       pretrain=base, semisup=SemisupConfig(steps=30, eval_every=10, batch_size=32))
+    res = run_compare(cc, show_progress=False)
+    row, = res["rows_per_seed"]
+    kept, _ = load_encoder(tmp_path / "cmp" / "semisup" / "simclr")
+    pre, _ = load_encoder(tmp_path / "cmp" / "pretrain" / "simclr")
+    saved = checkpoint.load(tmp_path / "cmp" / "semisup" / "simclr" / "checkpoints" / "last.pt")["semisup"]["row"]
+    assert saved["best_step"] == row["best_step"] > 0, row  # the weights validation chose, after training
+    moved = [not torch.equal(a, b) for a, b in zip(kept.state_dict().values(), pre.state_dict().values())]
+    assert any(moved)  # the trained encoder, not the pretrained one
+    assert (tmp_path / "cmp" / "semisup").is_dir() and len(list((tmp_path / "cmp" / "semisup").iterdir())) == 1
+    written = export(tmp_path / "cmp" / "semisup" / "simclr", "safetensors", tmp_path / "exp")
+    assert all(p.exists() for p in written.values())
