@@ -219,11 +219,16 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
     return results
 
 
+def headline_count(labels_per_class: tuple[int, ...]) -> int:
+    """The label count a headline speaks of: 10 per class, or the middle count asked for."""
+    return 10 if 10 in labels_per_class else sorted(labels_per_class)[len(labels_per_class) // 2]
+
+
 def keep_trained(cc: CompareConfig, checkpoints: dict, row: dict, model) -> None:
     """Save the semi-supervised encoder (and head) of each pretrained method at the headline's label count, first
     seed, as a checkpoint in OUT/semisup/METHOD: `selfsup export OUT/semisup/METHOD` hands it on like a pretrained one."""
-    n = 10 if 10 in cc.labels_per_class else sorted(cc.labels_per_class)[len(cc.labels_per_class) // 2]
-    if (row["eval"], row["labels_per_class"], row["seed"]) != ("semisup", n, cc.seeds[0]) or row["method"] not in checkpoints:
+    key = ("semisup", headline_count(cc.labels_per_class), cc.seeds[0])
+    if (row["eval"], row["labels_per_class"], row["seed"]) != key or row["method"] not in checkpoints:
         return
     state = dict(checkpoints[row["method"]])
     method, _ = method_from(state)
@@ -276,7 +281,7 @@ def write_pages(cc: CompareConfig, results: dict, configs: dict, shown: dict, fr
 def headline(rows: list[dict], labels_per_class: tuple[int, ...]) -> dict:
     """Which evaluation of which method won at 10 labels per class (or the middle count), what it used, and how far
     it is from supervised from scratch (and from the same semi-supervised training from scratch, when shown)."""
-    n = 10 if 10 in labels_per_class else sorted(labels_per_class)[len(labels_per_class) // 2]
+    n = headline_count(labels_per_class)
     at = [r for r in rows if r["labels_per_class"] == n]
     sup = {r["eval"]: r["accuracy"] for r in at if r["method"] == BASELINES["supervised"]}
     ssl = [r for r in at if r["method"] not in BASELINES.values()]

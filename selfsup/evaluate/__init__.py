@@ -112,6 +112,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
         subsets = {n: label_subset(train.labels, n, s, val_idx) for n in labels_per_class}
         frozen = [e for e in evals if EVALS.get(e).frozen_features]
         graph_evals = [e for e in evals if EVALS.get(e).needs_graph]
+        kinds = {EVALS.get(e).kind for e in evals}
         if frozen:
             needed = np.unique(np.concatenate(list(subsets.values())))
             if graph_evals:  # the graph's nodes: the pool and every labeled image
@@ -120,8 +121,9 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                 feats = extract_features(enc, train.images[needed], device=dev)  # (len(needed), D)
                 test_f = extract_features(enc, test.images, device=dev)
                 graph = LabelGraph(feats) if graph_evals else None
-                embedded = (enc, needed, feats, test_f, graph)  # one frozen encoder over seeds: embedded once
-            _, _, feats, test_f, graph = embedded
+                pool_x = train.images[needed] if "semi" in kinds else None  # semi-supervised training's images
+                embedded = (enc, needed, feats, test_f, graph, pool_x)  # one frozen encoder over seeds: embedded once
+            _, _, feats, test_f, graph, pool_x = embedded
             pos = {int(i): r for r, i in enumerate(needed)}
         for n, idx in subsets.items():
             for e in evals:
@@ -133,7 +135,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                     hits = graph.predict(at, lab, test_f, n_classes) == test_y
                     row["accuracy"] = round(hits.float().mean().item(), 4)
                 elif kind == "semi":  # the pool: every image the graph holds, the labeled ones among them
-                    model, info = train_semisup(enc, train.images[needed], at.numpy(), train.labels[idx],
+                    model, info = train_semisup(enc, pool_x, at.numpy(), train.labels[idx],
                                                 train.images[val_idx], train.labels[val_idx], n_classes, semisup, s,
                                                 encoder_lr_scale, dev, scores=graph.spread(at, lab, n_classes))
                     row["accuracy"] = round(accuracy(model, tensor_of(test.images), test_y), 4)  # test: scored once

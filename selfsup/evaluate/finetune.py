@@ -21,7 +21,7 @@ from ..augment import augment, preset
 from ..engine import autocast_for
 from ..schedule import cosine
 from .features import extract_features, prepare
-from .linear import fit_linear
+from .linear import fit_linear, probe_logits
 
 
 @dataclass
@@ -51,7 +51,7 @@ class ProbeHead(nn.Module):
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         with torch.autocast(f.device.type, enabled=False):
-            return F.normalize(f.float(), dim=1) * f.shape[1] ** 0.5 @ self.weight + self.bias  # (B, n_classes)
+            return probe_logits((self.weight, self.bias), f)  # (B, n_classes)
 
 
 class Classifier(nn.Module):

@@ -32,11 +32,15 @@ def fit_linear(train_f: Tensor, train_y: Tensor, n_classes: int, weight_decay: f
     return w.detach(), b.detach()
 
 
-def predict_linear(probe: tuple[Tensor, Tensor], features: Tensor) -> Tensor:
-    """Classes a fitted probe gives to features, scaled as `fit_linear` scaled its inputs (default scale)."""
+def probe_logits(probe: tuple[Tensor, Tensor], features: Tensor) -> Tensor:
+    """Logits of a fitted probe on features, scaled as `fit_linear` scaled its inputs (default scale)."""
     w, b = probe
-    x = F.normalize(features.float(), dim=1) * features.shape[1] ** 0.5
-    return (x @ w + b).argmax(1)
+    return F.normalize(features.float(), dim=1) * features.shape[1] ** 0.5 @ w + b
+
+
+def predict_linear(probe: tuple[Tensor, Tensor], features: Tensor) -> Tensor:
+    """Classes a fitted probe gives to features."""
+    return probe_logits(probe, features).argmax(1)
 
 
 def linear_accuracy(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tensor, weight_decay: float = 1e-4) -> float:

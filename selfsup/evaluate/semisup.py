@@ -50,10 +50,10 @@ class SemisupConfig:
 
 
 def graph_scores(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray, labeled_y: np.ndarray,
-                 n_classes: int, graph: LabelGraph | None = None) -> torch.Tensor:
+                 n_classes: int) -> torch.Tensor:
     """Label propagation's class scores (N_pool, C) over the kNN graph of the encoder's features of the pool, from
-    the labels of the pool images at `labeled_at` alone (`graph`: one already built on these features)."""
-    graph = graph or LabelGraph(extract_features(encoder, pool_x))
+    the labels of the pool images at `labeled_at` alone."""
+    graph = LabelGraph(extract_features(encoder, pool_x))
     return graph.spread(torch.as_tensor(labeled_at), torch.from_numpy(labeled_y), n_classes)
 
 
@@ -81,17 +81,16 @@ def predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Te
 def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray, labeled_y: np.ndarray,
                   val_x: np.ndarray, val_y: np.ndarray, n_classes: int, cfg: SemisupConfig, seed: int = 0,
                   encoder_lr_scale: float | None = None, device: str | torch.device = "cpu",
-                  scores: torch.Tensor | None = None, head: str = "probe") -> tuple[nn.Module, dict]:
+                  scores: torch.Tensor | None = None) -> tuple[nn.Module, dict]:
     """Train encoder + head on the pool of training images, of which those at `labeled_at` carry `labeled_y`;
     keep the weights with the best validation accuracy. `scores`: the first round's graph scores, when the
-    caller has them (see `graph_scores`). `head`: start from the linear probe, or from `nn.Linear`'s init on the
-    raw features ("linear", better from random weights)."""
+    caller has them (see `graph_scores`). The head starts as the linear probe, from random weights too (0.956
+    against 0.934 for `nn.Linear`'s init at 10 MNIST labels per class)."""
     torch.manual_seed(seed)
     device = torch.device(device)
     labeled_at = np.asarray(labeled_at)
-    model = Classifier(copy.deepcopy(encoder), n_classes, head).to(device).to(memory_format=torch.channels_last)
-    if head == "probe":
-        model.init_head(pool_x[labeled_at], labeled_y)
+    model = Classifier(copy.deepcopy(encoder), n_classes).to(device).to(memory_format=torch.channels_last)
+    model.init_head(pool_x[labeled_at], labeled_y)
     channels, size = pool_x.shape[1], getattr(encoder, "image_size", None)
     weak = replace(preset(cfg.weak, channels, method_default="supervised" if channels == 3 else "supervised-grey"), size=size)
     strong = replace(preset(cfg.strong, channels), size=size)
