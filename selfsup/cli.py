@@ -82,7 +82,9 @@ def _config_from(args: argparse.Namespace):
 
 def cmd_pretrain(args) -> None:
     from .config import PretrainConfig, load_yaml
+    from .data import load
     from .engine import fabric_for
+    from .factory import encoder_spec
     from .run import resumable
     from .train import pretrain
 
@@ -100,8 +102,9 @@ def cmd_pretrain(args) -> None:
         cfg = _config_from(args)
         if cfg.epochs is None and cfg.minutes is None and cfg.steps is None:
             raise ConfigError("give a budget: --minutes M, --epochs E or --steps S")
-    fabric = fabric_for(cfg.validate())  # the engine starts here, at the program's entry point
-    path = pretrain(cfg, resume=found or False, overwrite=args.overwrite, fabric=fabric)
+    data = load(cfg.validate().dataset, cfg.split, cfg.data_root, cfg.strict)
+    fabric = fabric_for(cfg, encoder_spec(cfg, data.channels, data.size[0]))  # the engine starts here
+    path = pretrain(cfg, data, resume=found or False, overwrite=args.overwrite, fabric=fabric)
     if fabric.is_global_zero:
         print(f"checkpoint: {path}")
 
@@ -139,7 +142,6 @@ def cmd_demo(args) -> None:
 def cmd_compare(args) -> None:
     from .compare import CompareConfig, run_compare
     from .config import PretrainConfig, load_yaml
-    from .engine import fabric_for
 
     if args.recipe:
         from .recipes import get
@@ -166,7 +168,7 @@ def cmd_compare(args) -> None:
         cc = dataclasses.replace(cc, finetune=dataclasses.replace(cc.finetune, steps=args.finetune_steps))
     if args.semisup_steps is not None:
         cc = dataclasses.replace(cc, semisup=dataclasses.replace(cc.semisup, steps=args.semisup_steps))
-    run_compare(cc, fabric=fabric_for(cc.base()) if cc.methods else None)  # the engine starts here
+    run_compare(cc)  # the engine starts there, once the images (whose shape decides the precision) are read
 
 
 def cmd_embed(args) -> None:
@@ -363,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
             from .evaluate import EVALS
 
             EVALS.check(args.evals.split(","))
+        if args.run in (cmd_pretrain, cmd_compare, cmd_demo, cmd_eval, cmd_embed):
+            from . import threads
+
+            threads.start()  # before the engine: torch's thread count is decided here, then revised while running
         args.run(args)
     except Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 
-from . import checkpoint, loggers
+from . import checkpoint, loggers, threads
 from .augment import view_for
 from .config import PretrainConfig
 from .data import ImageSet, fetch, has_unlabeled_split, load
@@ -148,6 +148,7 @@ def run_compare(cc: CompareConfig, show_progress: bool = True, fabric=None) -> d
     fabric: the engine the program created (default: one from `cc.pretrain`). On several processes every one
     pretrains; only the main one evaluates and writes (the others return an empty dict)."""
     cc.validate()
+    threads.start()
     out = Path(cc.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +160,8 @@ def run_compare(cc: CompareConfig, show_progress: bool = True, fabric=None) -> d
     if configs and fabric is None:
         from .engine import fabric_for
 
-        fabric = fabric_for(cc.pretrain)
+        first = next(iter(configs.values()))
+        fabric = fabric_for(first, encoder_spec(first, train.channels, train.size[0]))
     if fabric is None or fabric.is_global_zero:
         with DirLock(out):  # one live compare per OUT
             return _compare(cc, configs, train, test, show_progress, fabric)

@@ -2,15 +2,27 @@
 
 Programs create the engine at their entry point (`selfsup pretrain`, `selfsup compare`) and hand it to
 `pretrain`; a library call that gets none makes a single-machine one itself.
+
+On a CPU, `--precision auto` is decided by measurement: bf16 autocast only pays where the CPU's bf16 kernels beat
+its fp32 ones for this network (seen: 1.0x for ResNet-18 on one AVX512-BF16 CPU, up to 1.3x on another), and it
+costs precision. A short probe times the encoder's forward and backward both ways; bf16 is chosen when it is at
+least BF16_MIN_GAIN faster. The answer is cached per CPU model, core count, torch version and encoder.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import time
+from pathlib import Path
 
 import torch
 
 PRECISIONS = ("auto", "bf16-mixed", "16-mixed", "32-true")
+BF16_MIN_GAIN = 1.10  # bf16 autocast must make the step at least this much faster to be chosen on a CPU
+PROBE_BATCH = 128
+_CHOSEN: dict[str, dict] = {}  # this process's decisions (also handed to child processes through the environment)
 
 
 def cpu_bf16_path() -> str:
@@ -20,9 +32,22 @@ def cpu_bf16_path() -> str:
     return "avx512bf16" if torch.cpu._is_avx512_bf16_supported() else "none"
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def choose_precision(accelerator: str = "auto", precision: str = "auto") -> str:
-    """`precision` unless it is 'auto': then bf16 autocast where the hardware runs bf16 natively (CUDA with bf16,
-    CPUs with AMX or AVX512-BF16), fp16 with a gradient scaler on older GPUs, else fp32."""
+    """`precision` unless it is 'auto': then by the hardware alone, bf16 autocast where it runs bf16 natively (CUDA
+    with bf16, CPUs with AMX or AVX512-BF16), fp16 with a gradient scaler on older GPUs, else fp32. On a CPU,
+    `measured_precision` refines this for a given encoder."""
     if precision != "auto":
         return precision
     if accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available():
@@ -32,9 +57,105 @@ def choose_precision(accelerator: str = "auto", precision: str = "auto") -> str:
     return "32-true"
 
 
-def autocast_for(device: torch.device, precision: str = "auto"):
-    """The autocast context for evaluation code that runs outside Fabric (bf16 where chosen, else nothing)."""
-    chosen = choose_precision(device.type, precision)
+def probe_seconds(spec, batch: int = PROBE_BATCH, rounds: int = 3) -> dict:
+    """Seconds per image of the encoder's training forward and backward, fp32 and bf16 autocast, timed in turns
+    (the fastest of `rounds` each). The batch shrinks so that one fp32 step takes about half a second at most."""
+    from .encoders import build_encoder
+
+    side = spec.image_size or 32
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():  # callers may be in no_grad
+        torch.manual_seed(0)
+        model = build_encoder(spec).to(memory_format=torch.channels_last).train()
+
+        def step(n: int, bf16: bool) -> float:
+            x = torch.rand(n, spec.in_channels, side, side).contiguous(memory_format=torch.channels_last)
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                y = model(x)
+            y.float().square().mean().backward()
+            model.zero_grad(set_to_none=True)
+            return (time.perf_counter() - t0) / n
+
+        step(16, False)  # warm-up
+        n = int(max(16, min(batch, 0.5 / max(step(16, False), 1e-9))))
+        step(n, True)  # bf16 kernels are created on their first call
+        times = {False: [], True: []}
+        for _ in range(rounds):
+            for bf16 in (False, True):
+                times[bf16].append(step(n, bf16))
+    return {"fp32": min(times[False]), "bf16": min(times[True]), "batch": n}
+
+
+def _cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(os.environ.get("SELFSUP_PRECISION_CACHE") or Path(base) / "selfsup" / "precision.json").expanduser()
+
+
+def _key(spec) -> str:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    enc = {k: v for k, v in spec.to_dict().items() if k != "value_range"}
+    return f"{cpu_name()} | {cores} cores | torch {torch.__version__} | {json.dumps(enc, sort_keys=True)}"
+
+
+def measured_precision(spec) -> dict:
+    """{'precision', 'reason'} for training or running `spec`'s encoder on this CPU with --precision auto."""
+    if cpu_bf16_path() == "none":
+        return {"precision": "32-true", "reason": "auto: fp32, this CPU has no native bf16 (AMX or AVX512-BF16)"}
+    key = _key(spec)
+    if key in _CHOSEN:
+        return _CHOSEN[key]
+    handed = json.loads(os.environ.get("SELFSUP_PRECISION_CHOSEN", "{}"))  # from the process that launched this one
+    path = _cache_path()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    found = handed.get(key) or cached.get(key)
+    if found is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # processes started by torchrun or SLURM
+        found = {"precision": "32-true", "reason": "auto: fp32, because this is one of several processes started "
+                 "together and none measured bf16 for this encoder here (a one-process run measures and caches it)"}
+    if found is None:
+        t = probe_seconds(spec)
+        gain = t["fp32"] / t["bf16"]
+        chosen = "bf16-mixed" if gain >= BF16_MIN_GAIN else "32-true"
+        found = {"precision": chosen, "bf16_speedup": round(gain, 3), "probe": t, "date": time.strftime("%Y-%m-%d"),
+                 "reason": f"auto: {'bf16 autocast' if chosen.startswith('bf16') else 'fp32'}, because bf16 ran "
+                           f"{gain:.2f}x fp32 for this encoder on this CPU (bf16 needs {BF16_MIN_GAIN:.2f}x); "
+                           f"measured {time.strftime('%Y-%m-%d')}, cached in {path}"}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cached[key] = found
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cached, indent=1))
+            tmp.replace(path)
+        except OSError:
+            pass  # an unwritable cache only means probing again next time
+    _CHOSEN[key] = found
+    os.environ["SELFSUP_PRECISION_CHOSEN"] = json.dumps({k: v for k, v in _CHOSEN.items()})
+    return found
+
+
+def on_cpu(accelerator: str) -> bool:
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
+                                    and not (torch.backends.mps.is_available()))
+
+
+def resolve_precision(accelerator: str, precision: str, spec=None) -> dict:
+    """{'precision', 'reason'}: what was asked for, or the measured choice on a CPU, or the hardware rule."""
+    if precision != "auto":
+        return {"precision": precision, "reason": f"--precision {precision}"}
+    if spec is not None and on_cpu(accelerator):
+        return measured_precision(spec)
+    chosen = choose_precision(accelerator, precision)
+    return {"precision": chosen, "reason": f"auto: {chosen} by the hardware rule (bf16 where it runs natively)"}
+
+
+def autocast_for(device: torch.device, precision: str = "auto", encoder=None):
+    """The autocast context for evaluation code that runs outside Fabric (bf16 where chosen, else nothing).
+
+    With `encoder` (one that carries its `spec`), 'auto' on a CPU is the measured choice for that encoder."""
+    spec = getattr(encoder, "spec", None)
+    chosen = resolve_precision(device.type, precision, spec)["precision"]
     if chosen.startswith("bf16"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if chosen.startswith("16") and device.type == "cuda":
@@ -43,17 +164,31 @@ def autocast_for(device: torch.device, precision: str = "auto"):
 
 
 def make_fabric(accelerator: str = "auto", devices: int = 1, num_nodes: int = 1, precision: str = "auto",
-                launch: bool = True):
-    """A Fabric for these settings, launched (processes started) unless `launch` is False."""
+                launch: bool = True, spec=None):
+    """A Fabric for these settings, launched (processes started) unless `launch` is False. `spec`: the encoder it
+    will train, for a measured choice of precision on a CPU (recorded as `fabric.precision_choice`)."""
     from lightning.fabric import Fabric
 
+    from . import threads
+
+    threads.start()  # before the engine, which would set torch's threads its own way
     for name in ("lightning.fabric", "lightning.pytorch"):  # the chosen precision goes into summary.json instead
         logging.getLogger(name).setLevel(logging.WARNING)
-    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                    precision=choose_precision(accelerator, precision))
+    choice = resolve_precision(accelerator, precision, spec)
+    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, precision=choice["precision"])
+    fabric.precision_choice = choice
     if launch:
         fabric.launch()
     return fabric
+
+
+def engine_facts(fabric) -> dict:
+    """What summary.json says about the engine: precision and why, device, processes, threads and why."""
+    from . import threads
+
+    return {"precision": str(fabric.strategy.precision.precision),
+            "precision_reason": getattr(fabric, "precision_choice", {}).get("reason", "the engine the caller made"),
+            "device": str(fabric.device), "world_size": fabric.world_size, "threads": threads.THREADS.summary()}
 
 
 def check_engine(cfg, device_type: str | None = None) -> None:
@@ -65,10 +200,11 @@ def check_engine(cfg, device_type: str | None = None) -> None:
         raise ConfigError("--sync-batchnorm needs GPUs (torch's SyncBatchNorm has no CPU kernel); drop it on CPU")
 
 
-def fabric_for(cfg) -> "object":
-    """The engine a PretrainConfig asks for (its accelerator, devices, nodes and precision), launched."""
+def fabric_for(cfg, spec=None) -> "object":
+    """The engine a PretrainConfig asks for (its accelerator, devices, nodes and precision), launched. `spec`: the
+    encoder it will train (`factory.encoder_spec`), which --precision auto measures on a CPU."""
     check_engine(cfg)
-    return make_fabric(cfg.accelerator, cfg.devices, cfg.num_nodes, cfg.precision)
+    return make_fabric(cfg.accelerator, cfg.devices, cfg.num_nodes, cfg.precision, spec=spec)
 
 
 def agree(fabric, values: list, ops: list[str]) -> list[float]:

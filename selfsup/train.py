@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from torch.profiler import record_function
 
+from . import threads
 from .augment import augment, view_for
 from .budget import Budget
 from .config import PretrainConfig
 from .data import ImageSet, load
 from .data.batches import Batches
-from .engine import agree, check_engine, fabric_for
+from .engine import agree, check_engine, engine_facts, fabric_for
 from .errors import ConfigError, Interrupted
 from .factory import build_method, encoder_spec, load_state_into
 from .monitor import OnlineKNN, collapse_stats
@@ -103,12 +104,12 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
 
     resume: continue exactly from the newest readable checkpoint in `cfg.out` (every part's state and every random
     stream), or from the (path, state) that `resumable` already read. overwrite: replace a run already in `cfg.out`.
-    fabric: the engine the program created at its entry point (default: one made from `cfg`, launched here).
-    """
+    fabric: the engine the program created at its entry point (default: one made from `cfg`, launched here)."""
     cfg.validate()
     run = RunDir(cfg.out, resume, overwrite, cfg.checkpoint_steps, cfg.checkpoint_minutes, cfg.keep_checkpoints,
                  cfg.logger)
-    fabric = fabric or fabric_for(cfg)
+    data = data if data is not None else load(cfg.dataset, cfg.split, cfg.data_root, cfg.strict)
+    fabric = fabric or fabric_for(cfg, encoder_spec(cfg, data.channels, data.size[0]))
     check_engine(cfg, fabric.device.type)
     run.start(fabric, cfg.to_dict())
     try:
@@ -117,9 +118,8 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
         run.release()
 
 
-def train(cfg: PretrainConfig, data: ImageSet | None, fabric, run: RunDir, show_progress: bool) -> Path:
+def train(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progress: bool) -> Path:
     fabric.seed_everything(cfg.seed, verbose=False)
-    data = data if data is not None else load(cfg.dataset, cfg.split, cfg.data_root, cfg.strict)
     p = build(cfg, data, fabric, run, show_progress)
     if p.monitor is not None and p.monitor.enabled and run.saved is None:
         run.log({"step": 0, "seconds": 0.0, "knn_acc": p.monitor(p.method.backbone)})  # where random init starts
@@ -142,6 +142,7 @@ def train(cfg: PretrainConfig, data: ImageSet | None, fabric, run: RunDir, show_
             with record_function("selfsup.optimizer"):
                 p.optimizer.step()
             p.budget.step += 1
+            threads.poll()
             p.budget.images_seen += x.shape[0] * fabric.world_size
             p.method.after_optimizer_step(p.budget.progress())
             if p.budget.step >= p.sync["next"] or run.step_due(p.budget.step) or p.budget.progress() >= 1:
@@ -201,8 +202,7 @@ def finish(p: Parts) -> Path:
     summary = {"steps": b.step, "epochs": round(b.images_seen / p.batches.n, 3), "images_seen": b.images_seen,
                "seconds": round(seconds, 2), "img_per_s": round(b.images_seen / seconds, 1),
                "final_loss": logged[-1]["loss"] if logged else None, "skipped_batches": int(p.guard.bad),
-               "resumed": run.resumed_from is not None, "precision": str(fabric.strategy.precision.precision),
-               "device": str(fabric.device), "world_size": fabric.world_size,
+               "resumed": run.resumed_from is not None, **engine_facts(fabric),
                "method_metrics": {k: round(logged[-1][k], 4) for k in p.method.metrics if logged and k in logged[-1]}}
     path = run.save(p.checkpoint(final=True, summary=summary), b.step, final=True) or run.out / "checkpoints" / "last.pt"
     run.finish(summary)

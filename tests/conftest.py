@@ -5,6 +5,9 @@ import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# --precision auto measures bf16 per encoder and caches the answer: the tests keep their own cache, never the user's
+os.environ.setdefault("SELFSUP_PRECISION_CACHE", os.path.join(__import__("tempfile").gettempdir(),
+                                                              f"selfsup-test-precision-{os.getuid()}.json"))
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..augment import to_float
+from .. import threads
 from ..engine import autocast_for
 
 
@@ -27,8 +28,9 @@ def extract_features(encoder: nn.Module, images: np.ndarray | Tensor, batch_size
     was_training = encoder.training
     encoder = encoder.to(device).eval()
     out = []
-    with autocast_for(device, precision):
+    with autocast_for(device, precision, encoder):
         for i in range(0, len(images), batch_size):
+            threads.poll()
             x = images[i:i + batch_size]
             x = tensor_of(x) if isinstance(x, np.ndarray) else x
             out.append(encoder(prepare(x.to(device), encoder)).float().cpu())

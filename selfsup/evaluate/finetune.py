@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import augment, preset
+from .. import threads
 from ..engine import autocast_for
 from ..schedule import cosine
 from .features import extract_features, prepare
@@ -81,7 +82,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     model.eval()
     device = next(model.parameters()).device
     hits = 0
-    with autocast_for(device):
+    with autocast_for(device, encoder=model.encoder):
         for i in range(0, len(x), batch_size):
             xb = prepare(x[i:i + batch_size].to(device), model.encoder)
             hits += (model(xb).argmax(1).cpu() == y[i:i + batch_size]).sum().item()
@@ -115,11 +116,12 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
     bad_checks, step = 0, 0
     model.train()
     for step in range(1, cfg.steps + 1):
+        threads.poll()
         idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=g, device=device)
         xb = augment(x[idx], view, g).contiguous(memory_format=torch.channels_last)
         for group, lr in zip(opt.param_groups, base_lrs):
             group["lr"] = cosine(step / cfg.steps, lr, 0.0)
-        with autocast_for(device):
+        with autocast_for(device, encoder=model.encoder):
             loss = F.cross_entropy(model(xb).float(), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import augment, preset
+from .. import threads
 from ..engine import autocast_for
 from ..schedule import cosine
 from .features import extract_features
@@ -72,7 +73,7 @@ def pseudo_labels(graph: torch.Tensor, own: torch.Tensor, graph_threshold: float
 def predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Class probabilities of float images (B, C, H, W) in eval mode (running BatchNorm statistics), no gradient."""
     model.eval()
-    with autocast_for(device):
+    with autocast_for(device, encoder=model.encoder):
         p = model(x.contiguous(memory_format=torch.channels_last)).float().softmax(1)
     model.train()
     return p
@@ -114,6 +115,7 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
                                 weight_decay=cfg.weight_decay)
         base_lrs = [gr["lr"] for gr in opt.param_groups]
         for i in range(1, per_round + 1):
+            threads.poll()
             step += 1
             for group, lr in zip(opt.param_groups, base_lrs):
                 group["lr"] = cosine(i / per_round, lr, 0.0)
@@ -122,7 +124,7 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
             ui = torch.randint(0, len(u), (nu,), generator=g, device=device)
             own = predict(model, augment(u[ui], weak, g), device)  # the model's own view of the image, as it would test
             views = torch.cat([augment(u[li], weak, g), augment(u[ui], strong, g)])
-            with autocast_for(device):
+            with autocast_for(device, encoder=model.encoder):
                 logits = model(views.contiguous(memory_format=torch.channels_last)).float()
             lab, us = logits[:nb], logits[nb:]
             pseudo, mask = pseudo_labels(z[ui], own, cfg.graph_threshold, cfg.threshold)
