@@ -83,7 +83,7 @@ def build(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progres
     model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method) if cfg.sync_batchnorm and fabric.world_size > 1 else method
     optimizer = make_optimizer(model.to(memory_format=memory), cfg)
     wrapped, wrapped_opt = fabric.setup(model, optimizer)
-    wrapped.mark_forward_method("loss")  # `loss` runs through the engine's wrapper (autocast, DDP)
+    wrapped.mark_forward_method("loss")  # `loss` runs through DDP's forward (its gradient hooks)
     batches = Batches(data.images, cfg.batch_size, fabric.device, cfg.seed, fabric.global_rank, fabric.world_size)
     scaler = getattr(fabric.strategy.precision, "scaler", None)
     monitor = OnlineKNN(data.images, data.labels, cfg.monitor_per_class, cfg.seed) \
@@ -132,7 +132,7 @@ def train(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progres
             set_lr(p.optimizer, warmup_cosine(progress, cfg.lr, cfg.warmup))
             with record_function("selfsup.augment"):  # the ranges name the phases for torch.profiler (bench/)
                 views = [augment(x, v, p.streams.generator).contiguous(memory_format=p.memory) for v in p.views]
-            with record_function("selfsup.forward"):
+            with record_function("selfsup.forward"), fabric.autocast():  # the wrapper alone autocasts under DDP only
                 loss = p.model.loss(views)
             p.optimizer.zero_grad(set_to_none=True)
             with record_function("selfsup.backward"):

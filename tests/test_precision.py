@@ -111,3 +111,22 @@ def test_evaluation_follows_the_measured_choice(fresh, monkeypatch):
     monkeypatch.setattr(engine, "probe_seconds", probe_returning(1.0, 0.5, []))
     with engine.autocast_for(torch.device("cpu"), "auto", encoder):
         assert torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("precision,want", [("bf16-mixed", True), ("32-true", False)])
+def test_one_process_training_runs_under_the_precision_it_reports(tmp_path, precision, want):
+    """The engine's wrapper autocasts a marked method only under DDP; one process must autocast too (it did not:
+    every single-process bf16 run trained in fp32 while summary.json said bf16-mixed)."""
+    from selfsup.data import load
+
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, i, o: seen.append(torch.is_autocast_enabled("cpu")) if isinstance(m, torch.nn.Conv2d) else None)
+    try:
+        cfg = PretrainConfig(dataset="digits", steps=2, batch_size=32, monitor_seconds=0, out=str(tmp_path / "r"),
+                             accelerator="cpu", precision=precision)
+        pretrain(cfg, load("digits", "train"), show_progress=False)
+    finally:
+        hook.remove()
+    assert seen and all(s == want for s in seen)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["precision"] == precision
