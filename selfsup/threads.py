@@ -8,8 +8,9 @@ throughput. OMP_WAIT_POLICY=PASSIVE shares fairly but costs about 15% alone.
 selfsup keeps torch's default wait policy and instead never asks for more threads than there are free cores:
 
 - the cores: the CPUs this process may run on (affinity), capped by a cgroup CPU quota (containers);
-- the selfsup processes sharing them: each busy selfsup process registers in a small directory (its pid and its
-  CPUs); every process counts the live ones whose CPUs overlap its own;
+- the selfsup processes sharing them: each selfsup process registers in a small directory (its pid and its
+  CPUs); every process counts the live ones whose CPUs overlap its own and that used at least BUSY_PEER of a
+  core since its last look (an idle one, waiting on a child process, does not count);
 - the other busy processes: the CPU time the cores spent busy over the last few seconds, less the time the
   registered selfsup processes used.
 
