@@ -97,6 +97,15 @@ def _key(spec) -> str:
     return f"{cpu_name()} | {cores} cores | torch {torch.__version__} | {json.dumps(enc, sort_keys=True)}"
 
 
+def _read_json(source) -> dict:
+    """A JSON object from a file path or a string; {} when absent, unreadable or not an object."""
+    try:
+        found = json.loads(source.read_text() if isinstance(source, Path) else (source or "{}"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def measured_precision(spec) -> dict:
     """{'precision', 'reason'} for training or running `spec`'s encoder on this CPU with --precision auto."""
     if cpu_bf16_path() == "none":
@@ -104,12 +113,8 @@ def measured_precision(spec) -> dict:
     key = _key(spec)
     if key in _CHOSEN:
         return _CHOSEN[key]
-    handed = json.loads(os.environ.get("SELFSUP_PRECISION_CHOSEN", "{}"))  # from the process that launched this one
     path = _cache_path()
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cached = {}
+    handed, cached = _read_json(os.environ.get("SELFSUP_PRECISION_CHOSEN")), _read_json(path)  # from a parent; cached
     found = handed.get(key) or cached.get(key)
     if found is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # processes started by torchrun or SLURM
         found = {"precision": "32-true", "reason": "auto: fp32, because this is one of several processes started "

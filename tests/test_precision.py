@@ -130,3 +130,12 @@ def test_one_process_training_runs_under_the_precision_it_reports(tmp_path, prec
         hook.remove()
     assert seen and all(s == want for s in seen)
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["precision"] == precision
+
+
+def test_a_damaged_cache_is_measured_again(fresh, monkeypatch):
+    calls = []
+    monkeypatch.setattr(engine, "probe_seconds", probe_returning(1.0, 0.5, calls))
+    monkeypatch.setenv("SELFSUP_PRECISION_CHOSEN", "not json")
+    fresh.write_text("[1, 2")
+    assert engine.measured_precision(SPEC)["precision"] == "bf16-mixed" and len(calls) == 1
+    assert list(json.loads(fresh.read_text()).values())[0]["precision"] == "bf16-mixed"
