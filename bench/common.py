@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -11,21 +10,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from selfsup.engine import cpu_bf16_path  # noqa: E402
+from selfsup.engine import cpu_bf16_path, cpu_name  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "bf16_path": cpu_bf16_path(), "amx": cpu_bf16_path() == "amx",
             "avx512_bf16": torch.cpu._is_avx512_bf16_supported()}
     if torch.cuda.is_available():

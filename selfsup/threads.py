@@ -18,7 +18,7 @@ selfsup keeps torch's default wait policy and instead never asks for more thread
 the start and again every few seconds (`poll`, called from the training and evaluation loops), so two runs
 started one after the other split the cores within seconds and the survivor takes them back when the other ends.
 
-SELFSUP_THREADS=N (or `--threads N`) fixes the count; SELFSUP_THREADS=torch leaves torch's default untouched;
+SELFSUP_THREADS=N fixes the count; SELFSUP_THREADS=torch leaves torch's default untouched;
 an OMP_NUM_THREADS the user set is respected as a fixed count.
 """
 from __future__ import annotations
@@ -30,6 +30,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .errors import ConfigError, SelfsupError
+from .files import write_json
 
 BUSY_CORE = 0.7  # a core counts as taken by other processes when they used at least this much of it
 BUSY_PEER = 0.3  # a registered selfsup process counts as a peer when it used at least this much of a core
@@ -131,10 +134,8 @@ class Registry:
     def add(self, pid: int, cpus: list[int]) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / f".{pid}.tmp"
-            tmp.write_text(json.dumps({"start": _start_time(pid), "cpus": cpus}))
-            tmp.replace(self.folder / f"{pid}.json")
-        except OSError:  # an unwritable temp dir: this process just does not count for the others
+            write_json(self.folder / f"{pid}.json", {"start": _start_time(pid), "cpus": cpus})
+        except (OSError, SelfsupError):  # an unwritable temp dir: this process just does not count for the others
             pass
 
     def remove(self, pid: int) -> None:
@@ -172,12 +173,8 @@ def fixed_count(env: dict | None = None) -> int | str | None:
     try:
         n = int(given)
     except ValueError:
-        from .errors import ConfigError
-
         raise ConfigError(f"SELFSUP_THREADS={given!r}: give a number of threads, 'auto' or 'torch'") from None
     if n < 1:
-        from .errors import ConfigError
-
         raise ConfigError(f"SELFSUP_THREADS={given!r}: give at least 1 thread, 'auto' or 'torch'")
     return n
 
@@ -190,6 +187,7 @@ class Threads:
     poll_seconds: float = POLL_SECONDS
     fixed: int | str | None = None
     started: bool = False
+    cpus: list[int] = field(default_factory=list)  # this process's CPUs, read at start
     current: Decision | None = None
     counts: list[int] = field(default_factory=list)
     _last: tuple[float, float, dict] | None = None  # (clock, busy CPU seconds, CPU seconds per selfsup pid)
