@@ -58,6 +58,7 @@ def main(out: Path) -> None:
         torch.save({"targets": targets.cpu(), "onlines": onlines.cpu(), "tau": float(byol.tau),
                     "ema_steps": int(byol.ema_steps)}, out / "byol.pt")
     fabric.barrier()
+    torch.distributed.destroy_process_group()  # gloo's threads stopped before exit, not torn down under it (SIGABRT)
 
 
 if __name__ == "__main__":
