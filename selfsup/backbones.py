@@ -112,3 +112,19 @@ def resnet18(in_channels: int = 3, stem: str = "small", width: int = 64, image_s
 @BACKBONES.register("resnet50", "ResNet-50 (bottlenecks), 2048-d; stem='small' (default) or 'imagenet'")
 def resnet50(in_channels: int = 3, stem: str = "small", width: int = 64, image_size: int | None = None) -> Encoder:
     return resnet(Bottleneck, (3, 4, 6, 3), in_channels, stem, width, image_size)
+
+
+@BACKBONES.register("vit_tiny", "ViT-Tiny: width 192, 12 blocks, 3 heads; patch 2/4/8 px for <=16/<=64/larger images")
+def vit_tiny(in_channels: int = 3, image_size: int | None = None, patch_size: int | None = None, depth: int = 12,
+             pool: str = "cls") -> nn.Module:
+    from .vit import ViT
+
+    return ViT(in_channels, image_size, patch_size, 192, depth, 3, pool=pool)
+
+
+@BACKBONES.register("vit_small", "ViT-Small: width 384, 12 blocks, 6 heads; patch 2/4/8 px for <=16/<=64/larger images")
+def vit_small(in_channels: int = 3, image_size: int | None = None, patch_size: int | None = None, depth: int = 12,
+              pool: str = "cls") -> nn.Module:
+    from .vit import ViT
+
+    return ViT(in_channels, image_size, patch_size, 384, depth, 6, pool=pool)

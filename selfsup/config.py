@@ -76,6 +76,7 @@ class PretrainConfig:
         from .methods import METHODS
 
         METHODS.get(self.method), BACKBONES.get(self.backbone)  # clear errors listing the valid names
+        METHODS.get(self.method).check_backbone(self.backbone)
         check_changes(self.augment_args)
         from .engine import PRECISIONS
         from .loggers import names

@@ -85,11 +85,11 @@ def build(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progres
     wrapped, wrapped_opt = fabric.setup(model, optimizer)
     wrapped.mark_forward_method("loss")  # `loss` runs through DDP's forward (its gradient hooks)
     batches = Batches(data.images, cfg.batch_size, fabric.device, cfg.seed, fabric.global_rank, fabric.world_size)
-    scaler = getattr(fabric.strategy.precision, "scaler", None)
+    method.steps_per_epoch = batches.steps_per_epoch
     monitor = OnlineKNN(data.images, data.labels, cfg.monitor_per_class, cfg.seed) \
         if cfg.monitor_seconds > 0 and fabric.is_global_zero else None
     parts = Parts(cfg, fabric, run, model, wrapped, wrapped_opt, batches, Budget(cfg, batches.steps_per_epoch),
-                  NonFiniteGuard(optimizer, fabric.device, cfg.skip_nonfinite, scaler),
+                  NonFiniteGuard(optimizer, fabric.device, cfg.skip_nonfinite, getattr(fabric.strategy.precision, "scaler", None)),
                   RandomStreams(torch.Generator(fabric.device).manual_seed(cfg.seed * 7919 + fabric.global_rank), fabric),
                   method.views(view_for(cfg, data.channels, method)), memory, monitor,
                   ProgressLine(show_progress and fabric.is_global_zero))

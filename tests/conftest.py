@@ -19,6 +19,15 @@ def data_root(tmp_path, monkeypatch):
     return root
 
 
+# Per-method settings for the few-step tests of every registered method (MAE needs a ViT; a shallow one is enough).
+SMOKE = {"mae": {"backbone": "vit_tiny", "backbone_args": {"depth": 2}}}
+
+
+def smoke(method: str) -> dict:
+    """The config fields a few-step run of `method` needs besides the test's own."""
+    return {"method": method} | SMOKE.get(method, {})
+
+
 def assert_same_run(a: dict, b: dict, steps: int) -> None:
     """Two final checkpoints, one of a run that was stopped and resumed: the same step, weights, optimizer moments
     and precision state, bit for bit."""

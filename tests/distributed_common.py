@@ -34,3 +34,36 @@ def frozen_bn(model: nn.Module) -> nn.Module:
 def global_views() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(7)
     return torch.rand(GLOBAL_BATCH, 1, 8, 8, generator=g), torch.rand(GLOBAL_BATCH, 1, 8, 8, generator=g)
+
+
+# The methods whose loss couples processes (batch statistics, gathered keys, the centre), small enough to compare.
+COUPLED = {
+    "barlowtwins": dict(proj_hidden=32, proj_dim=16),
+    "vicreg": dict(proj_hidden=32, proj_dim=16),
+    "mocov2": dict(proj_hidden=32, proj_dim=16, queue_size=48, temperature=0.5),
+    "mocov3": dict(proj_hidden=32, proj_dim=16, pred_hidden=32, temperature=0.5),
+    "dino": dict(out_dim=32, hidden=32, bottleneck=16, local_crops=2, freeze_last_layer=0.0, clip_grad=0.0),
+}
+
+
+def make_coupled(name: str):
+    from selfsup.methods import METHODS
+
+    torch.manual_seed(2)
+    return frozen_bn(METHODS.build(name, small_cnn(in_channels=1, width=8), **COUPLED[name]))
+
+
+def coupled_views(name: str) -> list[torch.Tensor]:
+    """The global batch's views for `name`: two 8x8 views, and for DINO two 4x4 local crops besides."""
+    g = torch.Generator().manual_seed(11)
+    views = [torch.rand(GLOBAL_BATCH, 1, 8, 8, generator=g) for _ in range(2)]
+    return views + ([torch.rand(GLOBAL_BATCH, 1, 4, 4, generator=g) for _ in range(2)] if name == "dino" else [])
+
+
+def method_state(name: str, method) -> dict:
+    """What a step leaves behind that the other processes must agree on."""
+    if name == "mocov2":
+        return {"queue": method.queue.clone(), "queue_ptr": method.queue_ptr.clone()}
+    if name == "dino":
+        return {"center": method.center.clone()}
+    return {}

@@ -102,7 +102,9 @@ def test_every_method_keeps_the_contract(name):
     from selfsup.factory import build_method, encoder_spec
     from selfsup.methods import Method
 
-    cfg = PretrainConfig(method=name, backbone_args={"width": 4})
+    from conftest import smoke
+
+    cfg = PretrainConfig(**{"backbone_args": {"width": 4}} | smoke(name))
     m = build_method(cfg, encoder_spec(cfg, 3, 16))
     assert isinstance(m, Method)
     spec = m.encoder_spec

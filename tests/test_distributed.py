@@ -14,7 +14,8 @@ from selfsup.config import PretrainConfig
 from selfsup.errors import ConfigError
 from selfsup.train import pretrain
 
-from distributed_common import SGD_CONFIG, frozen_bn, global_views, make_simclr
+from distributed_common import (COUPLED, SGD_CONFIG, coupled_views, frozen_bn, global_views, make_coupled,
+                                make_simclr, method_state)
 from selfsup.optim import NonFiniteGuard, make_optimizer
 
 HERE = Path(__file__).parent
@@ -55,6 +56,36 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
     assert torch.equal(byol["targets"][0], byol["targets"][1]), "BYOL's EMA target differs across ranks"
     assert torch.equal(byol["onlines"][0], byol["onlines"][1])
     assert byol["ema_steps"] == 4 and byol["tau"] == pytest.approx(1.0)
+
+
+def test_coupled_losses_on_two_processes_match_one_process(tmp_path):
+    """Barlow Twins' and VICReg's statistics over the global batch, MoCo v2's gathered queue, MoCo v3's gathered keys and
+    DINO's centre: loss, averaged gradients and the state a step leaves equal one process on the whole batch. Then
+    the EMA followers (DINO's teacher, MoCo's key encoders) are identical on every rank and never get a gradient."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(HERE / "distributed_methods_worker.py"), str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": str(HERE.parent)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = torch.load(tmp_path / "methods.pt")
+    assert got["world"] == 2
+    for name in COUPLED:
+        single = make_coupled(name)
+        loss = single.loss(coupled_views(name))
+        loss.backward()
+        single.after_optimizer_step(0.5)
+        mine = got["results"][name]
+        torch.testing.assert_close(mine["loss"], loss.detach(), rtol=1e-5, atol=1e-6, msg=name)
+        scale = max(p.grad.abs().max() for p in single.parameters() if p.grad is not None)
+        for key, p in single.named_parameters():
+            if p.grad is not None:
+                torch.testing.assert_close(mine["grads"][key], p.grad, rtol=1e-4, atol=1e-4 * scale, msg=f"{name} {key}")
+        assert set(mine["grads"]) == {k for k, p in single.named_parameters() if p.grad is not None}, name
+        for key, value in method_state(name, single).items():
+            torch.testing.assert_close(mine["state"][key], value, rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
+    for name in ("dino", "mocov2", "mocov3"):
+        followers = got["results"][name]["followers"]
+        assert torch.equal(followers[0], followers[1]), f"{name}'s EMA copy differs across ranks"
+        assert got["results"][name]["follower_grads"] == []
 
 
 def test_sync_batchnorm_on_cpu_is_a_clear_error(tmp_path):

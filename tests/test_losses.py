@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from selfsup.losses import nt_xent
@@ -42,3 +43,121 @@ def test_bf16_inputs_computed_in_fp32():
     g = torch.Generator().manual_seed(2)
     z1, z2 = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
     assert nt_xent(z1.bfloat16(), z2.bfloat16(), 0.2).dtype == torch.float32
+
+
+# --- The losses of MoCo, Barlow Twins, VICReg, DINO and MAE against loops over the papers' definitions -------------
+
+def _cos(a, b):
+    return float(a @ b) / (float(a.norm()) * float(b.norm()))
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_info_nce_matches_loop():
+    from selfsup.losses import info_nce
+
+    q, k, queue, t = _rand(5, 4), _rand(5, 4, seed=1), _rand(7, 4, seed=2), 0.3
+    queue = queue / queue.norm(dim=1, keepdim=True)
+    total = 0.0
+    for i in range(5):
+        logits = [_cos(q[i], k[i]) / t] + [_cos(q[i], queue[j]) / t for j in range(7)]
+        total += -logits[0] + math.log(sum(math.exp(v) for v in logits))
+    assert info_nce(q, k, queue, t).item() == pytest.approx(total / 5, rel=1e-5)
+
+
+def test_batch_info_nce_matches_loop_with_an_offset():
+    from selfsup.losses import batch_info_nce
+
+    q, keys, t, offset = _rand(3, 4), _rand(6, 4, seed=1), 0.5, 3  # this process's 3 queries are rows 3..5
+    total = 0.0
+    for i in range(3):
+        logits = [_cos(q[i], keys[j]) / t for j in range(6)]
+        total += -logits[offset + i] + math.log(sum(math.exp(v) for v in logits))
+    assert batch_info_nce(q, keys, t, offset).item() == pytest.approx(total / 3 * 2 * t, rel=1e-5)
+
+
+def _standardized(z):
+    n, d = z.shape
+    out = torch.zeros_like(z)
+    for j in range(d):
+        col = [float(z[b, j]) for b in range(n)]
+        mu = sum(col) / n
+        var = sum((c - mu) ** 2 for c in col) / n
+        for b in range(n):
+            out[b, j] = (col[b] - mu) / math.sqrt(var + 1e-5)
+    return out
+
+
+def test_barlow_twins_matches_loop():
+    from selfsup.losses import barlow_twins_loss
+
+    z1, z2, lam = _rand(6, 3), _rand(6, 3, seed=1), 0.1
+    a, b = _standardized(z1), _standardized(z2)
+    total = 0.0
+    for i in range(3):
+        for j in range(3):
+            c = sum(float(a[n, i] * b[n, j]) for n in range(6)) / 6
+            total += (1 - c) ** 2 if i == j else lam * c ** 2
+    assert barlow_twins_loss(z1, z2, lam).item() == pytest.approx(total, rel=1e-5)
+
+
+def test_vicreg_terms_match_loop():
+    from selfsup.losses import vicreg_terms
+
+    z1, z2 = _rand(5, 3) * 0.3, _rand(5, 3, seed=1) * 2
+    n, d = z1.shape
+    inv = sum(float(z1[b, j] - z2[b, j]) ** 2 for b in range(n) for j in range(d)) / (n * d)
+    var = cov = 0.0
+    for z in (z1, z2):
+        mu = [sum(float(z[b, j]) for b in range(n)) / n for j in range(d)]
+        c = [[sum((float(z[b, i]) - mu[i]) * (float(z[b, j]) - mu[j]) for b in range(n)) / (n - 1) for j in range(d)]
+             for i in range(d)]
+        var += sum(max(0.0, 1 - math.sqrt(c[j][j] + 1e-4)) for j in range(d)) / d / 2
+        cov += sum(c[i][j] ** 2 for i in range(d) for j in range(d) if i != j) / d / 2
+    got = [t.item() for t in vicreg_terms(z1, z2)]
+    assert got == pytest.approx([inv, var, cov], rel=1e-5)
+
+
+def test_dino_loss_matches_loop_and_skips_the_same_crop():
+    from selfsup.losses import dino_loss
+
+    student = [_rand(4, 5, seed=s) for s in range(4)]  # 2 global + 2 local crops
+    teacher = [_rand(4, 5, seed=10 + s) for s in range(2)]
+    center, ts, tt = _rand(5, seed=20) * 0.1, 0.1, 0.04
+    total, pairs = 0.0, 0
+    for j, t in enumerate(teacher):
+        for i, s in enumerate(student):
+            if i == j:
+                continue
+            for b in range(4):
+                pt = [math.exp((float(t[b, k]) - float(center[k])) / tt) for k in range(5)]
+                ps = [math.exp(float(s[b, k]) / ts) for k in range(5)]
+                total += -sum(pt[k] / sum(pt) * math.log(ps[k] / sum(ps)) for k in range(5)) / 4
+            pairs += 1
+    assert pairs == 6
+    assert dino_loss(student, teacher, center, ts, tt).item() == pytest.approx(total / pairs, rel=1e-4)
+
+
+def test_masked_patch_loss_counts_only_hidden_patches():
+    from selfsup.losses import masked_patch_loss
+
+    pred, target = _rand(2, 3, 4), _rand(2, 3, 4, seed=1)
+    mask = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    for norm in (False, True):
+        total, count = 0.0, 0
+        for b in range(2):
+            for p in range(3):
+                if mask[b, p]:
+                    t = [float(v) for v in target[b, p]]
+                    if norm:
+                        mu = sum(t) / 4
+                        sd = math.sqrt(sum((v - mu) ** 2 for v in t) / 3 + 1e-6)
+                        t = [(v - mu) / sd for v in t]
+                    total += sum((float(pred[b, p, k]) - t[k]) ** 2 for k in range(4)) / 4
+                    count += 1
+        assert masked_patch_loss(pred, target, mask, norm).item() == pytest.approx(total / count, rel=1e-5)
+        changed = pred.clone()
+        changed[0, 1] += 100  # a visible patch's prediction does not count
+        assert masked_patch_loss(changed, target, mask, norm).item() == pytest.approx(total / count, rel=1e-5)

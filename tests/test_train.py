@@ -5,7 +5,7 @@ from statistics import mean
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_run
+from conftest import assert_same_run, smoke
 
 from selfsup import checkpoint
 from selfsup.backbones import BACKBONES
@@ -14,6 +14,7 @@ from selfsup.data import load
 from selfsup.errors import ConfigError, SelfsupError
 from selfsup.evaluate import extract_features, few_label_rows
 from selfsup.factory import build_method, encoder_spec, load_encoder
+from selfsup.methods import METHODS
 from selfsup.schedule import warmup_cosine as lr_at
 from selfsup.train import pretrain
 
@@ -101,6 +102,7 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
     ({"epochs": -1}, "must be positive"),
     ({"steps": 3, "minutes": 1}, "exactly one budget"),
     ({"steps": 1, "method": "moco"}, "unknown method 'moco'; choose one of"),
+    ({"steps": 1, "method": "mae"}, "mae needs a Vision Transformer backbone; use --backbone vit_tiny"),
     ({"steps": 1, "optimizer": "lion"}, "unknown optimizer"),
 ])
 def test_bad_config(kw, message):
@@ -139,11 +141,12 @@ def run_and_resume(tmp_path, digits, make_fabric, **kw):
     return whole, resumed
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol"])
+@pytest.mark.parametrize("method", METHODS.names())
 def test_resume_in_process_is_bit_identical(tmp_path, digits, method):
+    """Every method's state (EMA targets, MoCo's queue, DINO's centre and temperature, MAE's masks) resumes exactly."""
     from selfsup.engine import make_fabric
 
-    whole, resumed = run_and_resume(tmp_path, digits, lambda: make_fabric("cpu"), method=method)
+    whole, resumed = run_and_resume(tmp_path, digits, lambda: make_fabric("cpu"), **smoke(method))
     assert_same_run(whole, resumed, 8)
 
 

@@ -7,7 +7,7 @@ from ..registry import Registry
 
 METHODS: Registry = Registry("method")
 
-from . import byol, colorization, rotation, simclr, simsiam  # noqa: E402,F401  (each registers itself)
+from . import barlow, byol, colorization, dino, mae, moco, rotation, simclr, simsiam, vicreg  # noqa: E402,F401  (each registers itself)
 from .base import Method, MethodBase  # noqa: E402
 
 __all__ = ["METHODS", "Method", "MethodBase"]

@@ -52,6 +52,7 @@ class MethodBase(nn.Module):
 
     n_views = 2
     default_augment: str | None = None
+    steps_per_epoch = 0  # set by the training loop before the first step (for hooks counted in epochs)
 
     def __init__(self):
         super().__init__()
@@ -66,6 +67,10 @@ class MethodBase(nn.Module):
         return [base] * self.n_views
 
     @classmethod
+    def check_backbone(cls, name: str) -> None:
+        """Raise ConfigError when the method cannot train the registered backbone `name` (checked before data loads)."""
+
+    @classmethod
     def legacy_args(cls, args: dict, checkpoint_format: int) -> dict:
         """The method arguments that rebuild what a checkpoint of an older format trained (defaults changed since)."""
         return args
@@ -78,8 +83,12 @@ class MethodBase(nn.Module):
         return set()
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """Weights decay; norms, biases (every parameter of one dimension) and `no_weight_decay()` do not."""
-        skip = self.no_weight_decay()
+        """Weights decay; norms, biases (every parameter of one dimension) and `no_weight_decay()` do not, nor what
+        any submodule's `no_weight_decay()` names (a ViT's position embedding and class token, wherever it sits)."""
+        skip = set(self.no_weight_decay())
+        for prefix, module in self.named_modules():
+            if prefix and callable(getattr(module, "no_weight_decay", None)):
+                skip |= {f"{prefix}.{name}" for name in module.no_weight_decay()}
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if p.requires_grad:

@@ -85,6 +85,12 @@ class Colorization(MethodBase):
     def legacy_args(cls, args: dict, checkpoint_format: int) -> dict:
         return {"loss": "l1"} | args if checkpoint_format < 2 else args  # format 1 regressed ab with L1
 
+    @classmethod
+    def check_backbone(cls, name: str) -> None:
+        if name.startswith("vit"):
+            raise ConfigError(f"colorization decodes a convolutional feature map; use a CNN backbone (small_cnn, "
+                              f"resnet18), not {name}")
+
     def __init__(self, backbone: nn.Module, hidden: int = 128, loss: str = "classes"):
         super().__init__()
         if loss not in ("classes", "l1"):

@@ -1,0 +1,104 @@
+"""DINO: self-distillation with no labels (Caron et al., ICCV 2021), with multi-crop.
+
+A student (backbone + DINO head) matches the output distribution of a teacher, an EMA copy of itself that sees
+only the two global crops. The teacher's outputs are centred (an EMA of their batch mean, averaged over every
+process) and sharpened (a low temperature, warmed up from `teacher_temp_start`); the student sees the global crops
+and `local_crops` small crops. The head's last layer is frozen for the first `freeze_last_layer` epochs and
+gradients are clipped at `clip_grad`, both as step hooks.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import heads
+from ..errors import ConfigError
+from ..losses import batch_mean, dino_loss
+from . import METHODS
+from .base import MethodBase
+from .byol import ema_update, tau_at
+
+
+class DINOHead(nn.Module):
+    """MLP to a bottleneck, L2-normalised, then a weight-normalised linear layer (rows of unit norm) to `out_dim`."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, bottleneck: int, bn: bool):
+        super().__init__()
+        self.mlp = heads.mlp((in_dim, hidden, hidden, bottleneck), bn=bn)
+        self.last = nn.Linear(bottleneck, out_dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(F.normalize(self.mlp(x), dim=-1), F.normalize(self.last.weight, dim=1))
+
+
+@METHODS.register("dino", "DINO: student matches a centred, sharpened EMA teacher across 2 global + local crops")
+class DINO(MethodBase):
+    def __init__(self, backbone: nn.Module, out_dim: int = 4096, hidden: int = 1024, bottleneck: int = 256,
+                 head_bn: bool = False, local_crops: int = 4, local_scale: tuple[float, float] | list[float] = (0.05, 0.4),
+                 student_temp: float = 0.1, teacher_temp: float = 0.07, teacher_temp_start: float = 0.04,
+                 teacher_temp_warmup: float = 0.3, center_momentum: float = 0.9, tau_base: float = 0.996,
+                 freeze_last_layer: float = 1.0, clip_grad: float = 3.0):
+        super().__init__()
+        if local_crops < 0 or not (0 < local_scale[0] <= local_scale[1] <= 1):
+            raise ConfigError(f"dino: local_crops must be 0 or more and local_scale a range in (0, 1], "
+                              f"got {local_crops} and {local_scale}")
+        self.backbone = backbone
+        self.head = DINOHead(backbone.out_dim, out_dim, hidden, bottleneck, head_bn)
+        self.teacher = nn.Sequential(copy.deepcopy(backbone), copy.deepcopy(self.head)).requires_grad_(False)
+        self.local_crops, self.local_scale = int(local_crops), (float(local_scale[0]), float(local_scale[1]))
+        self.n_views = 2 + self.local_crops
+        self.student_temp, self.teacher_temps = student_temp, (teacher_temp_start, teacher_temp, teacher_temp_warmup)
+        self.center_momentum, self.tau_base = center_momentum, tau_base
+        self.freeze_last_layer, self.clip_grad = freeze_last_layer, clip_grad
+        self.register_buffer("center", torch.zeros(out_dim))
+        self.register_buffer("tau", torch.tensor(tau_base, dtype=torch.float64))
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("temp", torch.tensor(teacher_temp_start if teacher_temp_warmup > 0 else teacher_temp))
+        self.steps_seen = 0  # a host copy of ema_steps (no device read per step), restored with the weights
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "steps_seen", int(module.ema_steps)))
+
+    def views(self, base):
+        if not self.local_crops:
+            return [base, base]
+        side = base.size or getattr(self.backbone, "image_size", None)
+        if not side:
+            raise ConfigError("dino local crops need a known image size; give --image-size")
+        local = replace(base, size=max(8, side * 3 // 7), crop_scale=self.local_scale)  # 96 of 224 in the paper
+        return [replace(base, crop_scale=(max(base.crop_scale[0], 0.4), base.crop_scale[1]))] * 2 + [local] * self.local_crops
+
+    def teacher_temp(self, progress: float) -> float:
+        start, end, warmup = self.teacher_temps
+        return end if progress >= warmup or warmup <= 0 else start + (end - start) * progress / warmup
+
+    def loss(self, views: list[Tensor]) -> Tensor:
+        student = [self.head(self.backbone(v)) for v in views]  # (n, out_dim) per crop
+        with torch.no_grad():
+            teacher = [self.teacher(v) for v in views[:2]]
+        self.last_embedding = student[0].detach()
+        temp = self.temp  # a tensor: no host read per step
+        loss = dino_loss(student, teacher, self.center, self.student_temp, temp)
+        with torch.no_grad():
+            self.pending_center = batch_mean(torch.cat(teacher))
+            probs = F.softmax((teacher[0].float() - self.center) / temp, dim=-1)
+            self.measure(teacher_entropy=-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean(), teacher_temp=temp)
+        return loss
+
+    def before_optimizer_step(self, progress: float) -> None:
+        epoch = self.steps_seen / max(1, getattr(self, "steps_per_epoch", 0) or 1)
+        if epoch < self.freeze_last_layer:
+            self.head.last.weight.grad = None  # the fused optimizer leaves a parameter without a gradient alone
+        if self.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.grad is not None], self.clip_grad)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, progress: float) -> None:
+        ema_update(self.teacher, nn.Sequential(self.backbone, self.head), self.tau)
+        self.tau.fill_(tau_at(progress, self.tau_base))
+        self.center.mul_(self.center_momentum).add_(self.pending_center, alpha=1 - self.center_momentum)
+        self.ema_steps += 1
+        self.steps_seen += 1
+        self.temp.fill_(self.teacher_temp(progress))

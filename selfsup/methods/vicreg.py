@@ -1,0 +1,34 @@
+"""VICReg: Variance-Invariance-Covariance Regularization (Bardes, Ponce & LeCun, ICLR 2022).
+
+Variance and covariance are statistics of the batch, so across processes they are taken over the global batch
+(the embeddings gathered with gradients; see barlow.py for why the gradients then match one process).
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .. import heads
+from . import METHODS
+from ..losses import vicreg_terms
+from .barlow import global_batch
+from .base import MethodBase
+
+
+@METHODS.register("vicreg", "VICReg: invariance + variance hinge + covariance penalty on a wide expander (weights 25/25/1)")
+class VICReg(MethodBase):
+    n_views = 2
+
+    def __init__(self, backbone: nn.Module, proj_hidden: int = 2048, proj_dim: int = 2048, invariance_weight: float = 25.0,
+                 variance_weight: float = 25.0, covariance_weight: float = 1.0):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = heads.mlp((backbone.out_dim, proj_hidden, proj_hidden, proj_dim))  # the expander
+        self.weights = (invariance_weight, variance_weight, covariance_weight)
+
+    def loss(self, views: list[Tensor]) -> Tensor:
+        z1, z2 = (self.projector(self.backbone(v)) for v in views[:2])  # (n, proj_dim)
+        self.last_embedding = z1.detach()
+        invariance, variance, covariance = vicreg_terms(global_batch(z1), global_batch(z2))
+        self.measure(invariance=invariance, variance=variance, covariance=covariance)
+        a, b, c = self.weights
+        return a * invariance + b * variance + c * covariance
