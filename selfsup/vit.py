@@ -125,6 +125,11 @@ class ViT(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         return self.encode(self.embed(x))  # (B, 1 + N, dim): the class token first
 
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The patch tokens laid back on their grid, (B, dim, gh, gw), for heads that decode a map (colorization)."""
+        gh, gw = (math.ceil(s / self.patch_size) for s in x.shape[-2:])
+        return self.forward_features(x)[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
+
     def forward(self, x: Tensor) -> Tensor:
         t = self.forward_features(x)
         return t[:, 0] if self.pool == "cls" else t[:, 1:].mean(dim=1)  # (B, dim)

@@ -52,6 +52,7 @@ CASES = {
     "simclr-small_cnn-grey": ("simclr", 1, dict(backbone_args={"width": 4})),
     "colorization-rgb": ("colorization", 3, dict(backbone_args={"width": 4})),  # the lightness transform inside
     "byol-resnet18-rgb": ("byol", 3, dict(backbone="resnet18", backbone_args={"width": 8})),
+    "mae-vit_tiny-rgb": ("mae", 3, dict(backbone="vit_tiny", backbone_args={"depth": 1})),  # tokens, SDPA, positions
 }
 
 

@@ -329,9 +329,15 @@ def test_vit_backbone_contract_and_no_decay_on_positions():
         assert "backbone.patch_embed.weight" not in names and "backbone.blocks.0.attn.qkv.weight" not in names
 
 
-def test_vit_is_refused_where_a_feature_map_is_needed():
-    with pytest.raises(ConfigError, match="convolutional feature map"):
-        PretrainConfig(method="colorization", backbone="vit_tiny", steps=1).validate()
+def test_every_method_trains_a_vit_and_mae_nothing_else():
+    from selfsup.augment import augment, preset
+
+    for name in METHODS.names():  # colorization decodes the patch tokens laid back on their grid
+        cfg = PretrainConfig(method=name, backbone="vit_tiny", backbone_args={"depth": 1})
+        m = build_method(cfg, encoder_spec(cfg, 3, 16))
+        loss = m.loss([augment(torch.rand(4, 3, 16, 16), v) for v in m.views(preset("simclr", 3))])
+        loss.backward()
+        assert math.isfinite(loss.item()) and m.backbone.first_conv().weight.grad is not None, name
     with pytest.raises(ConfigError, match="mae needs a Vision Transformer"):
         PretrainConfig(method="mae", backbone="resnet18", steps=1).validate()
 

@@ -21,7 +21,8 @@ def global_batch(z: Tensor) -> Tensor:
     return z if g is None else g
 
 
-@METHODS.register("barlowtwins", "Barlow Twins: cross-correlation of the two views' embeddings pushed to the identity")
+@METHODS.register("barlowtwins", "Cross-correlation of the two views' embeddings pushed to the identity (Barlow "
+                  "Twins, Zbontar et al. 2021)")
 class BarlowTwins(MethodBase):
     n_views = 2
 

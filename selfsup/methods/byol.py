@@ -26,7 +26,8 @@ def ema_update(target: nn.Module, online: nn.Module, tau: float | Tensor) -> Non
         t.lerp_(o.detach(), (1 - tau).to(t.dtype) if isinstance(tau, Tensor) else 1 - tau)
 
 
-@METHODS.register("byol", "BYOL: online net + predictor chases an EMA target net; symmetric normalized MSE")
+@METHODS.register("byol", "Online net + predictor chases an EMA target net; symmetric normalized MSE (BYOL, Grill et "
+                  "al. 2020)")
 class BYOL(MethodBase):
     n_views = 2
 

@@ -70,7 +70,8 @@ def square_holes(x: Tensor, frac: float = 0.5, generator: torch.Generator | None
     return ((rows >= top) & (rows < top + s) & (cols >= left) & (cols < left + s)).to(x.dtype)
 
 
-@METHODS.register("colorization", "Colorization: grey (Lab L) in, ab colour out, L1; 1-channel data: inpainting variant")
+@METHODS.register("colorization", "Grey (Lab L) in, a distribution over ab colour bins out; 1-channel data: "
+                  "inpainting (Colorization, Zhang et al. 2016)")
 class Colorization(MethodBase):
     n_views = 1
     default_augment = "crop"  # colour jitter or greyscale would corrupt the target
@@ -84,12 +85,6 @@ class Colorization(MethodBase):
     @classmethod
     def legacy_args(cls, args: dict, checkpoint_format: int) -> dict:
         return {"loss": "l1"} | args if checkpoint_format < 2 else args  # format 1 regressed ab with L1
-
-    @classmethod
-    def check_backbone(cls, name: str) -> None:
-        if name.startswith("vit"):
-            raise ConfigError(f"colorization decodes a convolutional feature map; use a CNN backbone (small_cnn, "
-                              f"resnet18), not {name}")
 
     def __init__(self, backbone: nn.Module, hidden: int = 128, loss: str = "classes"):
         super().__init__()
@@ -108,7 +103,8 @@ class Colorization(MethodBase):
             print("colorization: 1-channel data has no colour; running the inpainting variant", file=sys.stderr)
 
     def predict(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        fmap = self.net.forward_features(x)  # (B, out_dim, h, w)
+        grid = getattr(self.net, "feature_map", None)  # a ViT lays its patch tokens back on their grid
+        fmap = grid(x) if grid else self.net.forward_features(x)  # (B, out_dim, h, w)
         self.last_embedding = fmap.detach().mean(dim=(2, 3))  # (B, out_dim), the pooled features, for the monitor
         h = F.interpolate(self.decoder_in(fmap), size=size, mode="bilinear", align_corners=False)  # (B, hidden, H, W)
         return self.decoder_out(h)  # (B, 2 or 1, H, W)

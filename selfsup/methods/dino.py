@@ -35,7 +35,8 @@ class DINOHead(nn.Module):
         return F.linear(F.normalize(self.mlp(x), dim=-1), F.normalize(self.last.weight, dim=1))
 
 
-@METHODS.register("dino", "DINO: student matches a centred, sharpened EMA teacher across 2 global + local crops")
+@METHODS.register("dino", "Student matches a centred, sharpened EMA teacher across 2 global + local crops (DINO, "
+                  "Caron et al. 2021)")
 class DINO(MethodBase):
     def __init__(self, backbone: nn.Module, out_dim: int = 4096, hidden: int = 1024, bottleneck: int = 256,
                  head_bn: bool = False, local_crops: int | None = None, local_scale: tuple[float, float] | list[float] = (0.05, 0.4),
@@ -91,8 +92,7 @@ class DINO(MethodBase):
         return loss
 
     def before_optimizer_step(self, progress: float) -> None:
-        epoch = self.steps_seen / max(1, getattr(self, "steps_per_epoch", 0) or 1)
-        if epoch < self.freeze_last_layer:
+        if self.steps_seen < self.freeze_last_layer * max(1, self.steps_per_epoch):
             self.head.last.weight.grad = None  # the fused optimizer leaves a parameter without a gradient alone
         if self.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.grad is not None], self.clip_grad)

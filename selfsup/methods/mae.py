@@ -36,7 +36,8 @@ def random_masking(batch: int, n: int, keep: int, device, noise: Tensor | None =
     return shuffle[:, :keep], restore, mask.gather(1, restore)
 
 
-@METHODS.register("mae", "MAE: a ViT encodes the visible 25% of patches; a light decoder rebuilds the rest's pixels")
+@METHODS.register("mae", "A ViT encodes the visible 25% of patches; a light decoder rebuilds the rest's pixels (MAE, "
+                  "He et al. 2022)")
 class MAE(MethodBase):
     n_views = 1
     default_augment = "crop"  # the paper: random resized crop and flip only
@@ -49,7 +50,7 @@ class MAE(MethodBase):
             raise ConfigError("mae needs a Vision Transformer backbone; use --backbone vit_tiny (or vit_small)")
         if not 0 < mask_ratio < 1:
             raise ConfigError(f"mae: mask_ratio must be between 0 and 1, got {mask_ratio}")
-        self.backbone, self.vit = backbone, vit
+        self.backbone = backbone
         self.mask_ratio, self.norm_pix = mask_ratio, norm_pix
         self.decoder_embed = nn.Linear(vit.out_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
@@ -60,6 +61,11 @@ class MAE(MethodBase):
         self.decoder_pred = nn.Linear(decoder_dim, vit.patch_size ** 2 * vit.in_channels)
         init_weights(nn.ModuleList([self.decoder_embed, self.decoder, self.decoder_norm, self.decoder_pred]))
         nn.init.normal_(self.mask_token, std=0.02)
+
+    @property
+    def vit(self) -> ViT:
+        """The ViT inside the backbone (not a second registered submodule: the weights are saved once)."""
+        return self.backbone.encoder if isinstance(self.backbone, WithInput) else self.backbone
 
     @classmethod
     def check_backbone(cls, name: str) -> None:

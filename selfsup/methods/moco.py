@@ -46,7 +46,8 @@ class Momentum(MethodBase):
         self.ema_steps += 1
 
 
-@METHODS.register("mocov2", "MoCo v2: momentum key encoder, a queue of negatives, InfoNCE; key BatchNorm split in groups")
+@METHODS.register("mocov2", "Momentum key encoder, a queue of negatives, InfoNCE; key BatchNorm split in groups (MoCo "
+                  "v2, Chen et al. 2020)")
 class MoCoV2(Momentum):
     n_views = 2
 
@@ -97,7 +98,8 @@ class MoCoV2(Momentum):
         self.pending = []
 
 
-@METHODS.register("mocov3", "MoCo v3: momentum encoder + predictor, symmetric InfoNCE over the global batch, cosine momentum")
+@METHODS.register("mocov3", "Momentum encoder + predictor, symmetric InfoNCE over the global batch, cosine momentum "
+                  "(MoCo v3, Chen, Xie & He 2021)")
 class MoCoV3(Momentum):
     n_views = 2
 

@@ -19,7 +19,8 @@ def rotate_batch(x: Tensor) -> tuple[Tensor, Tensor]:
     return rotated, labels
 
 
-@METHODS.register("rotation", "Rotation: predict which of 0/90/180/270 degrees each image was turned (exact rot90)")
+@METHODS.register("rotation", "Predict which of 0/90/180/270 degrees each image was turned, by exact rot90s "
+                  "(Rotation, Gidaris et al. 2018)")
 class Rotation(MethodBase):
     n_views = 1
     default_augment = "crop"  # mild: the pretext task supplies the difficulty

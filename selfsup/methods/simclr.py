@@ -18,7 +18,8 @@ from . import METHODS
 from .base import MethodBase
 
 
-@METHODS.register("simclr", "SimCLR: two views, MLP projector, NT-Xent against 2N-2 negatives; optional local crops")
+@METHODS.register("simclr", "Two views, MLP projector, NT-Xent against 2N-2 negatives; optional local crops (SimCLR, "
+                  "Chen et al. 2020)")
 class SimCLR(MethodBase):
     n_views = 2
 

@@ -9,7 +9,8 @@ from . import METHODS
 from .base import MethodBase
 
 
-@METHODS.register("simsiam", "SimSiam: predictor + stop-gradient, no momentum target; symmetric negative cosine")
+@METHODS.register("simsiam", "Predictor + stop-gradient, no momentum target; symmetric negative cosine (SimSiam, Chen "
+                  "& He 2021)")
 class SimSiam(MethodBase):
     n_views = 2
 

@@ -14,7 +14,8 @@ from .barlow import global_batch
 from .base import MethodBase
 
 
-@METHODS.register("vicreg", "VICReg: invariance + variance hinge + covariance penalty on a wide expander (weights 25/25/1)")
+@METHODS.register("vicreg", "Invariance + variance hinge + covariance penalty on a wide expander, weights 25/25/1 "
+                  "(VICReg, Bardes et al. 2022)")
 class VICReg(MethodBase):
     n_views = 2
 
