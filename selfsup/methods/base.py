@@ -47,6 +47,19 @@ class Method(Protocol):
         """Pictures the method offers for the report: caption -> (H, W, 3) uint8."""
 
 
+def local_view(base: "Augment", backbone: nn.Module, fraction: tuple[int, int], scale: tuple[float, float],
+               method: str) -> "Augment":
+    """Multi-crop's small view: `fraction` (num, den) of the training side (at least 8 px), crops of area `scale`."""
+    from dataclasses import replace
+
+    from ..errors import ConfigError
+
+    side = base.size or getattr(backbone, "image_size", None)
+    if not side:
+        raise ConfigError(f"{method} local crops need a known image size; give --image-size")
+    return replace(base, size=max(8, side * fraction[0] // fraction[1]), crop_scale=scale)
+
+
 class MethodBase(nn.Module):
     """Defaults for every optional part of `Method`. A subclass sets `backbone`, and overrides `loss` and what it needs."""
 

@@ -26,6 +26,16 @@ def ema_update(target: nn.Module, online: nn.Module, tau: float | Tensor) -> Non
         t.lerp_(o.detach(), (1 - tau).to(t.dtype) if isinstance(tau, Tensor) else 1 - tau)
 
 
+@torch.no_grad()
+def follow(method: nn.Module, follower: nn.Module, online: nn.Module, progress: float, schedule: bool = True) -> None:
+    """One step of an EMA follower (BYOL's target, MoCo's key encoder, DINO's teacher): follower <- EMA of online at
+    `method.tau`, then tau to its cosine schedule at `progress` (unless fixed) and one more `method.ema_steps`."""
+    ema_update(follower, online, method.tau)
+    if schedule:
+        method.tau.fill_(tau_at(progress, method.tau_base))
+    method.ema_steps += 1
+
+
 @METHODS.register("byol", "Online net + predictor chases an EMA target net; symmetric normalized MSE (BYOL, Grill et "
                   "al. 2020)")
 class BYOL(MethodBase):
@@ -61,6 +71,4 @@ class BYOL(MethodBase):
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
-        ema_update(self.target, nn.Sequential(self.backbone, self.projector), self.tau)
-        self.tau.fill_(tau_at(progress, self.tau_base))
-        self.ema_steps += 1
+        follow(self, self.target, nn.Sequential(self.backbone, self.projector), progress)

@@ -19,8 +19,8 @@ from .. import heads
 from ..errors import ConfigError
 from ..losses import batch_mean, dino_loss
 from . import METHODS
-from .base import MethodBase
-from .byol import ema_update, tau_at
+from .base import MethodBase, local_view
+from .byol import follow
 
 
 class DINOHead(nn.Module):
@@ -68,10 +68,7 @@ class DINO(MethodBase):
     def views(self, base):
         if not self.local_crops:
             return [base, base]
-        side = base.size or getattr(self.backbone, "image_size", None)
-        if not side:
-            raise ConfigError("dino local crops need a known image size; give --image-size")
-        local = replace(base, size=max(8, side * 3 // 7), crop_scale=self.local_scale)  # 96 of 224 in the paper
+        local = local_view(base, self.backbone, (3, 7), self.local_scale, "dino")  # 96 of 224 in the paper
         return [replace(base, crop_scale=(max(base.crop_scale[0], 0.4), base.crop_scale[1]))] * 2 + [local] * self.local_crops
 
     def teacher_temp(self, progress: float) -> float:
@@ -99,9 +96,7 @@ class DINO(MethodBase):
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
-        ema_update(self.teacher, nn.Sequential(self.backbone, self.head), self.tau)
-        self.tau.fill_(tau_at(progress, self.tau_base))
+        follow(self, self.teacher, nn.Sequential(self.backbone, self.head), progress)
         self.center.mul_(self.center_momentum).add_(self.pending_center, alpha=1 - self.center_momentum)
-        self.ema_steps += 1
         self.steps_seen += 1
         self.temp.fill_(self.teacher_temp(progress))

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..losses import batch_info_nce, gather_detached, info_nce, process_rank
 from . import METHODS
 from .base import MethodBase
-from .byol import ema_update, tau_at
+from .byol import follow
 
 
 class Momentum(MethodBase):
@@ -40,10 +40,7 @@ class Momentum(MethodBase):
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
-        ema_update(self.key_encoder, nn.Sequential(self.backbone, self.projector), self.tau)
-        if self.schedule:
-            self.tau.fill_(tau_at(progress, self.tau_base))
-        self.ema_steps += 1
+        follow(self, self.key_encoder, nn.Sequential(self.backbone, self.projector), progress, self.schedule)
 
 
 @METHODS.register("mocov2", "Momentum key encoder, a queue of negatives, InfoNCE; key BatchNorm split in groups (MoCo "

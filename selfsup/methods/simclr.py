@@ -7,15 +7,13 @@ a part predicts the whole.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 from torch import Tensor, nn
 
 from .. import heads
 from ..errors import ConfigError
 from ..losses import gather_with_grad, nt_xent
 from . import METHODS
-from .base import MethodBase
+from .base import MethodBase, local_view
 
 
 @METHODS.register("simclr", "Two views, MLP projector, NT-Xent against 2N-2 negatives; optional local crops (SimCLR, "
@@ -38,10 +36,7 @@ class SimCLR(MethodBase):
     def views(self, base):
         if not self.local_crops:
             return [base, base]
-        side = base.size or getattr(self.backbone, "image_size", None)
-        if not side:
-            raise ConfigError("simclr local_crops needs a known image size; give --image-size")
-        local = replace(base, size=max(8, side // 2), crop_scale=self.local_scale)
+        local = local_view(base, self.backbone, (1, 2), self.local_scale, "simclr")
         return [base, base] + [local] * self.local_crops
 
     def embed(self, x: Tensor) -> Tensor:
