@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, Interrupted, SelfsupError
+from .errors import ConfigError, DataError, Interrupted, SelfsupError
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -102,7 +102,7 @@ def cmd_pretrain(args) -> None:
         cfg = _config_from(args)
         if cfg.epochs is None and cfg.minutes is None and cfg.steps is None:
             raise ConfigError("give a budget: --minutes M, --epochs E or --steps S")
-    data = load(cfg.validate().dataset, cfg.split, cfg.data_root, cfg.strict)
+    data = load(cfg.validate().dataset, cfg.split, cfg.data_root, cfg.strict, cfg.image_size)
     fabric = fabric_for(cfg, encoder_spec(cfg, data.channels, data.size[0]))  # the engine starts here
     path = pretrain(cfg, data, resume=found or False, overwrite=args.overwrite, fabric=fabric)
     if fabric.is_global_zero:
@@ -120,7 +120,7 @@ def cmd_eval(args) -> None:
     path, state = read(args.checkpoint)
     encoder, cfg = encoder_from(state)
     dataset = args.dataset or cfg.dataset
-    train, test = load(dataset, "train", cfg.data_root), load(dataset, "test", cfg.data_root)
+    train, test = (load(dataset, s, cfg.data_root, size=cfg.image_size) for s in ("train", "test"))
     if train.channels != encoder.in_channels:
         raise ConfigError(f"{dataset} has {train.channels} channel(s) but the checkpoint's encoder takes {encoder.in_channels}")
     evals = tuple(args.evals.split(","))
@@ -195,7 +195,7 @@ def cmd_embed(args) -> None:
         cfg, dataset = PretrainConfig(backbone=args.backbone or "small_cnn", steps=1), args.dataset
     else:
         raise ConfigError("give --checkpoint CKPT, or --random-init with --dataset")
-    data = load(dataset, args.split, cfg.data_root)
+    data = load(dataset, args.split, cfg.data_root, size=cfg.image_size)
     if args.random_init:
         encoder = random_encoder(encoder_spec(cfg.override(dataset=dataset), data.channels, data.size[0]), args.seed)
     if data.channels != encoder.in_channels:
@@ -219,6 +219,13 @@ def cmd_data(args) -> None:
 
     if args.action == "fetch":
         print(f"{args.name}: ready in {fetch(args.name)}")
+        return
+    if args.action == "prepare":
+        from .data.prepare import prepare
+
+        if not args.name.startswith("folder:"):
+            raise DataError(f"only image folders are prepared (folder:PATH); {args.name} is read from its own files")
+        prepare(args.name[len("folder:"):], args.image_size, workers=args.workers, progress=not args.quiet)
         return
     import numpy as np
 
@@ -347,10 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="output folder (encoder.json beside the weights)")
     x.set_defaults(run=cmd_export)
 
-    da = add("data", "fetch datasets or describe them")
-    da.add_argument("action", choices=["fetch", "info"], help="fetch: download and verify; info: sizes and classes")
+    da = add("data", "fetch datasets, prepare image folders, or describe them")
+    da.add_argument("action", choices=["fetch", "prepare", "info"],
+                    help="fetch: download and verify; prepare: decode a folder once into a memory-mapped copy that "
+                         "every later command reads (resumable); info: sizes and classes")
     da.add_argument("name", help="dataset name (see `selfsup datasets`) or folder:PATH")
     da.add_argument("--split", default="train,test", help="comma-separated splits for info")
+    da.add_argument("--image-size", type=int, default=None,
+                    help="prepare: side of the prepared images (default: the folder's most common shorter side)")
+    da.add_argument("--workers", type=int, default=None, help="prepare: decoding processes (default: every core)")
+    da.add_argument("--quiet", action="store_true", help="prepare: no progress bar")
     da.set_defaults(run=cmd_data)
 
     for name in ("methods", "backbones", "datasets", "evals", "recipes"):

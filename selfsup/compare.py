@@ -102,9 +102,9 @@ def _key(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def load_splits(dataset: str, root: str | None) -> tuple[ImageSet, ImageSet]:
+def load_splits(dataset: str, root: str | None, size: int | None = None) -> tuple[ImageSet, ImageSet]:
     try:
-        return load(dataset, "train", root), load(dataset, "test", root)
+        return load(dataset, "train", root, size=size), load(dataset, "test", root, size=size)
     except DataError:
         if dataset != "mnist":
             raise
@@ -154,7 +154,7 @@ def run_compare(cc: CompareConfig, show_progress: bool = True, fabric=None) -> d
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot write to output directory {out} ({e.strerror}); choose another --out") from None
-    train, test = load_splits(cc.dataset, cc.base().data_root)
+    train, test = load_splits(cc.dataset, cc.base().data_root, cc.base().image_size)
     cc = cc.resolved(train.channels)
     configs = {m: cc.method_config(m) for m in cc.methods}
     if configs and fabric is None:

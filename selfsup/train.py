@@ -108,7 +108,7 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
     cfg.validate()
     run = RunDir(cfg.out, resume, overwrite, cfg.checkpoint_steps, cfg.checkpoint_minutes, cfg.keep_checkpoints,
                  cfg.logger)
-    data = data if data is not None else load(cfg.dataset, cfg.split, cfg.data_root, cfg.strict)
+    data = data if data is not None else load(cfg.dataset, cfg.split, cfg.data_root, cfg.strict, cfg.image_size)
     fabric = fabric or fabric_for(cfg, encoder_spec(cfg, data.channels, data.size[0]))
     check_engine(cfg, fabric.device.type)
     run.start(fabric, cfg.to_dict())

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..registry import Registry
-from . import formats
+from . import formats, prepare
 from .download import MNIST_PICKLE, data_root, fetch, unpack_if_needed
 from .folder import load_folder, read_folder
 from .splits import few_labels
@@ -126,12 +126,21 @@ SPLITS = {"digits": ("train", "test"), "mnist": ("train", "test"), "cifar10": ("
           "cifar100": ("train", "test"), "stl10": ("train", "test", "unlabeled")}
 
 
-def load(name: str, split: str = "train", root: str | Path | None = None, strict: bool = False) -> ImageSet:
+def load(name: str, split: str = "train", root: str | Path | None = None, strict: bool = False,
+         size: int | None = None) -> ImageSet:
     """Load a dataset split by name; `folder:PATH` reads an image folder; `a+b` joins splits (e.g. stl10 train+unlabeled).
 
-    strict: an image folder with unreadable files is an error instead of a warning that skips them."""
+    strict: an image folder with unreadable files is an error instead of a warning that skips them.
+    size: a folder's prepared copy at this size is read (`selfsup data prepare`); None: the copy at the folder's
+    own size. Without a prepared copy, a folder is decoded into memory."""
     if name.startswith("folder:"):
-        x, y, classes = load_folder(name[len("folder:"):], split, strict=strict)
+        path = name[len("folder:"):]
+        base = Path(root).expanduser() if root else None
+        copy = prepare.find(path, size, base)
+        if copy is not None:
+            x, y, classes = prepare.open_prepared(copy, path, split.split("+"), strict)
+        else:
+            x, y, classes = load_folder(path, split, strict=strict)
         return ImageSet(name, x, y, classes)
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}, or folder:PATH")

@@ -17,12 +17,13 @@ class Batches:
     """Random batches of uint8 images (B, C, H, W) on the device, forever, epoch after epoch.
 
     Process `rank` of `world` owns a fixed shard of the images (a seeded split into `world` disjoint parts,
-    the same on every process) and holds only that shard: on the device when it is small, else it reads each
-    batch from the array (a memory map stays on disk). Each epoch visits the shard in a new order.
+    the same on every process) and holds only that shard: on the device when it is under `on_device_bytes`, else
+    it reads each batch from the array (a memory map stays on disk: a prepared folder's private memory does not
+    grow with its size). Both give the same batches. Each epoch visits the shard in a new order.
     """
 
     def __init__(self, images: np.ndarray, batch_size: int, device: torch.device, seed: int, rank: int = 0,
-                 world: int = 1):
+                 world: int = 1, on_device_bytes: int | None = None):
         self.n, self.device, self.seed, self.rank, self.world = len(images), device, seed, rank, world
         if self.n // world < 2:
             raise ConfigError(f"{self.n} image(s) for {world} process(es): every process needs at least 2; "
@@ -35,11 +36,12 @@ class Batches:
         self.steps_per_epoch = (self.n // world) // batch_size  # equal on every process
         split = np.arange(self.n) if world == 1 else np.random.default_rng(seed).permutation(self.n)
         self.shard = np.sort(split[rank::world])  # (n / world,) indices into `images`
-        part = images[self.shard]
-        if part.nbytes < ON_DEVICE_BYTES:
-            self.images = torch.from_numpy(np.ascontiguousarray(part)).to(device)
+        limit = ON_DEVICE_BYTES if on_device_bytes is None else on_device_bytes
+        if len(self.shard) * int(np.prod(images.shape[1:])) < limit:
+            part = images if world == 1 else images[self.shard]
+            self.images = torch.from_numpy(np.require(part, requirements=("C", "W"))).to(device)  # a copy of a map
         else:
-            self.images = images  # read per batch
+            self.images = images  # read per batch: only this shard's rows are ever touched
         self.epoch, self.epoch_step = 0, 0
 
     def order(self, epoch: int) -> torch.Tensor:
@@ -56,11 +58,17 @@ class Batches:
                     if isinstance(self.images, torch.Tensor):
                         x = self.images[pos.to(self.device)]
                     else:
-                        rows = np.sort(self.shard[pos.numpy()])  # sorted reads are fast on a memory map
-                        x = torch.from_numpy(self.images[rows]).to(self.device, non_blocking=True)
+                        x = torch.from_numpy(self.read(self.shard[pos.numpy()])).to(self.device, non_blocking=True)
                 self.epoch_step += 1
                 yield x
             self.epoch, self.epoch_step = self.epoch + 1, 0
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Images at `rows`, in that order, read in ascending order (fast on a memory map)."""
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), *self.images.shape[1:]), np.uint8)
+        out[order] = self.images[rows[order]]
+        return out
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "epoch": self.epoch, "epoch_step": self.epoch_step, "images": self.n,

@@ -3,15 +3,28 @@
 Layouts:
 - PATH/train/CLASS/*, PATH/test/CLASS/* (or val/), optionally PATH/unlabeled/*: those are the splits;
   `unlabeled` joins pretraining only (split "train+unlabeled").
-- PATH/CLASS/*: a fixed, stratified held-out test split (HOLDOUT of each class, seed HOLDOUT_SEED);
-  "train" is the rest. The test split is never the training images.
+- PATH/CLASS/*: a fixed, stratified held-out test split (HOLDOUT of each class, seed HOLDOUT_SEED, drawn from the
+  file list, so an unreadable file never moves it); "train" is the rest. The test split is never the training images.
 - PATH/* (flat): unlabeled images; fine for pretraining, refused where labels are needed.
+
+Reading has three steps, shared by the in-memory path and `selfsup data prepare` (prepare.py), so both give the
+same pixels: `plan` lists the files of each split with their labels; `scan` reads the headers of the files that
+decide the common size (the most common shorter side) and whether the set has colour; `decode_files` decodes
+and fits each file, in worker processes when there are many.
+
+Decoding: JPEGs with simplejpeg (libjpeg-turbo, scaled in the DCT to the smallest size at least the target),
+everything else and any JPEG it refuses with Pillow. Measured in bench/README.md, "Decoders".
 """
 from __future__ import annotations
 
+import io
+import multiprocessing
+import os
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -21,39 +34,23 @@ HOLDOUT, HOLDOUT_SEED = 0.2, 30_011  # the held-out test split of a folder of cl
 GREY_MODES = ("1", "L", "I", "I;16", "F", "LA")
 MAX_PIXELS = 64_000_000  # larger claimed sizes (decompression bombs, absurd headers) are skipped unread
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+SPLIT_ORDER = ("train", "unlabeled", "test")  # the order of the splits in a prepared copy
+PARALLEL_MIN = 2048  # fewer files are read in this process
+TASK = 512  # files per task of a worker process
+
+try:  # libjpeg-turbo with DCT scaling: 4x Pillow's speed on 32 px JPEGs here (bench/README.md, "Decoders")
+    import simplejpeg
+except ImportError:  # pragma: no cover - a core dependency; Pillow reads every file without it
+    simplejpeg = None
 
 
 def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _fit(img, size: int):
-    """Resize the shorter side to `size`, then centre-crop to size x size (the documented rule for mixed sizes)."""
-    from PIL import Image
-
-    w, h = img.size
-    if (w, h) == (size, size):
-        return img
-    scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-def read_folder(folder: str | Path, size: int | None = None, strict: bool = False, classes: list[str] | None = None,
-                colour: bool | None = None):
-    """Return (images uint8 (N, C, H, W), labels int64, class names).
-
-    Greyscale folders give 1 channel; if any image has colour, all are converted to RGB
-    (RGBA drops alpha, palette images are expanded). Images of other sizes are resized to
-    `size` (default: the most common size) by shorter side, then centre-cropped.
-    Unreadable files are skipped with a warning, or raise with `strict=True`. `classes` fixes the class order
-    (another split's); `colour` forces RGB (True) or grey (False).
-    """
-    from PIL import Image
-
-    folder = Path(folder).expanduser()
+def list_files(folder: Path, classes: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
+    """The image files of one folder with their labels: one subfolder per class, or flat (label -1).
+    `classes` fixes the class order (another split's)."""
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist; pass folder:PATH with a directory of images")
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -61,7 +58,7 @@ def read_folder(folder: str | Path, size: int | None = None, strict: bool = Fals
         listed = {d: _list_images(d) for d in subdirs}
         empty = [d.name for d in subdirs if not listed[d]]
         if empty and len(empty) < len(subdirs):
-            warnings.warn(f"ignored {len(empty)} class folder(s) with no images in {folder}: {', '.join(empty[:5])}", stacklevel=2)
+            warnings.warn(f"ignored {len(empty)} class folder(s) with no images in {folder}: {', '.join(empty[:5])}", stacklevel=3)
         subdirs = [d for d in subdirs if listed[d]]
         if classes is None:
             classes = [d.name for d in subdirs]
@@ -78,40 +75,231 @@ def read_folder(folder: str | Path, size: int | None = None, strict: bool = Fals
         seen = f" (only {len(others)} other file(s), e.g. {', '.join(others[:3])})" if others else ""
         raise DataError(f"no images found in {folder}{seen}; put {'/'.join(sorted(IMAGE_SUFFIXES))} files there, "
                         f"one subfolder per class (or flat for unlabeled)")
+    return files, classes or []
 
-    loaded, bad = [], []
-    for path, label in files:
+
+@dataclass
+class Plan:
+    """What reading a folder means: the files of each split with their labels, and the files whose headers decide
+    the common size and colour."""
+
+    root: Path
+    layout: str
+    files: dict[str, list[tuple[Path, int]]]  # split -> [(path, label)], in SPLIT_ORDER
+    classes: list[str]
+    reference: list[Path]
+
+
+def plan(path: str | Path, splits: Iterable[str] | None = None) -> Plan:
+    """The files of `splits` (default: every split the folder has) of an image folder; see the layouts above."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist; pass folder:PATH with a directory of images")
+    kind = layout(root)
+    wanted = list(splits) if splits is not None else [s for s in SPLIT_ORDER if has_split(root, kind, s)]
+    for s in wanted:
+        if s not in SPLIT_ORDER:
+            raise DataError(f"folder:{root} has no split {s!r}; choose from: train, test, unlabeled")
+    files: dict[str, list[tuple[Path, int]]] = {}
+    if kind == "flat":
+        if "test" in wanted:
+            raise DataError(f"{root} is a flat folder of unlabeled images: it has no labels to test on; put the labeled "
+                            f"images in class subfolders (PATH/CLASS/*.png) or in PATH/train/CLASS and PATH/test/CLASS")
+        if "unlabeled" in wanted:
+            raise DataError(f"{root} is a flat folder: all its images are the unlabeled train split; use --split train")
+        every, classes = list_files(root)
+        files["train"], reference = every, [p for p, _ in every]
+    elif kind == "classes":
+        if "unlabeled" in wanted:
+            raise DataError(f"{root} has no unlabeled/ subfolder; add PATH/train, PATH/test and PATH/unlabeled for that")
+        every, classes = list_files(root)
+        test = set(holdout(np.array([y for _, y in every], np.int64)).tolist())
+        for s in wanted:
+            files[s] = [f for i, f in enumerate(every) if (i in test) == (s == "test")]
+        reference = [p for p, _ in every]
+    else:
+        train, classes = list_files(root / "train")
+        reference = [p for p, _ in train]
+        for s in wanted:
+            if s == "train":
+                files[s] = train
+                continue
+            sub = next((root / n for n in (("test", "val") if s == "test" else ("unlabeled",)) if (root / n).is_dir()), None)
+            if sub is None:
+                raise DataError(f"{root} has train/ but no {'test/ or val/' if s == 'test' else 'unlabeled/'} subfolder")
+            listed, _ = list_files(sub, classes=None if s == "unlabeled" else classes)
+            files[s] = [(p, -1) for p, _ in listed] if s == "unlabeled" else listed
+    ordered = {s: files[s] for s in SPLIT_ORDER if s in files}
+    return Plan(root, kind, ordered, classes, reference)
+
+
+def has_split(root: Path, kind: str, split: str) -> bool:
+    if split == "train":
+        return True
+    if kind == "splits":
+        return any((root / n).is_dir() for n in (("test", "val") if split == "test" else ("unlabeled",)))
+    return kind == "classes" and split == "test"
+
+
+def _fit(img, size: int):
+    """Resize the shorter side to `size`, then centre-crop to size x size (the documented rule for mixed sizes)."""
+    from PIL import Image
+
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def header(path: Path) -> tuple[int, bool]:
+    """(shorter side, has colour) from a file's header; raises on an unreadable or oversized file."""
+    from PIL import Image
+
+    with Image.open(path) as im:  # reads the header only
+        if im.width * im.height > MAX_PIXELS:
+            raise DataError(f"{im.width}x{im.height} pixels is more than {MAX_PIXELS:,}")
+        return min(im.size), im.mode not in GREY_MODES
+
+
+def decode(path: Path, size: int, colour: bool) -> np.ndarray:
+    """One file as uint8 (C, size, size): converted to RGB or grey, shorter side to `size`, centre-cropped."""
+    from PIL import Image
+
+    data = path.read_bytes()
+    if simplejpeg is not None and data[:3] == b"\xff\xd8\xff":
         try:
-            with Image.open(path) as im:  # reads the header only
-                if im.width * im.height > MAX_PIXELS:
-                    raise DataError(f"{im.width}x{im.height} pixels is more than {MAX_PIXELS:,}")
-                im.load()
-                loaded.append((im.copy(), label))
-        except Exception as e:  # noqa: BLE001 - PIL raises many kinds on corrupt files; each is one unreadable image
-            bad.append((path, e))
-    if bad:
-        first = ", ".join(str(p) for p, _ in bad[:3])
-        if strict:
-            raise DataError(f"{len(bad)} unreadable image file(s) in {folder}, first: {first}; remove them or drop --strict")
-        warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {folder}, first: {first} "
-                      f"({type(bad[0][1]).__name__}: {str(bad[0][1])[:80]})", stacklevel=2)
-    if not loaded:
-        raise DataError(f"none of the {len(files)} image files in {folder} could be read")
-
-    if colour is None:
-        colour = any(im.mode not in GREY_MODES for im, _ in loaded)
-    mode = "RGB" if colour else "L"
-    size = size or Counter(min(im.size) for im, _ in loaded).most_common(1)[0][0]
-    arrays = []
-    for im, _ in loaded:
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+            if h * w > MAX_PIXELS:
+                raise DataError(f"{w}x{h} pixels is more than {MAX_PIXELS:,}")
+            a = simplejpeg.decode_jpeg(data, "RGB" if colour else "GRAY", min_height=size, min_width=size)
+            if a.shape[:2] != (size, size):
+                a = np.asarray(_fit(Image.fromarray(a if colour else a[..., 0]), size))
+            return a.transpose(2, 0, 1) if a.ndim == 3 and colour else a.reshape(1, size, size)
+        except ValueError:  # a JPEG libjpeg-turbo refuses here (CMYK, damaged): Pillow decides
+            pass
+    with Image.open(io.BytesIO(data)) as im:
+        if im.width * im.height > MAX_PIXELS:
+            raise DataError(f"{im.width}x{im.height} pixels is more than {MAX_PIXELS:,}")
+        mode = "RGB" if colour else "L"
+        if im.format == "JPEG":
+            im.draft(mode, (size, size))  # DCT scaling: decodes at the smallest size at least the target
+        im.load()
         if im.mode in ("I", "I;16", "F"):  # wide greyscale: scale to 8 bits
             a = np.asarray(im, np.float64)
             im = Image.fromarray(np.uint8(255 * (a - a.min()) / max(np.ptp(a), 1e-12)))
-        im = _fit(im.convert(mode), size)
-        a = np.asarray(im, np.uint8)
-        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-    labels = np.array([lab for _, lab in loaded], np.int64)
-    return np.stack(arrays), labels, classes or []
+        a = np.asarray(_fit(im.convert(mode), size), np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def decoder_versions() -> dict:
+    import PIL
+
+    return {"jpeg": f"simplejpeg {simplejpeg.__version__}" if simplejpeg else f"Pillow {PIL.__version__}",
+            "other": f"Pillow {PIL.__version__}"}
+
+
+def _headers(paths: list[Path]) -> list[tuple[int, bool] | str]:
+    out = []
+    for p in paths:
+        try:
+            out.append(header(p))
+        except Exception as e:  # noqa: BLE001 - PIL raises many kinds on corrupt files; each is one unreadable image
+            out.append(f"{type(e).__name__}: {str(e)[:200]}")
+    return out
+
+
+def _decode_task(task: tuple[list[Path], int, bool]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Decode a list of files: (images of the readable ones (n, C, S, S), [(position, reason)] of the others)."""
+    paths, size, colour = task
+    good, bad = [], []
+    for i, p in enumerate(paths):
+        try:
+            good.append(decode(p, size, colour))
+        except Exception as e:  # noqa: BLE001 - as above
+            bad.append((i, f"{type(e).__name__}: {str(e)[:200]}"))
+    c = 3 if colour else 1
+    return (np.stack(good) if good else np.empty((0, c, size, size), np.uint8)), bad
+
+
+def pool_map(fn: Callable, tasks: list, workers: int | None = None) -> Iterator:
+    """fn over tasks, in order: in worker processes when there are several tasks and cores, else here."""
+    workers = min(workers or os.cpu_count() or 1, len(tasks))
+    if workers <= 1:
+        yield from map(fn, tasks)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")  # fork: no re-import of torch
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap(fn, tasks)
+
+
+def scan(paths: list[Path], folder: Path, workers: int | None = None) -> tuple[int, bool]:
+    """The most common shorter side and whether any image has colour, from the files' headers alone."""
+    chunks = [paths[i:i + 4 * TASK] for i in range(0, len(paths), 4 * TASK)]
+    sides, colour = Counter(), False
+    for part in pool_map(_headers, chunks, workers if len(paths) >= PARALLEL_MIN else 1):
+        for h in part:
+            if not isinstance(h, str):
+                sides[h[0]] += 1
+                colour |= h[1]
+    if not sides:
+        raise DataError(f"none of the {len(paths)} image files in {folder} could be read (all unreadable, first: "
+                        f"{paths[0]}); put readable images there")
+    return sides.most_common(1)[0][0], colour
+
+
+def decode_files(files: list[tuple[Path, int]], size: int, colour: bool, workers: int | None = None):
+    """(images uint8 (N, C, size, size), labels, [(path, reason)] of the files skipped), in file order."""
+    paths = [p for p, _ in files]
+    tasks = [(paths[i:i + TASK], size, colour) for i in range(0, len(paths), TASK)]
+    arrays, bad = [], []
+    for t, (x, b) in enumerate(pool_map(_decode_task, tasks, workers if len(paths) >= PARALLEL_MIN else 1)):
+        arrays.append(x)
+        bad += [(t * TASK + i, why) for i, why in b]
+    skipped = {i for i, _ in bad}
+    labels = np.array([y for i, (_, y) in enumerate(files) if i not in skipped], np.int64)
+    return np.concatenate(arrays), labels, [(paths[i], why) for i, why in bad]
+
+
+def report_skipped(folder: Path, bad: list[tuple[Path, str]], total: int, strict: bool) -> None:
+    """A warning that names the unreadable files (an error with `strict`, or when none could be read)."""
+    if not bad:
+        return
+    first = ", ".join(str(p) for p, _ in bad[:3])
+    if strict:
+        raise DataError(f"{len(bad)} unreadable image file(s) in {folder}, first: {first}; remove them or drop --strict")
+    if len(bad) == total:
+        raise DataError(f"none of the {total} image files in {folder} could be read")
+    warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {folder}, first: {first} ({bad[0][1][:80]})",
+                  stacklevel=3)
+
+
+def read_folder(folder: str | Path, size: int | None = None, strict: bool = False, classes: list[str] | None = None,
+                colour: bool | None = None):
+    """Return (images uint8 (N, C, H, W), labels int64, class names) of one folder (class subfolders or flat).
+
+    Greyscale folders give 1 channel; if any image has colour, all are converted to RGB
+    (RGBA drops alpha, palette images are expanded). Images of other sizes are resized to
+    `size` (default: the most common size) by shorter side, then centre-cropped.
+    Unreadable files are skipped with a warning, or raise with `strict=True`. `classes` fixes the class order
+    (another split's); `colour` forces RGB (True) or grey (False).
+    """
+    folder = Path(folder).expanduser()
+    files, classes = list_files(folder, classes)
+    if size is None or colour is None:
+        side, has_colour = scan([p for p, _ in files], folder)
+        size, colour = size or side, has_colour if colour is None else colour
+    return (*_read(folder, files, size, colour, strict), classes)
+
+
+def _read(folder: Path, files: list[tuple[Path, int]], size: int, colour: bool, strict: bool):
+    x, y, bad = decode_files(files, size, colour)
+    report_skipped(folder, bad, len(files), strict)
+    return x, y
 
 
 def layout(root: Path) -> str:
@@ -119,24 +307,6 @@ def layout(root: Path) -> str:
     if (root / "train").is_dir():
         return "splits"
     return "classes" if any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()) else "flat"
-
-
-def _scan(folder: Path) -> tuple[int, bool]:
-    """The most common shorter side and whether any image has colour, from the files' headers alone."""
-    from PIL import Image
-
-    sides, colour = Counter(), False
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            try:
-                with Image.open(p) as im:
-                    sides[min(im.size)] += 1
-                    colour |= im.mode not in GREY_MODES
-            except Exception:  # noqa: BLE001 - unreadable files are reported when they are read
-                continue
-    if not sides:
-        raise DataError(f"no images found in {folder}; put image files there, one subfolder per class")
-    return sides.most_common(1)[0][0], colour
 
 
 def holdout(labels: np.ndarray) -> np.ndarray:
@@ -151,43 +321,14 @@ def holdout(labels: np.ndarray) -> np.ndarray:
 
 
 def load_folder(path: str | Path, split: str = "train", strict: bool = False):
-    """(images, labels, class names) of one split (or splits joined with +) of an image folder; see the layouts above."""
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist; pass folder:PATH with a directory of images")
-    kind = layout(root)
-    parts = []
-    for s in split.split("+"):
-        if s not in ("train", "test", "unlabeled"):
-            raise DataError(f"folder:{root} has no split {s!r}; choose from: train, test, unlabeled")
-        parts.append(_one_split(root, kind, s, strict))
+    """(images, labels, class names) of one split (or splits joined with +) of an image folder, decoded into memory;
+    see the layouts above."""
+    p = plan(path, split.split("+"))
+    size, colour = scan(p.reference, p.root)
+    parts = [_read(p.root, p.files[s], size, colour, strict) for s in split.split("+")]
     if len(parts) == 1:
-        return parts[0]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), parts[0][2]
-
-
-def _one_split(root: Path, kind: str, split: str, strict: bool):
-    if kind == "flat":
-        if split == "test":
-            raise DataError(f"{root} is a flat folder of unlabeled images: it has no labels to test on; put the labeled "
-                            f"images in class subfolders (PATH/CLASS/*.png) or in PATH/train/CLASS and PATH/test/CLASS")
-        return read_folder(root, strict=strict)
-    if kind == "classes":
-        if split == "unlabeled":
-            raise DataError(f"{root} has no unlabeled/ subfolder; add PATH/train, PATH/test and PATH/unlabeled for that")
-        x, y, classes = read_folder(root, strict=strict)
-        test = holdout(y)
-        keep = test if split == "test" else np.setdiff1d(np.arange(len(y)), test)
-        return x[keep], y[keep], classes
-    side, colour = _scan(root / "train")
-    train_classes = [d.name for d in sorted((root / "train").iterdir()) if d.is_dir() and not d.name.startswith(".")]
-    if split == "train":
-        return read_folder(root / "train", side, strict, colour=colour)
-    sub = next((root / n for n in (("test", "val") if split == "test" else ("unlabeled",)) if (root / n).is_dir()), None)
-    if sub is None:
-        raise DataError(f"{root} has train/ but no {'test/ or val/' if split == 'test' else 'unlabeled/'} subfolder")
-    x, y, _ = read_folder(sub, side, strict, classes=None if split == "unlabeled" else train_classes, colour=colour)
-    return x, (np.full(len(y), -1, np.int64) if split == "unlabeled" else y), train_classes
+        return parts[0][0], parts[0][1], p.classes
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]), p.classes
 
 
 def split_info(path: str | Path) -> dict:

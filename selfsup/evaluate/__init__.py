@@ -86,7 +86,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                    labels_per_class: list[int], name: str, evals: tuple[str, ...] = ("knn", "linear"),
                    seeds: tuple[int, ...] = (0,), device: str | torch.device | None = None, val_per_class: int = 10,
                    finetune: FinetuneConfig | None = None, encoder_lr_scale: float | None = None,
-                   pool_size: int | None = 60_000, semisup: SemisupConfig | None = None,
+                   pool_size: int | None = None, semisup: SemisupConfig | None = None,
                    head: str | None = None, keep: Callable[[dict, nn.Module], None] | None = None) -> list[dict]:
     """Accuracy rows for each seed, labels-per-class count and eval.
 
@@ -118,7 +118,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
             if graph_evals:  # the graph's nodes: the pool and every labeled image
                 needed = np.union1d(unlabeled_pool(len(train), pool_size, val_idx), needed)
             if embedded is None or embedded[0] is not enc or not np.array_equal(embedded[1], needed):
-                feats = extract_features(enc, train.images[needed], device=dev)  # (len(needed), D)
+                feats = extract_features(enc, train.images, device=dev, rows=needed)  # (len(needed), D)
                 test_f = extract_features(enc, test.images, device=dev)
                 graph = LabelGraph(feats) if graph_evals else None
                 pool_x = train.images[needed] if "semi" in kinds else None  # semi-supervised training's images

@@ -22,16 +22,19 @@ def prepare(x: Tensor, encoder: nn.Module) -> Tensor:
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: np.ndarray | Tensor, batch_size: int = 1024,
-                     device: str | torch.device | None = None, precision: str = "auto") -> Tensor:
-    """Run a frozen encoder in eval mode over uint8 images (N, C, H, W); returns float32 features (N, D) on CPU."""
+                     device: str | torch.device | None = None, precision: str = "auto",
+                     rows: np.ndarray | None = None) -> Tensor:
+    """Run a frozen encoder in eval mode over uint8 images (N, C, H, W); returns float32 features (N, D) on CPU.
+
+    rows: only these images, in this order, read a batch at a time (a memory-mapped dataset is never copied whole)."""
     device = torch.device(device) if device else next(encoder.parameters()).device
     was_training = encoder.training
     encoder = encoder.to(device).eval()
     out = []
     with autocast_for(device, precision, encoder):
-        for i in range(0, len(images), batch_size):
+        for i in range(0, len(images) if rows is None else len(rows), batch_size):
             threads.poll()
-            x = images[i:i + batch_size]
+            x = images[i:i + batch_size] if rows is None else images[np.asarray(rows[i:i + batch_size])]
             x = tensor_of(x) if isinstance(x, np.ndarray) else x
             out.append(encoder(prepare(x.to(device), encoder)).float().cpu())
     encoder.train(was_training)

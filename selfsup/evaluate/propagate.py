@@ -12,13 +12,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.splits import class_count
+from ..neighbours import EXACT_PAIRS, search
 
 GRAPH_K = 5  # neighbours per node; chosen on MNIST's validation split (bench/label_efficiency.py, README)
 VOTE_K = 10  # nodes a test image asks
 
 
-def knn_graph(x: Tensor, k: int, chunk: int = 1024, shortlist: bool | None = None) -> tuple[Tensor, Tensor]:
+def knn_graph(x: Tensor, k: int, chunk: int = 1024, shortlist: bool | None = None, method: str = "auto"
+              ) -> tuple[Tensor, Tensor]:
     """Indices and cosine similarities (clamped at 0) of each row's k nearest other rows, nearest first: (N, k) each.
+
+    method: "exact", "index" (faiss, approximate; see selfsup.neighbours) or "auto" (the index beyond
+    EXACT_PAIRS pairs, about 50,000 nodes). The rest is about the exact search.
 
     shortlist: rank in bfloat16 (several times faster where the hardware runs it natively), keep the 2k + 8 best
     as candidates, and choose the k nearest among them by their float32 similarities; None: where bf16 is native.
@@ -26,6 +31,9 @@ def knn_graph(x: Tensor, k: int, chunk: int = 1024, shortlist: bool | None = Non
     others, so the result equals the float32 search on all but near-ties.
     """
     n = len(x)
+    if method == "index" or (method == "auto" and n * n > EXACT_PAIRS):
+        sim, idx = search(x, None, k, "index")
+        return idx, sim.clamp(min=0)
     if shortlist is None:
         from ..engine import choose_precision
 
@@ -57,11 +65,12 @@ class LabelGraph:
     """
 
     def __init__(self, features: Tensor, k: int = GRAPH_K, gamma: float = 3.0,
-                 neighbours: tuple[Tensor, Tensor] | None = None):
+                 neighbours: tuple[Tensor, Tensor] | None = None, method: str = "auto"):
         self.nodes = F.normalize(features.float(), dim=1)  # (N, D)
+        self.method = method
         n = len(self.nodes)
         k = min(k, n - 1)
-        j, s = neighbours if neighbours is not None else knn_graph(self.nodes, k)
+        j, s = neighbours if neighbours is not None else knn_graph(self.nodes, k, method=method)
         j, s = j[:, :k], s[:, :k]
         rows = torch.arange(n).repeat_interleave(k)
         w = torch.sparse_coo_tensor(torch.stack([rows, j.flatten()]), s.flatten() ** gamma, (n, n),
@@ -73,11 +82,12 @@ class LabelGraph:
                                          check_invariants=False)
 
     @classmethod
-    def for_each_k(cls, features: Tensor, ks: tuple[int, ...], gamma: float = 3.0) -> dict[int, "LabelGraph"]:
+    def for_each_k(cls, features: Tensor, ks: tuple[int, ...], gamma: float = 3.0, method: str = "auto"
+                   ) -> dict[int, "LabelGraph"]:
         """One graph per k over the same features, from a single neighbour search (for sweeps over k)."""
         x = F.normalize(features.float(), dim=1)
-        neighbours = knn_graph(x, min(max(ks), len(x) - 1))
-        return {k: cls(x, k, gamma, neighbours) for k in ks}
+        neighbours = knn_graph(x, min(max(ks), len(x) - 1), method=method)
+        return {k: cls(x, k, gamma, neighbours, method) for k in ks}
 
     def spread(self, positions: Tensor, labels: Tensor, n_classes: int, alpha: float = 0.99, max_iters: int = 200,
                tol: float = 1e-6) -> Tensor:
@@ -87,13 +97,14 @@ class LabelGraph:
         y = torch.zeros(len(self.nodes), n_classes)
         y[torch.as_tensor(positions).long(), labels.long()] = 1.0
         y /= y.sum(0, keepdim=True).clamp(min=1)  # each class carries the same total mass
-        z = conjugate_gradient(lambda v: v - alpha * torch.sparse.mm(self.s, v), y, max_iters, tol).clamp(min=0)
+        z = conjugate_gradient(lambda v: v - alpha * (self.s @ v), y, max_iters, tol).clamp(min=0)
         return z / z.sum(1, keepdim=True).clamp(min=1e-30)
 
     def predict(self, positions: Tensor, labels: Tensor, queries: Tensor, n_classes: int, vote_k: int = VOTE_K,
                 **kwargs) -> Tensor:
         """Classes of the query features: spread the labels, then each query's vote."""
-        return vote(self.nodes, self.spread(positions, labels, n_classes, **kwargs), queries, vote_k)
+        return vote(self.nodes, self.spread(positions, labels, n_classes, **kwargs), queries, vote_k,
+                    method=self.method)
 
 
 def conjugate_gradient(matvec, b: Tensor, max_iters: int, tol: float) -> Tensor:
@@ -115,14 +126,13 @@ def conjugate_gradient(matvec, b: Tensor, max_iters: int, tol: float) -> Tensor:
     return x
 
 
-def vote(nodes: Tensor, scores: Tensor, queries: Tensor, k: int = VOTE_K, t: float = 0.07, chunk: int = 1024) -> Tensor:
+def vote(nodes: Tensor, scores: Tensor, queries: Tensor, k: int = VOTE_K, t: float = 0.07, chunk: int = 4096,
+         method: str = "auto") -> Tensor:
     """Classes of the query features: a weighted vote (exp(sim / t)) of their k nearest nodes' propagated scores."""
-    q = F.normalize(queries.float(), dim=1)
-    preds = []
-    for i in range(0, len(q), chunk):
-        top, j = (q[i:i + chunk] @ nodes.T).topk(min(k, len(nodes)), dim=1)  # (chunk, k)
-        preds.append(((top / t).exp()[..., None] * scores[j]).sum(1).argmax(1))
-    return torch.cat(preds)
+    top, j = search(nodes, queries, k, method)  # (Q, k)
+    preds = [((top[i:i + chunk] / t).exp()[..., None] * scores[j[i:i + chunk]]).sum(1).argmax(1)
+             for i in range(0, len(top), chunk)]
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
 def propagate(labeled_f: Tensor, labels: Tensor, pool_f: Tensor, n_classes: int, k: int = GRAPH_K, alpha: float = 0.99,

@@ -68,12 +68,13 @@ def nearest_neighbours(encoder: torch.nn.Module, queries: np.ndarray, bank: np.n
     With labels, each neighbour is framed green when it shares the query's class and red when it does not;
     returns (picture, fraction of neighbours sharing the query's class, or None without labels)."""
     from ..evaluate import extract_features
+    from ..neighbours import search
 
-    qf = F.normalize(extract_features(encoder, queries), dim=1)
-    bf = F.normalize(extract_features(encoder, bank), dim=1)
-    sim = qf @ bf.T  # (Q, N)
-    same = torch.from_numpy((queries.reshape(len(queries), 1, -1) == bank.reshape(1, len(bank), -1)).all(-1))
-    idx = sim.masked_fill(same, -2).topk(k, dim=1).indices.numpy()  # (Q, k)
+    spare = 4  # candidates beyond k, for copies of the query in the bank
+    _, cand = search(extract_features(encoder, bank), extract_features(encoder, queries), k + spare)
+    cand = cand.numpy()  # (Q, k + spare)
+    same = (bank[cand].reshape(*cand.shape, -1) == queries.reshape(len(queries), 1, -1)).all(-1)  # the query itself
+    idx = np.stack([c[~s][:k] if (~s).sum() >= k else c[:k] for c, s in zip(cand, same)])  # (Q, k)
     scale = auto_scale(queries.shape[-1])
     big = lambda a: to_rgb(a).repeat(scale, 1).repeat(scale, 2)  # noqa: E731  enlarged before framing: thin frames
     rows, hits = [], None
