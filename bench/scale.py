@@ -34,31 +34,45 @@ SIZES = (10_000, 100_000, 1_000_000)
 
 # ---- child side: one measurement, its peak private memory -------------------------------------------------------
 
-def anon_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def anon_mb(pid: str = "self") -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # a child that just ended
+        pass
+    return 0.0
+
+
+def tree_anon_mb() -> float:
+    """Anonymous RSS of this process and its child processes (prepare's decoding workers)."""
+    kids = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            kids |= set((task / "children").read_text().split())
+        except OSError:
+            pass
+    return anon_mb() + sum(anon_mb(k) for k in kids)
 
 
 class Peak:
-    """The largest anonymous RSS seen, sampled every 20 ms on a thread."""
+    """The largest anonymous RSS of this process and its children seen, sampled every 20 ms on a thread."""
 
     def __init__(self):
-        self.mb, self.stop = anon_mb(), False
+        self.mb, self.stop = tree_anon_mb(), False
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
     def run(self):
         while not self.stop:
-            self.mb = max(self.mb, anon_mb())
+            self.mb = max(self.mb, tree_anon_mb())
             time.sleep(0.02)
 
     def done(self) -> float:
         self.stop = True
         self.thread.join()
-        return round(max(self.mb, anon_mb()), 1)
+        return round(max(self.mb, tree_anon_mb()), 1)
 
 
 def clustered(n: int, dim: int = 128, classes: int = 100, seed: int = 0):
@@ -70,13 +84,11 @@ def clustered(n: int, dim: int = 128, classes: int = 100, seed: int = 0):
     y = torch.randint(0, classes, (n,), generator=g)
     x = centres[y]
     for i in range(0, n, 100_000):  # in place, in blocks: no second (n, dim) temporary
-        x[i:i + 100_000] += 1.1 * torch.randn(min(100_000, n - i), dim, generator=g)
+        x[i:i + 100_000] += 2.0 * torch.randn(min(100_000, n - i), dim, generator=g)
     return x, y
 
 
 def child(spec: dict) -> dict:
-    import torch
-
     part = spec["part"]
     if part == "prepare":
         from selfsup.data.prepare import prepare
@@ -90,11 +102,11 @@ def child(spec: dict) -> dict:
     if part == "train":
         return train_child(spec)
     if part == "features":
-        from selfsup.backbones import build_backbone
+        from selfsup.backbones import BACKBONES
         from selfsup.evaluate.features import extract_features
 
         images = np.memmap(spec["images"], np.uint8, "r", shape=(spec["n"], 3, 32, 32))
-        enc = build_backbone("small_cnn", 3, 32, width=32)
+        enc = BACKBONES.get("small_cnn")(in_channels=3, width=32, image_size=32)
         extract_features(enc, images[:2048])  # warm-up
         peak = Peak()
         t0 = time.perf_counter()
@@ -163,8 +175,9 @@ def ann_child(spec: dict) -> dict:
     on 1,000 sampled rows."""
     import torch
 
-    n, lib = spec["n"], spec["lib"]
-    x, _ = clustered(n)
+    lib = spec["lib"]
+    x = torch.load(spec["features"])[0] if "features" in spec else clustered(spec["n"])[0]
+    n = len(x)
     x = torch.nn.functional.normalize(x, dim=1)
     k = 10
     rows = np.random.default_rng(0).choice(n, 1000, replace=False)
@@ -202,11 +215,22 @@ def ann_child(spec: dict) -> dict:
         raise ValueError(lib)
     seconds = time.perf_counter() - t0
     rec = float(np.mean([len(set(idx[r]) & set(truth[i])) / k for i, r in enumerate(rows)]))
-    return {"n": n, "lib": lib, "seconds": round(seconds, 2), "recall_at_10": round(rec, 4),
+    return {"n": n, "features": "MNIST, SimCLR 2 min" if "features" in spec else "clustered", "lib": lib,
+            "seconds": round(seconds, 2), "recall_at_10": round(rec, 4),
             "peak_private_mb": peak.done()}
 
 
 # ---- parent side ----------------------------------------------------------------------------------------------
+
+def drop_caches() -> bool:
+    """Empty the page cache (root only), so the next reads come from the disk; False where not allowed."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
 
 def run_child(spec: dict, timeout: float = 3600) -> dict:
     print(f"  {spec}", flush=True)
@@ -349,11 +373,12 @@ def decoders(work: Path) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--parts", nargs="+", default=["decoders", "prepare", "train", "features", "ann", "search", "mnist"])
+    ap.add_argument("--parts", nargs="+", default=["decoders", "prepare", "train", "features", "mnist", "ann", "search"])
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "selfsup-scale"))
     ap.add_argument("--generated", type=int, default=200_000, help="JPEGs in the larger generated folder")
     ap.add_argument("--train-steps", type=int, default=60)
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    ap.add_argument("--ann-sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--name", default="scale")
     args = ap.parse_args()
     if args.child:
@@ -378,35 +403,51 @@ def main() -> None:
                                          (f"generated, {args.generated:,} JPEGs of 32 px", gen, args.generated, None),
                                          ("generated, 2,000 JPEGs of 128-159 x 128 px, to 64 px", big, 2000, 64)):
             root = work / "prepared-root"
-            subprocess.run(["rm", "-rf", str(root)], check=True)
-            r = run_child({"part": "prepare", "folder": str(folder), "root": str(root), "files": files, "size": size})
-            rows.append({"dataset": name, "files": files} | r)
-            again = run_child({"part": "prepare", "folder": str(folder), "root": str(root), "files": files,
+            for cache in ("cold", "warm", "again"):  # cold: page cache emptied first; again: the unchanged folder
+                if cache != "again":
+                    subprocess.run(["rm", "-rf", str(root)], check=True)
+                if cache == "cold" and not drop_caches():
+                    continue
+                r = run_child({"part": "prepare", "folder": str(folder), "root": str(root), "files": files,
                                "size": size})
-            rows.append({"dataset": name + ", again (checks and returns)", "files": files} | again)
+                rows.append({"dataset": name, "files": files, "cache": cache} | r)
         result["prepare"] = rows
     if "train" in args.parts:
         print("train", flush=True)
         cifar = generated_map(work / "cifar50k.u8", 50_000)
         million = generated_map(work / "gen1m.u8", 1_000_000)
         rows = []
+        warm = lambda f: subprocess.run(["cat", str(f)], stdout=subprocess.DEVNULL, check=True)  # noqa: E731
+        warm(cifar)
         for _ in range(2):  # alternating, twice: the machine's speed drifts
             for where in ("ram", "disk"):
                 rows.append(run_child({"part": "train", "images": str(cifar), "n": 50_000, "where": where,
-                                       "steps": args.train_steps}))
-        rows.append(run_child({"part": "train", "images": str(million), "n": 1_000_000, "where": "disk",
-                               "steps": args.train_steps}))
+                                       "steps": args.train_steps}) | {"cache": "warm"})
+        for cache in ("warm", "cold"):
+            if cache == "cold" and not drop_caches():
+                continue
+            if cache == "warm":
+                warm(million)
+            rows.append(run_child({"part": "train", "images": str(million), "n": 1_000_000, "where": "disk",
+                                   "steps": args.train_steps}) | {"cache": cache})
         result["train"] = rows
     if "features" in args.parts:
         print("features", flush=True)
         million = generated_map(work / "gen1m.u8", 1_000_000)
         result["features"] = [run_child({"part": "features", "images": str(million), "n": n})
                               for n in args.sizes if n <= 1_000_000]
+    if "mnist" in args.parts:
+        print("mnist", flush=True)
+        result["mnist"] = mnist_agreement(work)
     if "ann" in args.parts:
         print("ann", flush=True)
-        rows = [run_child({"part": "ann", "n": 100_000, "lib": lib})
-                for lib in ("exact", "faiss-ivf", "faiss-hnsw", "usearch")]
-        rows += [run_child({"part": "ann", "n": 1_000_000, "lib": lib}) for lib in ("faiss-ivf", "faiss-hnsw", "usearch")]
+        libs = ("faiss-ivf", "faiss-hnsw", "usearch")
+        rows = []
+        if (work / "mnist-feats.pt").exists():  # real features, from the mnist part
+            rows += [run_child({"part": "ann", "features": str(work / "mnist-feats.pt"), "lib": lib})
+                     for lib in ("exact",) + libs]
+        rows += [run_child({"part": "ann", "n": n, "lib": lib}) for n in args.ann_sizes
+                 for lib in (("exact",) if n <= 100_000 else ()) + libs]
         result["ann"] = rows
     if "search" in args.parts:
         print("search", flush=True)
@@ -416,9 +457,6 @@ def main() -> None:
             if n <= 100_000:
                 rows.append(run_child({"part": "search", "n": n, "method": "exact"}))
         result["search"] = rows
-    if "mnist" in args.parts:
-        print("mnist", flush=True)
-        result["mnist"] = mnist_agreement(work)
     write(path.name, result)
 
 
@@ -440,6 +478,7 @@ def mnist_agreement(work: Path) -> dict:
                                             monitor_seconds=0)
     encoder, _ = load_encoder(pretrain(cfg, train, show_progress=False))
     f, tf = extract_features(encoder, train.images), extract_features(encoder, test.images)
+    torch.save((f, tf), work / "mnist-feats.pt")
     ty = torch.from_numpy(test.labels)
     y = torch.from_numpy(train.labels)
     out = {"encoder": "simclr, MNIST recipe, 2 minutes", "rows": []}

@@ -225,7 +225,13 @@ def cmd_data(args) -> None:
 
         if not args.name.startswith("folder:"):
             raise DataError(f"only image folders are prepared (folder:PATH); {args.name} is read from its own files")
-        prepare(args.name[len("folder:"):], args.image_size, workers=args.workers, progress=not args.quiet)
+        try:
+            prepare(args.name[len("folder:"):], args.image_size, workers=args.workers, progress=not args.quiet)
+        except KeyboardInterrupt:
+            import signal
+
+            raise Interrupted("the finished shards are kept; run the same command to go on from there",
+                              signal.SIGINT) from None
         return
     import numpy as np
 

@@ -5,7 +5,7 @@ the online kNN monitor and the neighbour pictures. Up to EXACT_PAIRS query-bank 
 features chunk by chunk and takes the top k (exact). Beyond, it uses faiss's inverted-file index (IndexIVFFlat
 on inner products of unit vectors): k-means cells over the bank, and each query compares itself only with the
 points of its NPROBE nearest cells. bench/scale.py measured it against faiss's HNSW and usearch on this
-project's features (speed, memory, recall): bench/README.md, "Neighbours at scale".
+project's features (speed, memory, recall): bench/README.md, "Scale: cost against N".
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torch import Tensor
 EXACT_PAIRS = 2_500_000_000  # queries x bank searched exactly (50k x 50k); larger searches use the index
 NPROBE = 32  # cells each query visits
 CELLS_PER_ROOT = 4  # the index has 4 sqrt(N) cells
-TRAIN_PER_CELL = 64  # k-means is fitted on at most 64 points per cell
+TRAIN_PER_CELL = 40  # k-means is fitted on at most 40 points per cell, 10 iterations
 INDEX_SEED = 1234
 
 
@@ -27,30 +27,38 @@ def unit(x: Tensor) -> Tensor:
     return F.normalize(x.float(), dim=1)
 
 
+def resolve(method: str, queries: int, bank: int) -> str:
+    """"exact" or "index" for a search of `queries` rows against `bank` rows."""
+    if method == "auto":
+        return "exact" if queries * bank <= EXACT_PAIRS else "index"
+    if method not in ("exact", "index"):
+        raise ValueError(f"unknown neighbour search {method!r}; use exact, index or auto")
+    return method
+
+
 def search(bank: Tensor, queries: Tensor | None, k: int, method: str = "auto", chunk: int = 2048,
-           nprobe: int = NPROBE) -> tuple[Tensor, Tensor]:
+           nprobe: int | None = None, index=None) -> tuple[Tensor, Tensor]:
     """The k most cosine-similar bank rows of each query, most similar first: (similarities, indices), (Q, k) each.
 
     queries=None searches the bank against itself and leaves each row out of its own neighbours (a kNN graph).
     method: "exact", "index" (approximate, faiss) or "auto" (exact up to EXACT_PAIRS pairs). Features need not be
-    normalised. k is capped at the number of candidates."""
+    normalised. k is capped at the number of candidates. index: `build_index(bank)` already built (several
+    searches of one bank build it once)."""
     bank = unit(bank)
     self_search = queries is None
     q = bank if self_search else unit(queries)
     k = min(k, len(bank) - int(self_search))
     if k <= 0 or len(q) == 0:
         return torch.empty(len(q), 0), torch.empty(len(q), 0, dtype=torch.long)
-    if method == "auto":
-        method = "exact" if len(q) * len(bank) <= EXACT_PAIRS else "index"
-    if method == "exact":
+    if resolve(method, len(q), len(bank)) == "exact":
         return exact_search(bank, q, k, self_search, chunk)
-    if method == "index":
-        return index_search(bank, q, k, self_search, nprobe)
-    raise ValueError(f"unknown neighbour search {method!r}; use exact, index or auto")
+    return index_search(bank, q, k, self_search, nprobe, index)
 
 
 def exact_search(bank: Tensor, q: Tensor, k: int, self_search: bool, chunk: int = 2048) -> tuple[Tensor, Tensor]:
-    """Top k of the full similarity matrix, a chunk of queries at a time (unit-norm float32 inputs)."""
+    """Top k of the full similarity matrix, a chunk of queries at a time (unit-norm float32 inputs); a chunk's
+    similarities take at most 1 GB."""
+    chunk = max(1, min(chunk, 2**28 // max(len(bank), 1)))
     sims, idx = [], []
     for i in range(0, len(q), chunk):
         s = q[i:i + chunk] @ bank.T  # (chunk, N)
@@ -62,15 +70,12 @@ def exact_search(bank: Tensor, q: Tensor, k: int, self_search: bool, chunk: int 
     return torch.cat(sims), torch.cat(idx)
 
 
-def index_search(bank: Tensor, q: Tensor, k: int, self_search: bool, nprobe: int = NPROBE) -> tuple[Tensor, Tensor]:
+def index_search(bank: Tensor, q: Tensor, k: int, self_search: bool, nprobe: int | None = None, index=None
+                 ) -> tuple[Tensor, Tensor]:
     """Approximate top k from faiss's IVF-Flat index; rows it cannot fill (too few points in the visited cells)
     are searched exactly."""
-    import faiss
-
-    faiss.omp_set_num_threads(torch.get_num_threads())
-    xb = np.ascontiguousarray(bank.numpy(), np.float32)
-    index = build_index(xb)
-    index.nprobe = nprobe
+    index = index if index is not None else build_index(bank)
+    index.nprobe = nprobe or NPROBE
     extra = int(self_search)
     sims, idx = [], []
     for i in range(0, len(q), 65_536):  # bounded result buffers
@@ -92,17 +97,19 @@ def index_search(bank: Tensor, q: Tensor, k: int, self_search: bool, nprobe: int
     return sim, ids
 
 
-def build_index(xb: np.ndarray):
-    """An IVF-Flat inner-product index over unit rows `xb` (N, D): 4 sqrt(N) k-means cells fitted on a seeded
-    sample, every row added."""
+def build_index(bank: Tensor):
+    """An IVF-Flat inner-product index over the unit rows of `bank` (N, D): 4 sqrt(N) k-means cells fitted on a
+    seeded sample, every row added."""
     import faiss
 
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    xb = np.ascontiguousarray(unit(bank).numpy(), np.float32)
     n, dim = xb.shape
     cells = max(1, min(int(CELLS_PER_ROOT * math.sqrt(n)), n // 8))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, cells, faiss.METRIC_INNER_PRODUCT)
     sample = xb if n <= TRAIN_PER_CELL * cells else \
         xb[np.sort(np.random.default_rng(INDEX_SEED).choice(n, TRAIN_PER_CELL * cells, replace=False))]
-    index.cp.seed = INDEX_SEED
+    index.cp.seed, index.cp.niter = INDEX_SEED, 10
     index.cp.min_points_per_centroid = 1  # no warnings on small samples
     index.train(sample)
     index.add(xb)

@@ -152,8 +152,8 @@ def test_few_label_rows_propagation_shares_one_graph(monkeypatch):
     for row in rows:
         idx = label_subset(y, row["labels_per_class"], row["seed"], val_idx)
         f, pool_f = (extract_features(net, x[i]) for i in (idx, np.setdiff1d(pool, idx)))
-        assert row["accuracy"] == round(propagate_accuracy(f, torch.from_numpy(y[idx]), test_f,
-                                                           torch.from_numpy(test.labels), pool_f), 4)
+        fresh = propagate_accuracy(f, torch.from_numpy(y[idx]), test_f, torch.from_numpy(test.labels), pool_f)
+        assert abs(row["accuracy"] - fresh) <= 1 / len(test) + 1e-4  # another node order: one near-tie may flip
 
 
 def test_graphs_from_one_neighbour_search_equal_graphs_built_alone():
@@ -163,7 +163,8 @@ def test_graphs_from_one_neighbour_search_equal_graphs_built_alone():
     x, labels = torch.randn(80, 6, generator=g), torch.tensor([0, 1, 2, 3])
     for k, graph in LabelGraph.for_each_k(x, (3, 5, 10)).items():
         alone = LabelGraph(x, k)
-        assert torch.equal(graph.s.indices(), alone.s.indices())
+        assert torch.equal(graph.s.col_indices(), alone.s.col_indices())
+        assert torch.equal(graph.s.crow_indices(), alone.s.crow_indices())
         assert torch.allclose(graph.spread(torch.arange(4), labels, 4), alone.spread(torch.arange(4), labels, 4))
 
 

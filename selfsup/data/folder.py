@@ -233,8 +233,14 @@ def pool_map(fn: Callable, tasks: list, workers: int | None = None) -> Iterator:
         return
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")  # fork: no re-import of torch
-    with ctx.Pool(workers) as pool:
-        yield from pool.imap(fn, tasks)
+    with ctx.Pool(workers, initializer=_ignore_sigint) as pool:  # Ctrl-C reaches the parent alone: one line, no
+        yield from pool.imap(fn, tasks)  # traceback per worker; leaving the block terminates the workers
+
+
+def _ignore_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def scan(paths: list[Path], folder: Path, workers: int | None = None) -> tuple[int, bool]:

@@ -30,15 +30,19 @@ def extract_features(encoder: nn.Module, images: np.ndarray | Tensor, batch_size
     device = torch.device(device) if device else next(encoder.parameters()).device
     was_training = encoder.training
     encoder = encoder.to(device).eval()
-    out = []
+    n = len(images) if rows is None else len(rows)
+    out = torch.empty(0)
     with autocast_for(device, precision, encoder):
-        for i in range(0, len(images) if rows is None else len(rows), batch_size):
+        for i in range(0, n, batch_size):
             threads.poll()
             x = images[i:i + batch_size] if rows is None else images[np.asarray(rows[i:i + batch_size])]
             x = tensor_of(x) if isinstance(x, np.ndarray) else x
-            out.append(encoder(prepare(x.to(device), encoder)).float().cpu())
+            f = encoder(prepare(x.to(device), encoder)).float().cpu()
+            if i == 0:
+                out = torch.empty(n, *f.shape[1:])  # filled in place: no second copy of a million features
+            out[i:i + len(f)] = f
     encoder.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    return out
 
 
 def tensor_of(images: np.ndarray) -> torch.Tensor:

@@ -7,23 +7,25 @@ on the encoder and the images alone, so `LabelGraph` builds it once for any numb
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.splits import class_count
-from ..neighbours import EXACT_PAIRS, search
+from ..neighbours import build_index, resolve, search
 
 GRAPH_K = 5  # neighbours per node; chosen on MNIST's validation split (bench/label_efficiency.py, README)
 VOTE_K = 10  # nodes a test image asks
 
 
-def knn_graph(x: Tensor, k: int, chunk: int = 1024, shortlist: bool | None = None, method: str = "auto"
-              ) -> tuple[Tensor, Tensor]:
+def knn_graph(x: Tensor, k: int, chunk: int = 1024, shortlist: bool | None = None, method: str = "auto",
+              index=None) -> tuple[Tensor, Tensor]:
     """Indices and cosine similarities (clamped at 0) of each row's k nearest other rows, nearest first: (N, k) each.
 
     method: "exact", "index" (faiss, approximate; see selfsup.neighbours) or "auto" (the index beyond
-    EXACT_PAIRS pairs, about 50,000 nodes). The rest is about the exact search.
+    EXACT_PAIRS pairs, about 50,000 nodes), with `index` if one is built. The rest is about the exact search.
 
     shortlist: rank in bfloat16 (several times faster where the hardware runs it natively), keep the 2k + 8 best
     as candidates, and choose the k nearest among them by their float32 similarities; None: where bf16 is native.
@@ -31,8 +33,8 @@ def knn_graph(x: Tensor, k: int, chunk: int = 1024, shortlist: bool | None = Non
     others, so the result equals the float32 search on all but near-ties.
     """
     n = len(x)
-    if method == "index" or (method == "auto" and n * n > EXACT_PAIRS):
-        sim, idx = search(x, None, k, "index")
+    if resolve(method, n, n) == "index":
+        sim, idx = search(x, None, k, "index", index=index)
         return idx, sim.clamp(min=0)
     if shortlist is None:
         from ..engine import choose_precision
@@ -70,7 +72,9 @@ class LabelGraph:
         self.method = method
         n = len(self.nodes)
         k = min(k, n - 1)
-        j, s = neighbours if neighbours is not None else knn_graph(self.nodes, k, method=method)
+        # an index, where the graph needs one, serves the graph and every vote after it
+        self.index = build_index(self.nodes) if neighbours is None and resolve(method, n, n) == "index" else None
+        j, s = neighbours if neighbours is not None else knn_graph(self.nodes, k, method=method, index=self.index)
         j, s = j[:, :k], s[:, :k]
         rows = torch.arange(n).repeat_interleave(k)
         w = torch.sparse_coo_tensor(torch.stack([rows, j.flatten()]), s.flatten() ** gamma, (n, n),
@@ -78,8 +82,11 @@ class LabelGraph:
         w = (w + w.t()).coalesce()  # symmetric
         d = torch.sparse.sum(w, 1).to_dense().clamp(min=1e-12).rsqrt()  # D^-1/2
         i0, i1 = w.indices()
-        self.s = torch.sparse_coo_tensor(w.indices(), d[i0] * w.values() * d[i1], (n, n), is_coalesced=True,
-                                         check_invariants=False)
+        s = torch.sparse_coo_tensor(w.indices(), d[i0] * w.values() * d[i1], (n, n), is_coalesced=True,
+                                    check_invariants=False)
+        with warnings.catch_warnings():  # torch calls its CSR layout beta; its product is 5x COO's at 1M nodes
+            warnings.simplefilter("ignore", UserWarning)
+            self.s = s.to_sparse_csr()
 
     @classmethod
     def for_each_k(cls, features: Tensor, ks: tuple[int, ...], gamma: float = 3.0, method: str = "auto"
@@ -104,7 +111,7 @@ class LabelGraph:
                 **kwargs) -> Tensor:
         """Classes of the query features: spread the labels, then each query's vote."""
         return vote(self.nodes, self.spread(positions, labels, n_classes, **kwargs), queries, vote_k,
-                    method=self.method)
+                    method=self.method, index=self.index)
 
 
 def conjugate_gradient(matvec, b: Tensor, max_iters: int, tol: float) -> Tensor:
@@ -127,9 +134,9 @@ def conjugate_gradient(matvec, b: Tensor, max_iters: int, tol: float) -> Tensor:
 
 
 def vote(nodes: Tensor, scores: Tensor, queries: Tensor, k: int = VOTE_K, t: float = 0.07, chunk: int = 4096,
-         method: str = "auto") -> Tensor:
+         method: str = "auto", index=None) -> Tensor:
     """Classes of the query features: a weighted vote (exp(sim / t)) of their k nearest nodes' propagated scores."""
-    top, j = search(nodes, queries, k, method)  # (Q, k)
+    top, j = search(nodes, queries, k, method, index=index)  # (Q, k)
     preds = [((top[i:i + chunk] / t).exp()[..., None] * scores[j[i:i + chunk]]).sum(1).argmax(1)
              for i in range(0, len(top), chunk)]
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
