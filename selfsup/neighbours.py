@@ -24,6 +24,9 @@ INDEX_SEED = 1234
 
 
 def unit(x: Tensor) -> Tensor:
+    """Rows scaled to unit length (float32); rows that are already so are returned as they are, not copied."""
+    if x.dtype == torch.float32 and len(x) and bool(((x * x).sum(1) - 1).abs().max() < 1e-5):
+        return x
     return F.normalize(x.float(), dim=1)
 
 
@@ -58,7 +61,7 @@ def search(bank: Tensor, queries: Tensor | None, k: int, method: str = "auto", c
 def exact_search(bank: Tensor, q: Tensor, k: int, self_search: bool, chunk: int = 2048) -> tuple[Tensor, Tensor]:
     """Top k of the full similarity matrix, a chunk of queries at a time (unit-norm float32 inputs); a chunk's
     similarities take at most 1 GB."""
-    chunk = max(1, min(chunk, 2**28 // max(len(bank), 1)))
+    chunk = max(1, min(chunk, 2**26 // max(len(bank), 1)))
     sims, idx = [], []
     for i in range(0, len(q), chunk):
         s = q[i:i + chunk] @ bank.T  # (chunk, N)
