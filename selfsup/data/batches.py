@@ -43,6 +43,7 @@ class Batches:
         else:
             self.images = images  # read per batch: only this shard's rows are ever touched
         self.epoch, self.epoch_step = 0, 0
+        self._reader, self._perm = None, (-1, None)
 
     def order(self, epoch: int) -> torch.Tensor:
         """Positions in the shard, in the order epoch `epoch` visits them (the same on every run with this seed)."""
@@ -50,18 +51,35 @@ class Batches:
         return torch.randperm(len(self.shard), generator=g)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        ahead = None  # ((epoch, step), the read of that batch under way) on the disk path
         while True:
             perm = self.order(self.epoch)
             while self.epoch_step < self.steps_per_epoch:
                 with record_function("selfsup.data"):  # a profiler range (bench/throughput.py)
-                    pos = perm[self.epoch_step * self.batch_size:(self.epoch_step + 1) * self.batch_size]
                     if isinstance(self.images, torch.Tensor):
+                        pos = perm[self.epoch_step * self.batch_size:(self.epoch_step + 1) * self.batch_size]
                         x = self.images[pos.to(self.device)]
-                    else:
-                        x = torch.from_numpy(self.read(self.shard[pos.numpy()])).to(self.device, non_blocking=True)
+                    else:  # read the next batch while this one trains: the disk's latency is hidden
+                        here = (self.epoch, self.epoch_step)
+                        batch = ahead[1] if ahead is not None and ahead[0] == here else self._read_at(*here)
+                        following = (self.epoch, self.epoch_step + 1) if self.epoch_step + 1 < self.steps_per_epoch \
+                            else (self.epoch + 1, 0)
+                        ahead = (following, self._read_at(*following))
+                        x = torch.from_numpy(batch.result()).to(self.device, non_blocking=True)
                 self.epoch_step += 1
                 yield x
             self.epoch, self.epoch_step = self.epoch + 1, 0
+
+    def _read_at(self, epoch: int, step: int):
+        """The read of batch `step` of `epoch`, started on the reader thread (a future of the uint8 array)."""
+        if self._reader is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="selfsup-read")
+        if self._perm[0] != epoch:
+            self._perm = (epoch, self.order(epoch))
+        pos = self._perm[1][step * self.batch_size:(step + 1) * self.batch_size]
+        return self._reader.submit(self.read, self.shard[pos.numpy()])
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Images at `rows`, in that order, read in ascending order (fast on a memory map)."""
