@@ -90,12 +90,9 @@ def index_search(bank: Tensor, q: Tensor, k: int, self_search: bool, nprobe: int
     sim, ids = torch.cat(sims), torch.cat(idx)
     short = torch.nonzero((ids < 0).any(1)).flatten()
     if len(short):  # fill rows the index left short from an exact search of the same queries
-        s, j = exact_search(bank, q[short], k, False)
+        s, j = exact_search(bank, q[short], k + extra, False)
         if self_search:
-            s2, j2 = exact_search(bank, q[short], k + 1, False)
-            keep = j2 != short[:, None]
-            s = torch.stack([r[m][:k] for r, m in zip(s2, keep)])
-            j = torch.stack([r[m][:k] for r, m in zip(j2, keep)])
+            s, j = map(torch.from_numpy, drop_self(s.numpy(), j.numpy(), short.numpy(), k))
         sim[short], ids[short] = s, j
     return sim, ids
 

@@ -53,12 +53,10 @@ class Batches:
     def __iter__(self) -> Iterator[torch.Tensor]:
         ahead = None  # ((epoch, step), the read of that batch under way) on the disk path
         while True:
-            perm = self.order(self.epoch)
             while self.epoch_step < self.steps_per_epoch:
                 with record_function("selfsup.data"):  # a profiler range (bench/throughput.py)
                     if isinstance(self.images, torch.Tensor):
-                        pos = perm[self.epoch_step * self.batch_size:(self.epoch_step + 1) * self.batch_size]
-                        x = self.images[pos.to(self.device)]
+                        x = self.images[self.positions(self.epoch, self.epoch_step).to(self.device)]
                     else:  # read the next batch while this one trains: the disk's latency is hidden
                         here = (self.epoch, self.epoch_step)
                         batch = ahead[1] if ahead is not None and ahead[0] == here else self._read_at(*here)
@@ -70,16 +68,19 @@ class Batches:
                 yield x
             self.epoch, self.epoch_step = self.epoch + 1, 0
 
+    def positions(self, epoch: int, step: int) -> torch.Tensor:
+        """Positions in the shard of batch `step` of `epoch` (the epoch's order is kept for its next batches)."""
+        if self._perm[0] != epoch:
+            self._perm = (epoch, self.order(epoch))
+        return self._perm[1][step * self.batch_size:(step + 1) * self.batch_size]
+
     def _read_at(self, epoch: int, step: int):
         """The read of batch `step` of `epoch`, started on the reader thread (a future of the uint8 array)."""
         if self._reader is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._reader = ThreadPoolExecutor(1, thread_name_prefix="selfsup-read")
-        if self._perm[0] != epoch:
-            self._perm = (epoch, self.order(epoch))
-        pos = self._perm[1][step * self.batch_size:(step + 1) * self.batch_size]
-        return self._reader.submit(self.read, self.shard[pos.numpy()])
+        return self._reader.submit(self.read, self.shard[self.positions(epoch, step).numpy()])
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Images at `rows`, in that order, read in ascending order (fast on a memory map)."""

@@ -62,6 +62,10 @@ def shards_of(plan: fol.Plan) -> list[Shard]:
     return [Shard(s, i, min(i + SHARD, len(f))) for s, f in plan.files.items() for i in range(0, len(f), SHARD)]
 
 
+def shard_paths(plan: fol.Plan, s: Shard) -> list[Path]:
+    return [f for f, _ in plan.files[s.split][s.start:s.end]]  # the shard's slice only, not the whole split
+
+
 def prepare(path: str | Path, size: int | None = None, data_root: Path | None = None, workers: int | None = None,
             progress: bool = True, log=print) -> Path:
     """Prepare folder `path` at `size` px (default: its most common shorter side); returns the copy's directory."""
@@ -108,7 +112,7 @@ def prepare(path: str | Path, size: int | None = None, data_root: Path | None = 
     first_file = sum(shards[i].end - shards[i].start for i in range(len(done)))
     t0 = time.perf_counter()
     todo = shards[len(done):]
-    tasks = [([f for f, _ in p.files[s.split]][s.start:s.end], size, colour) for s in todo]
+    tasks = [(shard_paths(p, s), size, colour) for s in todo]
     bar = _bar(total, first_file, progress)
     fd = os.open(out / "images.u8", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -194,7 +198,7 @@ def _repair(p: fol.Plan, out: Path, m: dict, damaged: list[int], shards: list[Sh
     try:
         for i in damaged:
             s, rec = shards[i], m["shards"][i]
-            x, _ = fol._decode_task(([f for f, _ in p.files[s.split]][s.start:s.end], size, colour))
+            x, _ = fol._decode_task((shard_paths(p, s), size, colour))
             if len(x) != rec["rows"][1] - rec["rows"][0] or hashlib.sha256(x.tobytes()).hexdigest() != rec["sha256"]:
                 raise DataError(f"shard {i} of {out} decodes differently now; delete {out} and prepare again")
             os.pwrite(fd, x.tobytes(), rec["rows"][0] * row)
