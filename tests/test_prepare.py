@@ -51,9 +51,9 @@ def test_train_and_unlabeled_are_one_slice_of_the_map(tmp_path, rng, data_root):
     root = tmp_path / "f"
     write(root / "train", rng, per_class=4)
     write(root / "test", rng, per_class=2)
+    (root / "unlabeled").mkdir()
     for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / "unlabeled" / f"{i}.png") \
-            if (root / "unlabeled").mkdir(exist_ok=True) is None else None
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / "unlabeled" / f"{i}.png")
     quiet(root)
     both = load(f"folder:{root}", "train+unlabeled")
     assert isinstance(both.images, np.memmap) and len(both) == 17 and (both.labels == -1).sum() == 5
