@@ -47,7 +47,7 @@ def test_index_agrees_with_exact_search_on_small_data():
 
 def test_the_graph_from_the_index_leaves_each_node_out_and_agrees_with_exact():
     x = torch.nn.functional.normalize(clusters(3000)[0], dim=1)  # knn_graph takes unit rows
-    (je, se), (ji, si) = knn_graph(x, 5, method="exact", shortlist=False), knn_graph(x, 5, method="index")
+    (je, _), (ji, si) = knn_graph(x, 5, method="exact", shortlist=False), knn_graph(x, 5, method="index")
     assert ji.shape == (3000, 5) and not (ji == torch.arange(3000)[:, None]).any()  # never its own neighbour
     assert recall(je, ji) > 0.95
     assert (si >= 0).all()
