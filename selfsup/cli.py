@@ -103,7 +103,7 @@ def cmd_pretrain(args) -> None:
         if cfg.epochs is None and cfg.minutes is None and cfg.steps is None:
             raise ConfigError("give a budget: --minutes M, --epochs E or --steps S")
     data = load(cfg.validate().dataset, cfg.split, cfg.data_root, cfg.strict, cfg.image_size)
-    fabric = fabric_for(cfg, encoder_spec(cfg, data.channels, data.size[0]))  # the engine starts here
+    fabric = fabric_for(cfg, encoder_spec(cfg, data.channels, data.side))  # the engine starts here
     path = pretrain(cfg, data, resume=found or False, overwrite=args.overwrite, fabric=fabric)
     if fabric.is_global_zero:
         print(f"checkpoint: {path}")
@@ -197,7 +197,7 @@ def cmd_embed(args) -> None:
         raise ConfigError("give --checkpoint CKPT, or --random-init with --dataset")
     data = load(dataset, args.split, cfg.data_root, size=cfg.image_size)
     if args.random_init:
-        encoder = random_encoder(encoder_spec(cfg.override(dataset=dataset), data.channels, data.size[0]), args.seed)
+        encoder = random_encoder(encoder_spec(cfg.override(dataset=dataset), data.channels, data.side), args.seed)
     if data.channels != encoder.in_channels:
         raise ConfigError(f"{dataset} has {data.channels} channel(s) but the encoder takes {encoder.in_channels}")
     title = f"{'random init' if args.random_init else cfg.method} on {dataset} {args.split}"

@@ -161,7 +161,7 @@ def run_compare(cc: CompareConfig, show_progress: bool = True, fabric=None) -> d
         from .engine import fabric_for
 
         first = next(iter(configs.values()))
-        fabric = fabric_for(first, encoder_spec(first, train.channels, train.size[0]))
+        fabric = fabric_for(first, encoder_spec(first, train.channels, train.side))
     if fabric is None or fabric.is_global_zero:
         with DirLock(out):  # one live compare per OUT
             return _compare(cc, configs, train, test, show_progress, fabric)
@@ -181,7 +181,7 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
                     "view": view_for(cfg, train.channels, method)}
     if fabric is not None and not fabric.is_global_zero:
         return {}
-    spec = encoder_spec(cc.pretrain.override(dataset=cc.dataset), train.channels, train.size[0])
+    spec = encoder_spec(cc.pretrain.override(dataset=cc.dataset), train.channels, train.side)
     fresh = lambda seed: random_encoder(spec, seed)  # noqa: E731
     arch = {"backbone": cc.pretrain.backbone, "backbone_args": cc.pretrain.backbone_args, "method": cc.pretrain.method}
     if "random" in cc.baselines:

@@ -23,6 +23,8 @@ class PretrainConfig:
     dataset: str = opt("mnist", "dataset name (see `selfsup datasets`) or folder:PATH")
     split: str = opt("train", "split(s) to pretrain on; join with + (stl10: train+unlabeled)")
     data_root: str | None = opt(None, "where datasets live; None: $SELFSUP_DATA or ~/.cache/selfsup")
+    labels: str | None = opt(None, "a CSV of path,label for an image folder (paths relative to it); test images are "
+                             "held out from the labeled files")
     strict: bool = opt(False, "an image folder with unreadable files is an error instead of a warning")
     method: str = opt("simclr", "pretraining method (see `selfsup methods`)")
     method_args: dict[str, Any] = opt({}, "the method's constructor arguments, e.g. temperature=0.5")
@@ -30,7 +32,8 @@ class PretrainConfig:
     backbone_args: dict[str, Any] = opt({}, "the backbone's arguments, e.g. width=64")
     augment: str = opt("auto", "augmentation preset; auto: the method's, else simclr (colour) or greyscale (1 channel)")
     augment_args: dict[str, Any] = opt({}, "fields of the preset to change, e.g. rotate=20,crop_scale=[0.5,1]")
-    image_size: int | None = opt(None, "side the encoder trains at (views are resized); None keeps the dataset's")
+    image_size: int | None = opt(None, "side the encoder trains at (views are resized); None keeps the dataset's, "
+                                 "and for a folder of photos 64 px on a CPU, 224 on a GPU")
     epochs: float | None = opt(None, "budget in passes over the data (give exactly one budget)")
     minutes: float | None = opt(None, "budget in wall-clock minutes")
     steps: int | None = opt(None, "budget in optimizer steps")

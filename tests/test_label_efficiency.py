@@ -162,9 +162,20 @@ def test_compare_keeps_the_semisup_encoder_for_export(tmp_path):
     kept, _ = load_encoder(tmp_path / "cmp" / "semisup" / "simclr")
     pre, _ = load_encoder(tmp_path / "cmp" / "pretrain" / "simclr")
     saved = checkpoint.load(tmp_path / "cmp" / "semisup" / "simclr" / "checkpoints" / "last.pt")["semisup"]["row"]
-    assert saved["best_step"] == row["best_step"] > 0, row  # the weights validation chose, after training
+    assert saved["best_step"] == row["best_step"] and saved["steps_run"] == 30, row
+    # The weights validation chose: the kept encoder and head score the row's validation accuracy again. Whether
+    # any step beat the probe at this toy scale depends on the CPU (it did not on an AMD EPYC), so the test asks
+    # only that the kept encoder is the chosen one: trained weights after a later best step, the pretrained ones
+    # when the probe stayed best.
+    train = load("digits", "train")
+    val = validation_split(train.labels, cc.val_per_class)
+    model = Classifier(kept, 10)
+    model.head.load_state_dict(checkpoint.load(tmp_path / "cmp" / "semisup" / "simclr" / "checkpoints" / "last.pt")
+                               ["semisup"]["head"])
+    again = accuracy(model, torch.from_numpy(train.images[val]), torch.from_numpy(train.labels[val]))
+    assert round(again, 4) == row["val_accuracy"], (again, row)
     moved = [not torch.equal(a, b) for a, b in zip(kept.state_dict().values(), pre.state_dict().values())]
-    assert any(moved)  # the trained encoder, not the pretrained one
+    assert any(moved) == (row["best_step"] > 0), row
     assert (tmp_path / "cmp" / "semisup").is_dir() and len(list((tmp_path / "cmp" / "semisup").iterdir())) == 1
     written = export(tmp_path / "cmp" / "semisup" / "simclr", "safetensors", tmp_path / "exp")
     assert all(p.exists() for p in written.values())

@@ -127,10 +127,10 @@ def test_a_corrupt_file_is_skipped_and_listed(folder):
 
 
 def test_a_copy_at_another_size_is_read_when_asked_for(folder):
-    quiet(folder, size=8)
-    assert prep.find(folder, None) is None  # not the folder's own size
-    d = load(f"folder:{folder}", "train", size=8)
-    assert isinstance(d.images, np.memmap) and d.size == (8, 8)
+    quiet(folder, size=6)  # training at 6 px: kept at 9 px, a margin of 1.5 for crops
+    assert prep.find(folder, 12) is None  # not the folder's own size
+    d = load(f"folder:{folder}", "train", size=6)
+    assert isinstance(d.images, np.memmap) and d.size == (9, 9) and d.side == 6
     assert not isinstance(load(f"folder:{folder}", "train").images, np.memmap)  # own size: decoded
 
 

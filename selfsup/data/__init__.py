@@ -22,12 +22,16 @@ class ImageSet:
     images: np.ndarray
     labels: np.ndarray
     classes: list[str] = field(default_factory=list)
+    paths: list[str] | None = None  # each image's file, relative to its folder (folders only)
+    train_size: int | None = None  # the side an encoder trains at on these images (None: their own side)
 
     def __post_init__(self):
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
             raise DataError(f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} {self.images.shape}")
         if len(self.images) != len(self.labels):
             raise DataError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
+        if self.paths is not None and len(self.paths) != len(self.images):
+            raise DataError(f"{self.name}: {len(self.images)} images but {len(self.paths)} file paths")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -40,9 +44,20 @@ class ImageSet:
     def size(self) -> tuple[int, int]:
         return self.images.shape[2], self.images.shape[3]
 
+    @property
+    def side(self) -> int:
+        """The side an encoder trains at on these images by default."""
+        return self.train_size or self.images.shape[2]
+
+    def names(self) -> list[str]:
+        """Each image's name: its file path for a folder, its index for a built-in dataset."""
+        return list(self.paths) if self.paths is not None else [str(i) for i in range(len(self))]
+
     def subset(self, idx: np.ndarray) -> "ImageSet":
         idx = np.sort(np.asarray(idx))  # sorted reads are fast on memory maps
-        return ImageSet(self.name, np.ascontiguousarray(self.images[idx]), self.labels[idx], self.classes)
+        paths = [self.paths[i] for i in idx] if self.paths is not None else None
+        return ImageSet(self.name, np.ascontiguousarray(self.images[idx]), self.labels[idx], self.classes, paths,
+                        self.train_size)
 
     def labeled(self) -> "ImageSet":
         return self if (self.labels >= 0).all() else self.subset(np.flatnonzero(self.labels >= 0))
@@ -127,21 +142,16 @@ SPLITS = {"digits": ("train", "test"), "mnist": ("train", "test"), "cifar10": ("
 
 
 def load(name: str, split: str = "train", root: str | Path | None = None, strict: bool = False,
-         size: int | None = None) -> ImageSet:
+         size: int | None = None, labels: str | Path | None = None, accelerator: str = "auto") -> ImageSet:
     """Load a dataset split by name; `folder:PATH` reads an image folder; `a+b` joins splits (e.g. stl10 train+unlabeled).
 
     strict: an image folder with unreadable files is an error instead of a warning that skips them.
-    size: a folder's prepared copy at this size is read (`selfsup data prepare`); None: the copy at the folder's
-    own size. Without a prepared copy, a folder is decoded into memory."""
+    size: the side an encoder trains at on a folder's images (None: folder.train_side's default for the device);
+    they are kept at folder.store_side. A folder's prepared copy is read where there is one (`selfsup data
+    prepare`); a folder whose pixels would take more than `in_memory_bytes()` is prepared first, else it is decoded
+    into memory. labels: a CSV of path,label for a folder (see folder.plan)."""
     if name.startswith("folder:"):
-        path = name[len("folder:"):]
-        base = Path(root).expanduser() if root else None
-        copy = prepare.find(path, size, base)
-        if copy is not None:
-            x, y, classes = prepare.open_prepared(copy, path, split.split("+"), strict)
-        else:
-            x, y, classes = load_folder(path, split, strict=strict)
-        return ImageSet(name, x, y, classes)
+        return _folder(name, split, Path(root).expanduser() if root else None, strict, size, labels, accelerator)
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}, or folder:PATH")
     root = Path(root).expanduser() if root else data_root()
@@ -155,8 +165,47 @@ def load(name: str, split: str = "train", root: str | Path | None = None, strict
     return ImageSet(name, np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]), parts[0].classes)
 
 
-def has_unlabeled_split(name: str, root: str | Path | None = None) -> bool:
+def in_memory_bytes() -> int:
+    """The most pixels a folder is decoded into memory with: 1 GB, or a quarter of the memory available now."""
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        avail = 1 << 32
+    return min(1 << 30, avail // 4)
+
+
+def _folder(name: str, split: str, root: Path | None, strict: bool, size: int | None, labels, accelerator: str
+            ) -> ImageSet:
+    from . import folder as fol
+
+    path = name[len("folder:"):]
+    p = fol.plan(path, labels=labels)
+    natural, colour = prepare.natural_size(p, root, labels)
+    side = fol.store_side(natural, size, accelerator)
+    copy = prepare.find(path, side, root, labels)
+    pixels = sum(len(f) for f in p.files.values()) * (3 if colour else 1) * side * side
+    if copy is None and pixels > in_memory_bytes():
+        import sys
+
+        print(f"folder:{path}: {pixels / 1e9:.1f} GB of pixels at {side} px is more than fits in memory; preparing a "
+              f"memory-mapped copy once (resumable)", file=sys.stderr, flush=True)
+        copy = prepare.prepare(path, size, root, labels=labels, accelerator=accelerator,
+                               log=lambda m: print(m, file=sys.stderr))
+    splits = split.split("+")
+    if copy is not None:
+        x, y, classes, paths = prepare.open_prepared(copy, path, splits, strict, labels)
+    else:
+        fol.plan(path, splits, labels)  # the layout's own one-line error for a split it has not
+        x, y, paths = fol.read_splits(p, splits, side, colour, strict)
+        classes = p.classes
+    return ImageSet(name, x, y, classes, paths, fol.train_side(natural, size, accelerator))
+
+
+def has_unlabeled_split(name: str, root: str | Path | None = None, labels: str | None = None) -> bool:
     """Whether `name` has unlabeled images beside its training split (STL-10's unlabeled, a folder's unlabeled/)."""
+    if labels:  # every image under the folder is in the pool already
+        return False
     if name.startswith("folder:"):
         return (Path(name[len("folder:"):]).expanduser() / "unlabeled").is_dir()
     return "unlabeled" in SPLITS.get(name, ())

@@ -12,6 +12,15 @@ same pixels: `plan` lists the files of each split with their labels; `scan` read
 decide the common size (the most common shorter side) and whether the set has colour; `decode_files` decodes
 and fits each file, in worker processes when there are many.
 
+Sides: photos are never decoded at their own size unless asked. The encoder trains at `train_side` (TRAIN_SIDE:
+64 px on a CPU, 224 px on a GPU, or the folder's own side where it is smaller; `--image-size` sets it), and the
+images are kept at `store_side`, MARGIN times that, so that a random-resized crop still has detail to resize from
+(bench/README.md, "Photos of any size").
+
+Labels from a file: `plan(path, labels=CSV)` takes every image under the folder, at any depth, as one pool, with
+the labels the CSV gives (`labels_csv.py`) and -1 elsewhere; the test split is held out from the labeled files
+(HOLDOUT of each class, HOLDOUT_SEED), and everything else is the training split.
+
 Decoding: JPEGs with simplejpeg (libjpeg-turbo, scaled in the DCT to the smallest size at least the target),
 everything else and any JPEG it refuses with Pillow. Measured in bench/README.md, "Decoders".
 """
@@ -36,6 +45,8 @@ MAX_PIXELS = 64_000_000  # larger claimed sizes (decompression bombs, absurd hea
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SPLIT_ORDER = ("train", "unlabeled", "test")  # the order of the splits in a prepared copy
 PARALLEL_MIN = 2048  # fewer files are read in this process
+TRAIN_SIDE = {"cpu": 64, "gpu": 224}  # the side the encoder trains at by default (bench/README.md, "Photos of any size")
+MARGIN = 1.5  # stored side / training side: a crop of 44% of the area still resizes down, never up
 TASK = 512  # files per task of a worker process
 
 try:  # libjpeg-turbo with DCT scaling: 4x Pillow's speed on 32 px JPEGs here (bench/README.md, "Decoders")
@@ -90,11 +101,14 @@ class Plan:
     reference: list[Path]
 
 
-def plan(path: str | Path, splits: Iterable[str] | None = None) -> Plan:
-    """The files of `splits` (default: every split the folder has) of an image folder; see the layouts above."""
+def plan(path: str | Path, splits: Iterable[str] | None = None, labels: str | Path | None = None) -> Plan:
+    """The files of `splits` (default: every split the folder has) of an image folder; see the layouts above.
+    `labels`: a CSV of path,label; every image under the folder is then one pool labeled by it."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist; pass folder:PATH with a directory of images")
+    if labels is not None:
+        return _labeled_plan(root, labels, splits)
     kind = layout(root)
     wanted = list(splits) if splits is not None else [s for s in SPLIT_ORDER if has_split(root, kind, s)]
     for s in wanted:
@@ -133,12 +147,65 @@ def plan(path: str | Path, splits: Iterable[str] | None = None) -> Plan:
     return Plan(root, kind, ordered, classes, reference)
 
 
+def list_tree(root: Path) -> list[Path]:
+    """Every image file under `root`, at any depth (hidden folders left out), sorted by relative path."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in filenames if Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _labeled_plan(root: Path, labels: str | Path, splits: Iterable[str] | None) -> Plan:
+    from .labels_csv import class_holdout, read_labels
+
+    every = list_tree(root)
+    if not every:
+        raise DataError(f"no images found in {root}; put {'/'.join(sorted(IMAGE_SUFFIXES))} files there")
+    named = read_labels(labels, root, every)  # relative path -> class name
+    classes = sorted(set(named.values()))
+    y = np.array([classes.index(named[p.relative_to(root).as_posix()]) if p.relative_to(root).as_posix() in named
+                  else -1 for p in every], np.int64)
+    test = set(class_holdout(y, classes, labels).tolist())
+    wanted = list(splits) if splits is not None else ["train", "test"]
+    files = {}
+    for s in wanted:
+        if s not in ("train", "test"):
+            raise DataError(f"with a labels file, folder:{root} has the splits train and test (held out from the "
+                            f"labeled files), not {s!r}")
+        files[s] = [(p, int(y[i])) for i, p in enumerate(every) if (i in test) == (s == "test")]
+    return Plan(root, "labels", {s: files[s] for s in SPLIT_ORDER if s in files}, classes, every)
+
+
 def has_split(root: Path, kind: str, split: str) -> bool:
     if split == "train":
         return True
     if kind == "splits":
         return any((root / n).is_dir() for n in (("test", "val") if split == "test" else ("unlabeled",)))
     return kind == "classes" and split == "test"
+
+
+def on_gpu(accelerator: str = "auto") -> bool:
+    if accelerator in ("cuda", "gpu"):
+        return True
+    if accelerator != "auto":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def train_side(natural: int, image_size: int | None = None, accelerator: str = "auto") -> int:
+    """The side the encoder trains at on a folder whose most common shorter side is `natural`."""
+    if image_size:
+        return image_size
+    return min(natural, TRAIN_SIDE["gpu" if on_gpu(accelerator) else "cpu"])
+
+
+def store_side(natural: int, image_size: int | None = None, accelerator: str = "auto") -> int:
+    """The side images are decoded and kept at: MARGIN times the training side, never above the folder's own."""
+    side = train_side(natural, image_size, accelerator)
+    return max(1, min(natural, round(side * MARGIN))) if side < natural else side
 
 
 def _fit(img, size: int):
@@ -326,20 +393,37 @@ def holdout(labels: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate(chosen)) if chosen else np.array([], np.int64)
 
 
-def load_folder(path: str | Path, split: str = "train", strict: bool = False):
-    """(images, labels, class names) of one split (or splits joined with +) of an image folder, decoded into memory;
-    see the layouts above."""
+def load_folder(path: str | Path, split: str = "train", strict: bool = False, size: int | None = None):
+    """(images, labels, class names) of one split (or splits joined with +) of an image folder, decoded into memory
+    at `size` (default: the folder's most common shorter side); see the layouts above."""
     p = plan(path, split.split("+"))
-    size, colour = scan(p.reference, p.root)
-    parts = [_read(p.root, p.files[s], size, colour, strict) for s in split.split("+")]
-    if len(parts) == 1:
-        return parts[0][0], parts[0][1], p.classes
-    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]), p.classes
+    natural, colour = scan(p.reference, p.root)
+    x, y, _ = read_splits(p, split.split("+"), size or natural, colour, strict)
+    return x, y, p.classes
 
 
-def split_info(path: str | Path) -> dict:
+def read_splits(p: Plan, splits: list[str], size: int, colour: bool, strict: bool = False):
+    """(images, labels, relative paths of the images kept) of `splits` of plan `p`, decoded into memory."""
+    xs, ys, paths = [], [], []
+    for s in splits:
+        x, y, bad = decode_files(p.files[s], size, colour)
+        report_skipped(p.root, bad, len(p.files[s]), strict)
+        skipped = {q for q, _ in bad}
+        xs.append(x)
+        ys.append(y)
+        paths += [q.relative_to(p.root).as_posix() for q, _ in p.files[s] if q not in skipped]
+    if len(xs) == 1:
+        return xs[0], ys[0], paths
+    return np.concatenate(xs), np.concatenate(ys), paths
+
+
+def split_info(path: str | Path, labels: str | None = None) -> dict:
     """How a folder's splits were made, for results.json and the report."""
     root = Path(path).expanduser()
+    if labels:
+        return {"layout": "every image under the folder; labels from a file", "labels_file": str(labels),
+                "test_split": f"held out from the labeled files: {HOLDOUT:.0%} of each class (at least one), "
+                              f"seed {HOLDOUT_SEED}"}
     kind = layout(root)
     if kind == "classes":
         return {"layout": "class subfolders", "test_split": f"held out: {HOLDOUT:.0%} of each class, seed {HOLDOUT_SEED}"}

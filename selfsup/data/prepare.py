@@ -35,10 +35,12 @@ FORMAT = 1
 SHARD = 4096  # images per shard: the unit of work, of resuming and of checksums
 
 
-def home(root: Path, data_root: Path) -> Path:
-    """Where the prepared copies of folder `root` live (one subfolder per image size)."""
+def home(root: Path, data_root: Path, labels: str | Path | None = None) -> Path:
+    """Where the prepared copies of folder `root` live (one subfolder per image size); a labels file's splits are
+    other splits, so they have a home of their own."""
     real = root.expanduser().resolve()
-    return data_root / "prepared" / f"{real.name}-{hashlib.sha1(str(real).encode()).hexdigest()[:12]}"
+    key = str(real) + (f"\0{Path(labels).expanduser().resolve()}" if labels else "")
+    return data_root / "prepared" / f"{real.name}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
 
 def fingerprint(plan: fol.Plan) -> str:
@@ -67,18 +69,16 @@ def shard_paths(plan: fol.Plan, s: Shard) -> list[Path]:
 
 
 def prepare(path: str | Path, size: int | None = None, data_root: Path | None = None, workers: int | None = None,
-            progress: bool = True, log=print) -> Path:
-    """Prepare folder `path` at `size` px (default: its most common shorter side); returns the copy's directory."""
-    from . import data_root as default_root
-
-    p = fol.plan(path)
-    fp = fingerprint(p)
-    base = home(p.root, Path(data_root) if data_root else default_root())
-    base.mkdir(parents=True, exist_ok=True)
-    natural, colour = _scan(p, fp, base, workers)
-    size = size or natural
-    if size < 1:
+            progress: bool = True, log=print, labels: str | Path | None = None, accelerator: str = "auto") -> Path:
+    """Prepare folder `path` for training at `size` px (default: folder.train_side's): its images are kept at
+    folder.store_side. Returns the copy's directory."""
+    if size is not None and size < 1:
         raise DataError(f"--image-size must be a positive number of pixels, got {size}")
+    p = fol.plan(path, labels=labels)
+    natural, colour = natural_size(p, data_root, labels, workers)
+    size = fol.store_side(natural, size, accelerator)
+    fp = fingerprint(p)
+    base = home(p.root, _root(data_root), labels)
     out = base / f"{size}px"
     out.mkdir(exist_ok=True)
     shards = shards_of(p)
@@ -141,6 +141,24 @@ def prepare(path: str | Path, size: int | None = None, data_root: Path | None = 
     return out
 
 
+def _root(data_root: Path | None) -> Path:
+    from . import data_root as default_root
+
+    return Path(data_root) if data_root else default_root()
+
+
+def natural_size(p: fol.Plan, data_root: Path | None = None, labels: str | Path | None = None,
+                 workers: int | None = None) -> tuple[int, bool]:
+    """(the most common shorter side, has colour) of plan `p`'s folder, read from the headers once and kept beside
+    its copies while the folder does not change."""
+    base = home(p.root, _root(data_root), labels)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only data root: scan every time
+        return fol.scan(p.reference, p.root, workers)
+    return _scan(p, fingerprint(p), base, workers)
+
+
 def _scan(p: fol.Plan, fp: str, base: Path, workers: int | None) -> tuple[int, bool]:
     """The folder's natural size and colour, kept beside its copies while the folder does not change."""
     cached = base / "scan.json"
@@ -152,7 +170,10 @@ def _scan(p: fol.Plan, fp: str, base: Path, workers: int | None) -> tuple[int, b
         except (OSError, ValueError, KeyError):
             pass
     natural, colour = fol.scan(p.reference, p.root, workers)
-    write_json(cached, {"fingerprint": fp, "natural_size": natural, "colour": colour})
+    try:
+        write_json(cached, {"fingerprint": fp, "natural_size": natural, "colour": colour})
+    except OSError:
+        pass
     return natural, colour
 
 
@@ -240,32 +261,27 @@ def _bar(total: int, initial: int, show: bool):
                 smoothing=0.1, mininterval=0.5, unit_scale=False, dynamic_ncols=True)
 
 
-def find(path: str | Path, size: int | None, data_root: Path | None = None) -> Path | None:
-    """The complete prepared copy of folder `path` at `size` px, else the one at the folder's natural size (what
-    decoding into memory would give), else None."""
-    from . import data_root as default_root
-
-    base = home(Path(path), Path(data_root) if data_root else default_root())
+def find(path: str | Path, side: int, data_root: Path | None = None, labels: str | Path | None = None
+         ) -> Path | None:
+    """The complete prepared copy of folder `path` whose images are `side` px (folder.store_side), else None."""
+    base = home(Path(path), _root(data_root), labels)
     copies = [read_json(f) | {"dir": f.parent} for f in sorted(base.glob("*px/manifest.json"))] if base.is_dir() else []
-    copies = [m for m in copies if m.get("format") == FORMAT]
-    for wanted in (lambda m: m["size"] == size, lambda m: m["size"] == m["natural_size"]):
-        found = [m["dir"] for m in copies if wanted(m)]
-        if found:
-            return found[0]
-    return None
+    found = [m["dir"] for m in copies if m.get("format") == FORMAT and m["size"] == side]
+    return found[0] if found else None
 
 
-def open_prepared(copy: Path, path: str | Path, splits: list[str], strict: bool = False):
-    """(images, labels, classes) of `splits` from a prepared copy: a slice of the memory map where the splits are
-    adjacent (train+unlabeled), else a copy. Refuses a copy of a folder that has changed since."""
+def open_prepared(copy: Path, path: str | Path, splits: list[str], strict: bool = False,
+                  labels: str | Path | None = None):
+    """(images, labels, classes, relative paths) of `splits` from a prepared copy: a slice of the memory map where
+    the splits are adjacent (train+unlabeled), else a copy. Refuses a copy of a folder that has changed since."""
     m = read_json(copy / "manifest.json")
-    p = fol.plan(path)
+    p = fol.plan(path, labels=labels)
     if fingerprint(p) != m["fingerprint"]:
         raise DataError(f"folder:{p.root} changed since it was prepared in {copy}; run "
-                        f"`selfsup data prepare folder:{path} --image-size {m['size']}` again")
+                        f"`selfsup data prepare folder:{path}` again")
     missing = [s for s in splits if s not in m["splits"]]
     if missing:
-        fol.plan(path, splits)  # the layout's own one-line error
+        fol.plan(path, splits, labels)  # the layout's own one-line error
         raise DataError(f"folder:{p.root} has no {missing[0]} split")
     if strict and m["skipped_files"]:
         raise DataError(f"{len(m['skipped_files'])} unreadable image file(s) in {p.root}, first: "
@@ -274,10 +290,13 @@ def open_prepared(copy: Path, path: str | Path, splits: list[str], strict: bool 
         warnings.warn(f"skipped {len(m['skipped_files'])} unreadable image file(s) in {p.root} when it was prepared, "
                       f"first: {m['skipped_files'][0]} (all listed in {copy / 'skipped.txt'})", stacklevel=3)
     images = np.memmap(copy / "images.u8", np.uint8, "r", shape=(m["images"], m["channels"], m["size"], m["size"]))
-    labels = np.load(copy / "labels.npy")
+    y = np.load(copy / "labels.npy")
     spans = [m["splits"][s] for s in splits]
+    skipped = set(m["skipped_files"])
+    paths = [q.relative_to(p.root).as_posix() for s in splits for q, _ in p.files[s]]
+    paths = [q for q in paths if q not in skipped]
     if all(a[1] == b[0] for a, b in zip(spans, spans[1:])):  # adjacent: one slice
         lo, hi = spans[0][0], spans[-1][1]
-        return images[lo:hi], labels[lo:hi], m["classes"]
-    return (np.concatenate([images[a:b] for a, b in spans]), np.concatenate([labels[a:b] for a, b in spans]),
-            m["classes"])
+        return images[lo:hi], y[lo:hi], m["classes"], paths
+    return (np.concatenate([images[a:b] for a, b in spans]), np.concatenate([y[a:b] for a, b in spans]),
+            m["classes"], paths)

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..data import ImageSet, few_labels
 from ..data.splits import class_count
+from ..errors import DataError
 from ..registry import Registry
 from .features import extract_features, tensor_of
 from .finetune import FinetuneConfig, accuracy, train_classifier
@@ -65,7 +66,66 @@ POOL_SEED = 20_011
 
 def validation_split(labels: np.ndarray, per_class: int) -> np.ndarray:
     """Indices of the held-out labeled validation images (the same for every seed and method)."""
+    if per_class == 0:
+        return np.array([], np.int64)
     return few_labels(labels, per_class, VAL_SEED)
+
+
+@dataclass(frozen=True)
+class Validation:
+    """The validation split an evaluation stops early by: `per_class` images of each class (0: none, when the labels
+    cannot spare any; LP-FT then keeps the probe), and why."""
+
+    per_class: int
+    kind: str  # "fixed": as asked; "fewer": fewer per class, what the labels allow; "none"
+    why: str
+
+    def split(self, labels: np.ndarray) -> np.ndarray:
+        return validation_split(labels, self.per_class)
+
+    def to_dict(self) -> dict:
+        return {"per_class": self.per_class, "kind": self.kind, "why": self.why}
+
+
+def plan_validation(labels: np.ndarray, labels_per_class, asked: int = 10, given: bool = False,
+                    label_set: np.ndarray | None = None) -> Validation:
+    """The validation split that the labels allow, decided before any training.
+
+    N per class: `asked` per class beside the largest N, or as many as every class can spare, or none.
+    A given set of labeled images (`label_set`): at most a quarter of each class's labeled images, so that most of
+    a person's labels train. `given`: the user set `asked` (--val-per-class), so too few labels are an error that
+    names it rather than a quieter split."""
+    if label_set is not None:
+        counts = np.bincount(labels[label_set], minlength=class_count(labels))
+        counts = counts[counts > 0]
+        k = min(asked, int(counts.min()) // 4) if len(counts) else 0
+        why = "up to a quarter of each class's labeled images" if k else "no class has 4 labeled images to spare one"
+        return Validation(k, "fixed" if k == asked else "fewer" if k else "none", why)
+    have = np.bincount(labels[labels >= 0], minlength=class_count(labels))
+    if not len(have) or have.max() == 0:
+        raise DataError("this split has no labeled images; few-label evaluation needs labels")
+    low = int(np.argmin(have))
+    need = max(labels_per_class)
+    if have[low] < need:
+        raise DataError(f"{need} labels per class is more than class {low} has ({have[low]} labeled images); "
+                        f"ask for at most {have[low]} with --labels-per-class")
+    spare = int(have[low]) - need
+    if spare >= asked:
+        return Validation(asked, "fixed", f"{asked} per class, held out beside the {need} that train")
+    if given:
+        raise DataError(f"--val-per-class {asked} with {need} labels per class needs {asked + need} labeled images "
+                        f"of every class, and class {low} has {have[low]}; lower one of them")
+    if spare > 0:
+        return Validation(spare, "fewer", f"class {low} has {have[low]} labeled images: {spare} per class can be "
+                                          f"held out beside the {need} that train")
+    return Validation(0, "none", f"class {low} has {have[low]} labeled images, all of them needed to train")
+
+
+def fitting_counts(labels: np.ndarray, counts) -> tuple[int, ...]:
+    """The label counts per class that every class has labeled images for (the counts a user did not choose)."""
+    have = np.bincount(labels[labels >= 0], minlength=class_count(labels))
+    low = int(have.min()) if len(have) else 0
+    return tuple(n for n in counts if n <= low) or ((low,) if low else ())
 
 
 def label_subset(labels: np.ndarray, per_class: int, seed: int, val_idx: np.ndarray) -> np.ndarray:
@@ -87,7 +147,9 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                    seeds: tuple[int, ...] = (0,), device: str | torch.device | None = None, val_per_class: int = 10,
                    finetune: FinetuneConfig | None = None, encoder_lr_scale: float | None = None,
                    pool_size: int | None = None, semisup: SemisupConfig | None = None,
-                   head: str | None = None, keep: Callable[[dict, nn.Module], None] | None = None) -> list[dict]:
+                   head: str | None = None, keep: Callable[[dict, nn.Module], None] | None = None,
+                   validation: Validation | None = None, label_sets: dict[str, np.ndarray] | None = None
+                   ) -> list[dict]:
     """Accuracy rows for each seed, labels-per-class count and eval.
 
     `encoder` is a module, or a function of the seed that builds one (random-init and supervised baselines).
@@ -98,10 +160,17 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
     labels and the pool, starting from the graph's scores. `encoder_lr_scale` overrides the trained evaluations'
     own and `head` fine-tuning's (a model from scratch: 1.0 and "linear"; semi-supervised training always starts
     from the probe, which measured better from random weights too: 0.956 against 0.934 at 10 MNIST labels).
-    `keep(row, model)` is called with each trained model and its finished row.
+    `keep(row, model)` is called with each trained model and its finished row. `validation` replaces the fixed
+    `val_per_class` split (see `plan_validation`). `label_sets`: named sets of labeled training images (indices)
+    to evaluate instead of `labels_per_class` (the same set for every seed; its validation images come out of it).
     """
     EVALS.check(evals)
-    val_idx = validation_split(train.labels, val_per_class)  # held out for every eval, so subsets match across evals
+    validation = validation or Validation(val_per_class, "fixed", f"{val_per_class} per class")
+    if label_sets:
+        val_idx = np.concatenate([given_validation(idx, train.labels, validation.per_class)
+                                  for idx in label_sets.values()])
+    else:
+        val_idx = validation.split(train.labels)  # held out for every eval, so subsets match across evals
     finetune, semisup = finetune or FinetuneConfig(), semisup or SemisupConfig()
     n_classes = class_count(train.labels, test.labels)
     test_y = torch.from_numpy(test.labels)
@@ -109,7 +178,10 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
     for s in seeds:
         enc = encoder(s) if callable(encoder) and not isinstance(encoder, nn.Module) else encoder
         dev = device or next(enc.parameters()).device
-        subsets = {n: label_subset(train.labels, n, s, val_idx) for n in labels_per_class}
+        if label_sets:
+            subsets = {name: np.setdiff1d(idx, val_idx) for name, idx in label_sets.items()}
+        else:
+            subsets = {n: label_subset(train.labels, n, s, val_idx) for n in labels_per_class}
         frozen = [e for e in evals if EVALS.get(e).frozen_features]
         graph_evals = [e for e in evals if EVALS.get(e).needs_graph]
         kinds = {EVALS.get(e).kind for e in evals}
@@ -127,7 +199,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
             pos = {int(i): r for r, i in enumerate(needed)}
         for n, idx in subsets.items():
             for e in evals:
-                row = {"method": name, "eval": e, "labels_per_class": n, "seed": s}
+                row = {"method": name, "eval": e, "labels_per_class": n, "seed": s, "labels": len(idx)}
                 kind = EVALS.get(e).kind
                 if kind in ("graph", "semi"):
                     at, lab = torch.tensor([pos[int(i)] for i in idx]), torch.from_numpy(train.labels[idx])
@@ -140,7 +212,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                                                 encoder_lr_scale, dev, scores=graph.spread(at, lab, n_classes))
                     row["accuracy"] = round(accuracy(model, tensor_of(test.images), test_y), 4)  # test: scored once
                     row |= {k: info[k] for k in ("best_step", "steps_run", "pseudo_label_share")} | {
-                        "val_accuracy": round(info["val_accuracy"], 4)}
+                        "val_accuracy": _r4(info["val_accuracy"])}
                     if keep:
                         keep(row, model)
                 elif kind == "frozen":
@@ -151,12 +223,27 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                                                    train.labels[val_idx], n_classes, finetune, s, encoder_lr_scale, dev,
                                                    head)
                     row["accuracy"] = round(accuracy(model, tensor_of(test.images), test_y), 4)  # test: scored once
-                    row |= {"val_accuracy": round(info["val_accuracy"], 4), "best_step": info["best_step"],
+                    row |= {"val_accuracy": _r4(info["val_accuracy"]), "best_step": info["best_step"],
                             "steps_run": info["steps_run"]}
                     if keep:
                         keep(row, model)
                 rows.append(row)
     return rows
+
+
+def _r4(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
+
+
+def given_validation(idx: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndarray:
+    """`per_class` validation images of each class drawn from a given labeled set (VAL_SEED), sorted."""
+    if per_class == 0:
+        return np.array([], np.int64)
+    rng, out = np.random.default_rng(VAL_SEED), []
+    for c in np.unique(labels[idx]):
+        at = idx[labels[idx] == c]
+        out.append(rng.choice(at, min(per_class, len(at) // 4 if len(at) >= 4 else 0), replace=False))
+    return np.sort(np.concatenate(out)).astype(np.int64)
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -178,4 +265,5 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 __all__ = ["class_count", "Evaluation", "extract_features", "knn_accuracy", "linear_accuracy", "propagate_accuracy", "few_label_rows",
            "unlabeled_pool", "aggregate", "EVALS",
-           "FinetuneConfig", "SemisupConfig", "validation_split", "label_subset"]
+           "FinetuneConfig", "SemisupConfig", "validation_split", "label_subset", "Validation", "plan_validation",
+           "fitting_counts"]

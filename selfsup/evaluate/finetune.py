@@ -94,13 +94,17 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
                      n_classes: int, cfg: FinetuneConfig, seed: int = 0, encoder_lr_scale: float | None = None,
                      device: str | torch.device = "cpu", head: str | None = None) -> tuple[nn.Module, dict]:
     """Train encoder + linear head on (train_x, train_y); keep the weights with the best validation accuracy.
-    `head` overrides `cfg.head_init`."""
+    `head` overrides `cfg.head_init`. With no validation images, LP-FT keeps the probe (nothing could tell a later
+    step better), and a head trained from scratch keeps its last weights."""
     torch.manual_seed(seed)
     device = torch.device(device)
     head = cfg.head_init if head is None else head
     model = Classifier(copy.deepcopy(encoder), n_classes, head).to(device).to(memory_format=torch.channels_last)
     if head == "probe":
         model.init_head(train_x, train_y)
+    no_val = len(val_y) == 0
+    if no_val and head == "probe":
+        return model.eval(), {"val_accuracy": None, "best_step": 0, "steps_run": 0, "start_val_accuracy": None}
     scale = cfg.encoder_lr_scale if encoder_lr_scale is None else encoder_lr_scale
     opt = torch.optim.AdamW([{"params": model.head.parameters(), "lr": cfg.lr},
                              {"params": model.encoder.parameters(), "lr": cfg.lr * scale}], weight_decay=cfg.weight_decay)
@@ -111,7 +115,7 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
     x = torch.from_numpy(np.ascontiguousarray(train_x)).to(device)
     y = torch.from_numpy(train_y).to(device)
     vx, vy = torch.from_numpy(np.ascontiguousarray(val_x)), torch.from_numpy(val_y)
-    best = (accuracy(model, vx, vy), 0, copy.deepcopy(model.state_dict()))  # step 0: the probe itself
+    best = (accuracy(model, vx, vy), 0, copy.deepcopy(model.state_dict())) if len(val_y) else (None, 0, None)
     start = best[0]
     bad_checks, step = 0, 0
     model.train()
@@ -126,6 +130,8 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if no_val:
+            continue
         if step % cfg.eval_every == 0 or step == cfg.steps:
             val = accuracy(model, vx, vy)
             if val > best[0]:
@@ -134,5 +140,7 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
                 bad_checks += 1
                 if bad_checks >= cfg.patience:
                     break
+    if no_val:
+        return model.eval(), {"val_accuracy": None, "best_step": step, "steps_run": step, "start_val_accuracy": None}
     model.load_state_dict(best[2])
     return model.eval(), {"val_accuracy": best[0], "best_step": best[1], "steps_run": step, "start_val_accuracy": start}

@@ -84,7 +84,7 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
                   encoder_lr_scale: float | None = None, device: str | torch.device = "cpu",
                   scores: torch.Tensor | None = None) -> tuple[nn.Module, dict]:
     """Train encoder + head on the pool of training images, of which those at `labeled_at` carry `labeled_y`;
-    keep the weights with the best validation accuracy. `scores`: the first round's graph scores, when the
+    keep the weights with the best validation accuracy (the last ones when there are no validation images). `scores`: the first round's graph scores, when the
     caller has them (see `graph_scores`). The head starts as the linear probe, from random weights too (0.956
     against 0.934 for `nn.Linear`'s init at 10 MNIST labels per class)."""
     torch.manual_seed(seed)
@@ -100,7 +100,8 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
     at = torch.from_numpy(labeled_at).long().to(device)
     y = torch.from_numpy(labeled_y).long().to(device)
     vx, vy = torch.from_numpy(np.ascontiguousarray(val_x)), torch.from_numpy(val_y)
-    best = (accuracy(model, vx, vy), 0, copy.deepcopy(model.state_dict()))
+    no_val = len(vy) == 0  # nothing to choose by: the last weights are kept
+    best = (None, 0, None) if no_val else (accuracy(model, vx, vy), 0, copy.deepcopy(model.state_dict()))
     nb, nu = min(cfg.batch_size, len(at)), cfg.batch_size * cfg.unlabeled_ratio
     scale = cfg.encoder_lr_scale if encoder_lr_scale is None else encoder_lr_scale
     per_round = max(1, cfg.steps // cfg.rounds)
@@ -134,10 +135,13 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
             loss.backward()
             opt.step()
             used.append(mask.mean().item())
-            if step % cfg.eval_every == 0 or i == per_round:
+            if no_val:
+                best = (None, step, None)
+            elif step % cfg.eval_every == 0 or i == per_round:
                 val = accuracy(model, vx, vy)
                 if val >= best[0]:  # ties go to the later, better-trained weights
                     best = (val, step, copy.deepcopy(model.state_dict()))
-    model.load_state_dict(best[2])
+    if best[2] is not None:
+        model.load_state_dict(best[2])
     return model.eval(), {"val_accuracy": best[0], "best_step": best[1], "steps_run": step,
                           "pseudo_label_share": round(float(np.mean(used)) if used else 0.0, 4)}
