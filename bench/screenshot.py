@@ -1,5 +1,6 @@
-"""Open a compare report in headless Debian chromium: check every picture loaded and the results table fits the
-window, and save a full-page screenshot (PNG, or JPEG for a name ending .jpg).
+"""Open a page selfsup wrote (a compare report, a contact sheet of picks, an audit) in headless Debian chromium:
+check every picture loaded and a report's results table fits the window, and save a full-page screenshot (PNG,
+or JPEG for a name ending .jpg).
 
     python bench/screenshot.py runs/simclr-cifar10-cpu/report.html bench/results/report-cifar10.png --width 1400
 
@@ -36,7 +37,8 @@ def main() -> int:
         page.goto(Path(args.report).resolve().as_uri())
         facts = page.evaluate("""() => {
             const imgs = [...document.querySelectorAll('img')];
-            const t = document.querySelector('#results').getBoundingClientRect();
+            const r = document.querySelector('#results');  // a report's table; other pages have none
+            const t = r ? r.getBoundingClientRect() : {right: 0};
             return {pictures: imgs.length, loaded: imgs.every(i => i.complete && i.naturalWidth > 0),
                     table_right: Math.round(t.right), page_width: document.documentElement.scrollWidth};
         }""")

@@ -82,10 +82,10 @@ def _config_from(args: argparse.Namespace):
 
 def cmd_pretrain(args) -> None:
     from .config import PretrainConfig, load_yaml
-    from .data import load
     from .engine import fabric_for
     from .factory import encoder_spec
     from .run import resumable
+    from .data import load_for, with_data_side
     from .train import pretrain
 
     found = None
@@ -102,7 +102,8 @@ def cmd_pretrain(args) -> None:
         cfg = _config_from(args)
         if cfg.epochs is None and cfg.minutes is None and cfg.steps is None:
             raise ConfigError("give a budget: --minutes M, --epochs E or --steps S")
-    data = load(cfg.validate().dataset, cfg.split, cfg.data_root, cfg.strict, cfg.image_size)
+    data = load_for(cfg.validate())
+    cfg = with_data_side(cfg, data)
     fabric = fabric_for(cfg, encoder_spec(cfg, data.channels, data.side))  # the engine starts here
     path = pretrain(cfg, data, resume=found or False, overwrite=args.overwrite, fabric=fabric)
     if fabric.is_global_zero:
@@ -110,25 +111,39 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    import numpy as np
+
     from .checkpoint import read
     from .data import load
     from .evaluate import aggregate, few_label_rows
+    from .evaluate.labels import label_plan
     from .factory import encoder_from
     from .files import write_json
+    from .audit import leakage_report
     from .report import format_table
 
     path, state = read(args.checkpoint)
     encoder, cfg = encoder_from(state)
     dataset = args.dataset or cfg.dataset
-    train, test = (load(dataset, s, cfg.data_root, size=cfg.image_size) for s in ("train", "test"))
+    labels = args.labels or (args.labeled if dataset.startswith("folder:") else None) or \
+        (cfg.labels if dataset == cfg.dataset else None)
+    train, test = (load(dataset, s, cfg.data_root, size=cfg.image_size, labels=labels, accelerator=cfg.accelerator)
+                   for s in ("train", "test"))
     if train.channels != encoder.in_channels:
         raise ConfigError(f"{dataset} has {train.channels} channel(s) but the checkpoint's encoder takes {encoder.in_channels}")
+    plan = label_plan(train, args.labels_per_class, args.val_per_class, args.labeled, labels is not None)
     evals = tuple(args.evals.split(","))
-    rows = few_label_rows(encoder, train, test, args.labels_per_class, cfg.method, evals, tuple(range(args.seeds)))
+    seen = train if cfg.split == "train" or dataset != cfg.dataset else \
+        load(dataset, cfg.split, cfg.data_root, size=cfg.image_size, labels=labels, accelerator=cfg.accelerator)
+    leak = leakage_report(encoder, seen, test)  # before any score, which it qualifies
+    rows = few_label_rows(encoder, train, test, list(plan.counts), cfg.method, evals, tuple(range(args.seeds)),
+                          validation=plan.validation, label_sets=plan.sets, leaked=np.array(leak["leaked_index"]))
     out = Path(args.out) if args.out else path.parent.parent / "eval.json"
-    write_json(out, {"dataset": dataset, "rows": aggregate(rows), "rows_per_seed": rows,
-                     "checkpoint": str(path), "config": cfg.to_dict()})
+    write_json(out, {"dataset": dataset, "rows": aggregate(rows), "rows_per_seed": rows, "labels": plan.to_dict(),
+                     "leakage": {k: v for k, v in leak.items() if k != "leaked_index"}, "checkpoint": str(path),
+                     "config": cfg.to_dict()})
     print(format_table(rows))
+    print(leak["text"])
     print(f"results: {out}")
 
 
@@ -153,7 +168,7 @@ def cmd_compare(args) -> None:
         cc = CompareConfig()
     names = lambda text: tuple(v for v in text.split(",") if v)  # noqa: E731
     given = {"dataset": args.dataset, "minutes_per_method": args.minutes_per_method, "out": args.out,
-             "val_per_class": args.val_per_class,
+             "val_per_class": args.val_per_class, "labeled": args.labeled,
              "methods": None if args.methods is None else names(args.methods),
              "baselines": None if args.baselines is None else names(args.baselines),
              "evals": None if args.evals is None else names(args.evals),
@@ -162,7 +177,9 @@ def cmd_compare(args) -> None:
     cc = dataclasses.replace(cc, **{k: v for k, v in given.items() if v is not None})
     if args.config:  # a YAML of PretrainConfig fields replaces the recipe's (or the measured default) base
         cc = dataclasses.replace(cc, pretrain=PretrainConfig.from_dict(load_yaml(args.config)))
-    changes = {"backbone": args.backbone, "backbone_args": args.backbone_args, "batch_size": args.batch_size}
+    labels = args.labels or (args.labeled if (args.dataset or cc.dataset).startswith("folder:") else None)
+    changes = {"backbone": args.backbone, "backbone_args": args.backbone_args, "batch_size": args.batch_size,
+               "labels": labels}
     cc = dataclasses.replace(cc, pretrain_args=cc.pretrain_args | {k: v for k, v in changes.items() if v is not None})
     if args.finetune_steps is not None:
         cc = dataclasses.replace(cc, finetune=dataclasses.replace(cc.finetune, steps=args.finetune_steps))
@@ -195,7 +212,8 @@ def cmd_embed(args) -> None:
         cfg, dataset = PretrainConfig(backbone=args.backbone or "small_cnn", steps=1), args.dataset
     else:
         raise ConfigError("give --checkpoint CKPT, or --random-init with --dataset")
-    data = load(dataset, args.split, cfg.data_root, size=cfg.image_size)
+    data = load(dataset, args.split, cfg.data_root, size=cfg.image_size, accelerator=cfg.accelerator,
+                labels=cfg.labels if dataset == cfg.dataset else None)
     if args.random_init:
         encoder = random_encoder(encoder_spec(cfg.override(dataset=dataset), data.channels, data.side), args.seed)
     if data.channels != encoder.in_channels:
@@ -205,6 +223,35 @@ def cmd_embed(args) -> None:
                               args.max_points or None, args.seed, Path(args.export) if args.export else None)
     for kind, path in written.items():
         print(f"{kind}: {path}")
+
+
+def _checkpoint_data(args, split: str = "train"):
+    """(encoder, config, images) of a command given --checkpoint and optionally --dataset/--labels."""
+    from .data import load
+    from .factory import load_encoder
+
+    encoder, cfg = load_encoder(args.checkpoint)
+    dataset = args.dataset or cfg.dataset
+    labels = getattr(args, "labels", None) or (cfg.labels if dataset == cfg.dataset else None)
+    data = load(dataset, split, cfg.data_root, size=cfg.image_size, labels=labels, accelerator=cfg.accelerator)
+    if data.channels != encoder.in_channels:
+        raise ConfigError(f"{dataset} has {data.channels} channel(s) but the encoder takes {encoder.in_channels}")
+    return encoder, cfg, data
+
+
+def cmd_select(args) -> None:
+    from .select import run_select, selection_head
+
+    encoder, cfg, data = _checkpoint_data(args, args.split)
+    run_select(encoder, data, args.budget, args.out, args.seed, args.labeled, args.map_points,
+               head=selection_head(args.checkpoint))
+
+
+def cmd_similar(args) -> None:
+    from .similar import similar
+
+    encoder, cfg, data = _checkpoint_data(args, args.split)
+    similar(encoder, data, args.image, args.k, Path(args.out))
 
 
 def cmd_export(args) -> None:
@@ -226,13 +273,18 @@ def cmd_data(args) -> None:
         if not args.name.startswith("folder:"):
             raise DataError(f"only image folders are prepared (folder:PATH); {args.name} is read from its own files")
         try:
-            prepare(args.name[len("folder:"):], args.image_size, workers=args.workers, progress=not args.quiet)
+            prepare(args.name[len("folder:"):], args.image_size, workers=args.workers, progress=not args.quiet,
+                    labels=args.labels)
         except KeyboardInterrupt:
             import signal
 
             raise Interrupted("the finished shards are kept; run the same command to go on from there",
                               signal.SIGINT) from None
         return
+    if args.action == "audit":
+        return data_audit(args)
+    if args.name.startswith("folder:"):
+        return folder_info(args)
     import numpy as np
 
     for split in args.split.split(","):
@@ -243,6 +295,74 @@ def cmd_data(args) -> None:
               f"{len(labeled)} labeled, {len(d.classes)} classes")
         if len(counts):
             print("  per class: " + ", ".join(f"{d.classes[i] if i < len(d.classes) else i}={c}" for i, c in enumerate(counts)))
+
+
+def folder_info(args) -> None:
+    """What a folder holds, from its file list and headers alone (nothing is decoded)."""
+    import numpy as np
+
+    from .data import folder as fol
+    from .data import in_memory_bytes
+
+    p = fol.plan(args.name[len("folder:"):], labels=args.labels)
+    heads = fol._headers(p.reference)
+    sides = np.array([h[0] for h in heads if not isinstance(h, str)])
+    bad = [(q, h) for q, h in zip(p.reference, heads) if isinstance(h, str)]
+    if not len(sides):
+        raise DataError(f"none of the {len(p.reference)} image files in {p.root} could be read; put readable images there")
+    colour = any(h[1] for h in heads if not isinstance(h, str))
+    natural = int(np.bincount(sides).argmax())
+    train, store = fol.train_side(natural, args.image_size), fol.store_side(natural, args.image_size)
+    n = sum(len(f) for f in p.files.values())
+    print(f"folder:{p.root}: {n:,} image files ({p.layout.replace('flat', 'flat, unlabeled')} layout), "
+          f"{'colour' if colour else 'greyscale'}; shorter sides {sides.min()} to {sides.max()} px (median "
+          f"{int(np.median(sides))}, most common {natural})")
+    for split, files in p.files.items():
+        ys = np.array([y for _, y in files])
+        labeled = int((ys >= 0).sum())
+        line = f"  {split}: {len(files):,} files, {labeled:,} labeled"
+        if labeled and p.classes:
+            line += " (" + ", ".join(f"{c}={k}" for c, k in zip(p.classes, np.bincount(ys[ys >= 0], minlength=len(p.classes)))) + ")"
+        print(line)
+    pixels = n * (3 if colour else 1) * store * store
+    where = "decoded into memory" if pixels <= in_memory_bytes() else "prepared once as a memory-mapped copy"
+    print(f"  training side {train} px on this machine, images kept at {store} px ({pixels / 1e6:,.0f} MB, {where})")
+    if bad:
+        print(f"  {len(bad)} unreadable file(s), skipped: " + ", ".join(str(q.relative_to(p.root)) for q, _ in bad[:5]))
+    if p.layout == "flat":
+        print("  no labels yet: pretrain on it, then `selfsup select` picks the images worth labeling")
+
+
+def data_audit(args) -> None:
+    from .audit import audit
+    from .data import load
+
+    name, encoder, cfg = args.name, None, None
+    if args.checkpoint:
+        from .factory import load_encoder
+
+        encoder, cfg = load_encoder(args.checkpoint)
+    size = args.image_size or (cfg.image_size if cfg else None)
+    parts, unreadable, root = {}, [], None
+    if name.startswith("folder:"):
+        from .data import folder as fol
+
+        p = fol.plan(name[len("folder:"):], labels=args.labels)
+        root = p.root
+        for split in p.files:
+            parts[split] = load(name, split, size=size, labels=args.labels)
+        kept = {q for d in parts.values() for q in d.paths}
+        unreadable = [(q.relative_to(root).as_posix(), "could not be decoded") for fs in p.files.values() for q, _ in fs
+                      if q.relative_to(root).as_posix() not in kept]
+    else:
+        from .data import SPLITS
+
+        for split in SPLITS.get(name, ("train", "test")):
+            parts[split] = load(name, split, size=size)
+    out = Path(args.out or "audit")
+    out.mkdir(parents=True, exist_ok=True)
+    audit(parts, out, encoder, unreadable, root)
+    print(f"audit: {out / 'audit.json'}\npage:  {out / 'audit.html'}")
 
 
 def cmd_list(registry_name: str):
@@ -289,11 +409,17 @@ def _compare_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--dataset", help="dataset name or folder:PATH (default: mnist)")
     c.add_argument("--methods", help="comma-separated; see `selfsup methods` (default: simclr)")
     c.add_argument("--baselines", help="comma-separated: supervised, random (default: supervised,random)")
-    c.add_argument("--labels-per-class", type=_csv_ints, help="comma-separated label counts (default: 1,10,100)")
+    c.add_argument("--labels-per-class", type=_csv_ints, help="comma-separated label counts (default: 1,10,100, or "
+                   "what the labeled images allow; with --labels or --labeled: the labeled images)")
     c.add_argument("--evals", help="comma-separated; see `selfsup evals` (default: knn,linear,finetune)")
     c.add_argument("--minutes-per-method", type=float, help="pretraining budget of each method (default: 3)")
     c.add_argument("--seeds", type=_count, help="how many seeds (label subsets and initializations): 0..N-1 (default: 1)")
-    c.add_argument("--val-per-class", type=int, help="held-out labeled images per class for early stopping (default: 10)")
+    c.add_argument("--val-per-class", type=int, help="held-out labeled images per class for early stopping (default: "
+                   "10, or what the labeled images allow)")
+    c.add_argument("--labels", help="a folder's labels: CSV of path,label, paths relative to the folder; the test "
+                   "split is held out from the labeled files")
+    c.add_argument("--labeled", help="evaluate with exactly these labeled images instead of N per class: a CSV with an "
+                   "index column for a built-in dataset, path,label for a folder")
     c.add_argument("--finetune-steps", type=int, help="step budget of fine-tuning and supervised training (default: 300)")
     c.add_argument("--semisup-steps", type=int, help="step budget of semi-supervised training, from the pretrained "
                    "encoder and from scratch alike (default: 500)")
@@ -304,6 +430,52 @@ def _compare_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--config", help="YAML of PretrainConfig fields shared by every method (replaces the defaults)")
     c.add_argument("--out", help="output directory (default: runs/cmp, or runs/RECIPE-SIZE)")
     c.set_defaults(run=cmd_compare)
+
+
+def _data_command(add) -> None:
+    da = add("data", "fetch datasets, prepare image folders, or describe them")
+    da.add_argument("action", choices=["fetch", "prepare", "info", "audit"],
+                    help="fetch: download and verify; prepare: decode a folder once into a memory-mapped copy that "
+                         "every later command reads (resumable); info: sizes and classes; audit: duplicates, "
+                         "leakage from test into training, unreadable files and outliers (audit.json, audit.html)")
+    da.add_argument("name", help="dataset name (see `selfsup datasets`) or folder:PATH")
+    da.add_argument("--split", default="train,test", help="comma-separated splits for info")
+    da.add_argument("--image-size", type=int, default=None,
+                    help="the side an encoder will train at (default: 64 px on a CPU, 224 on a GPU, or the folder's "
+                         "own side where smaller); images are kept at 1.5 times it")
+    da.add_argument("--labels", help="a folder's labels: CSV of path,label (paths relative to the folder)")
+    da.add_argument("--checkpoint", help="audit: a pretraining run whose features find near-duplicates too")
+    da.add_argument("--out", help="audit: output folder (default: audit)")
+    da.add_argument("--workers", type=int, default=None, help="prepare: decoding processes (default: every core)")
+    da.add_argument("--quiet", action="store_true", help="prepare: no progress bar")
+    da.set_defaults(run=cmd_data)
+
+
+
+def _photo_commands(add) -> None:
+    """`select` and `similar`: the commands that work on a person's own images with a pretrained encoder."""
+    se = add("select", "pick the images worth labeling: near-duplicates dropped, then density-weighted coverage of a "
+                       "pretrained encoder's features; writes to_label.csv, a contact sheet and a map")
+    se.add_argument("--checkpoint", required=True, help="a pretraining run directory or .pt file")
+    se.add_argument("--budget", type=int, required=True, help="how many images to pick")
+    se.add_argument("--dataset", help="default: the checkpoint's dataset")
+    se.add_argument("--split", default="train", help="which split to pick from")
+    se.add_argument("--labels", help="a folder's labels file, for its splits (default: the checkpoint's)")
+    se.add_argument("--labeled", help="the next round: a CSV of the images labeled already (path,label for a folder, "
+                    "index for a built-in dataset); picks where label propagation is least sure, with coverage")
+    se.add_argument("--seed", type=int, default=0, help="seed of the map (and of exact ties between picks)")
+    se.add_argument("--map-points", type=int, default=3000, help="images on the embedding map besides the picks")
+    se.add_argument("--out", default="select", help="folder for to_label.csv, picks.html and map.html")
+    se.set_defaults(run=cmd_select)
+
+    si = add("similar", "the images most like one image, by a pretrained encoder's features; an HTML page of them")
+    si.add_argument("--checkpoint", required=True, help="a pretraining run directory or .pt file")
+    si.add_argument("--image", required=True, help="an image file (anywhere), or a path inside the folder")
+    si.add_argument("--dataset", help="where to look (default: the checkpoint's dataset)")
+    si.add_argument("--split", default="train", help="which split to search")
+    si.add_argument("--k", type=int, default=16, help="how many images")
+    si.add_argument("--out", default="similar.html", help="the page to write")
+    si.set_defaults(run=cmd_similar)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,7 +506,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = add("eval", "kNN, linear probe, propagation or fine-tuning of a checkpoint at few labels per class")
     e.add_argument("--checkpoint", required=True, help="a .pt file or a run directory")
-    e.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100], help="comma-separated label counts")
+    e.add_argument("--labels-per-class", type=_csv_ints, default=None, help="comma-separated label counts (default: "
+                   "1,10,100, or what the labeled images allow; with --labels or --labeled: the labeled images)")
+    e.add_argument("--labels", help="a folder's labels: CSV of path,label, paths relative to the folder (default: the "
+                   "checkpoint's)")
+    e.add_argument("--labeled", help="evaluate with exactly these labeled images: a CSV with an index column for a "
+                   "built-in dataset (labels read from it), or path,label for a folder (e.g. `selfsup select`'s "
+                   "to_label.csv, labeled)")
+    e.add_argument("--val-per-class", type=int, default=None, help="held-out labeled images per class for early "
+                   "stopping (default: 10, or what the labels allow)")
     e.add_argument("--evals", default="knn,linear", help="comma-separated; see `selfsup evals`")
     e.add_argument("--seeds", type=_count, default=1, help="how many seeds (label subsets): 0..N-1")
     e.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
@@ -360,24 +540,22 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="output folder (encoder.json beside the weights)")
     x.set_defaults(run=cmd_export)
 
-    da = add("data", "fetch datasets, prepare image folders, or describe them")
-    da.add_argument("action", choices=["fetch", "prepare", "info"],
-                    help="fetch: download and verify; prepare: decode a folder once into a memory-mapped copy that "
-                         "every later command reads (resumable); info: sizes and classes")
-    da.add_argument("name", help="dataset name (see `selfsup datasets`) or folder:PATH")
-    da.add_argument("--split", default="train,test", help="comma-separated splits for info")
-    da.add_argument("--image-size", type=int, default=None,
-                    help="prepare: side of the prepared images (default: the folder's most common shorter side)")
-    da.add_argument("--workers", type=int, default=None, help="prepare: decoding processes (default: every core)")
-    da.add_argument("--quiet", action="store_true", help="prepare: no progress bar")
-    da.set_defaults(run=cmd_data)
+    _data_command(add)
+    _photo_commands(add)
 
     for name in ("methods", "backbones", "datasets", "evals", "recipes"):
         add(name, f"list the registered {name}").set_defaults(run=cmd_list(name))
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # a warning is one line too, without the code that raised it
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "evals", None):

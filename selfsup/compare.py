@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 
 from . import checkpoint, loggers, threads
 from .augment import view_for
@@ -19,8 +20,10 @@ from .config import PretrainConfig
 from .data import ImageSet, fetch, has_unlabeled_split, load
 from .data.folder import split_info
 from .errors import ConfigError, DataError, SelfsupError
-from .evaluate import (EVALS, FinetuneConfig, SemisupConfig, aggregate, class_count, few_label_rows, label_subset,
-                       validation_split)
+from .audit import leakage_report
+from .evaluate import (EVALS, FinetuneConfig, SemisupConfig, aggregate, class_count, few_label_rows, given_validation,
+                       label_subset)
+from .evaluate.labels import LabelPlan, label_plan
 from .evaluate.finetune import train_classifier
 from .factory import encoder_spec, method_from, random_encoder
 from .files import DirLock, append_jsonl, read_jsonl, write_json
@@ -40,11 +43,12 @@ class CompareConfig:
     dataset: str = "mnist"
     methods: tuple[str, ...] = ("simclr",)
     baselines: tuple[str, ...] = ("supervised", "random")
-    labels_per_class: tuple[int, ...] = (1, 10, 100)
+    labels_per_class: tuple[int, ...] | None = None  # None: 1, 10, 100, or what the labeled images allow
     evals: tuple[str, ...] = ("knn", "linear", "finetune")
     minutes_per_method: float | None = 3.0  # None: keep the budget in `pretrain`
     seeds: tuple[int, ...] = (0,)
-    val_per_class: int = 10
+    val_per_class: int | None = None  # None: 10, or what the labeled images allow
+    labeled: str | None = None  # a CSV of the labeled images to evaluate with, instead of N per class
     pictures: bool = True  # maps, filters, neighbours, views and colorization samples in the report
     map_points: int = 2000  # test images per embedding map (t-SNE time grows with this)
     out: str = "runs/cmp"
@@ -61,7 +65,7 @@ class CompareConfig:
                 raise ConfigError(f"unknown baseline {b!r}; choose from: {', '.join(BASELINES)}")
         if not self.methods and not self.baselines:
             raise ConfigError("nothing to compare: give --methods and/or --baselines")
-        if any(n < 1 for n in self.labels_per_class):
+        if any(n < 1 for n in self.labels_per_class or ()):
             raise ConfigError("--labels-per-class values must be at least 1")
         for flag, steps in (("--finetune-steps", self.finetune.steps), ("--semisup-steps", self.semisup.steps)):
             if steps < 1:
@@ -88,7 +92,7 @@ class CompareConfig:
         if self.pretrain is None or self.pretrain_args:
             raise ValueError("method_config needs a resolved CompareConfig (call resolved(channels) first)")
         d = self.pretrain.to_dict() | {"dataset": self.dataset, "method": method, "out": str(Path(self.out) / "pretrain" / method)}
-        if d["split"] == "train" and has_unlabeled_split(self.dataset, d["data_root"]):
+        if d["split"] == "train" and has_unlabeled_split(self.dataset, d["data_root"], d["labels"]):
             d["split"] = "train+unlabeled"  # unlabeled images join pretraining, never evaluation
         if method != self.pretrain.method:  # method_args belong to the shared config's own method
             d["method_args"] = {}
@@ -102,14 +106,20 @@ def _key(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def load_splits(dataset: str, root: str | None, size: int | None = None) -> tuple[ImageSet, ImageSet]:
+def load_splits(dataset: str, root: str | None, size: int | None = None, labels: str | None = None,
+                accelerator: str = "auto") -> tuple[ImageSet, ImageSet | None]:
+    """(train, test) of a dataset; test is None for a folder with no labels (nothing to test on)."""
+    kw = {"size": size, "labels": labels, "accelerator": accelerator}
     try:
-        return load(dataset, "train", root, size=size), load(dataset, "test", root, size=size)
+        train = load(dataset, "train", root, **kw)
     except DataError:
         if dataset != "mnist":
             raise
         fetch("mnist")
-        return load(dataset, "train", root), load(dataset, "test", root)
+        train = load(dataset, "train", root, **kw)
+    if dataset.startswith("folder:") and not labels and (train.labels < 0).all():
+        return train, None
+    return train, load(dataset, "test", root, **kw)
 
 
 def pretrained(cfg: PretrainConfig, train: ImageSet, show_progress: bool, fabric=None) -> tuple[Path, dict, bool]:
@@ -154,21 +164,29 @@ def run_compare(cc: CompareConfig, show_progress: bool = True, fabric=None) -> d
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot write to output directory {out} ({e.strerror}); choose another --out") from None
-    train, test = load_splits(cc.dataset, cc.base().data_root, cc.base().image_size)
+    base = cc.base()
+    train, test = load_splits(cc.dataset, base.data_root, base.image_size, base.labels, base.accelerator)
     cc = cc.resolved(train.channels)
+    if cc.pretrain.image_size is None and train.side != train.size[0]:  # photos: the side chosen for the device
+        cc = replace(cc, pretrain=cc.pretrain.override(image_size=train.side))
+    plan = None
+    if test is not None:  # every check that can fail on the labels runs before any pretraining
+        plan = label_plan(train, cc.labels_per_class, cc.val_per_class, cc.labeled, bool(cc.pretrain.labels))
     configs = {m: cc.method_config(m) for m in cc.methods}
     if configs and fabric is None:
         from .engine import fabric_for
 
         first = next(iter(configs.values()))
         fabric = fabric_for(first, encoder_spec(first, train.channels, train.side))
+    run = _compare if test is not None else label_free_compare
     if fabric is None or fabric.is_global_zero:
         with DirLock(out):  # one live compare per OUT
-            return _compare(cc, configs, train, test, show_progress, fabric)
-    return _compare(cc, configs, train, test, show_progress, fabric)
+            return run(cc, configs, train, test, show_progress, fabric, plan)
+    return run(cc, configs, train, test, show_progress, fabric, plan)
 
 
-def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, show_progress: bool, fabric) -> dict:
+def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, show_progress: bool, fabric,
+             plan: LabelPlan) -> dict:
     out = Path(cc.out)
     subjects, shown, states, checkpoints = {}, {}, {}, {}
     for m, cfg in configs.items():
@@ -191,8 +209,14 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
         trained = ("finetune",) + tuple(e for e in cc.evals if EVALS.get(e).kind == "semi")  # the same training
         subjects[BASELINES["supervised"]] = (fresh, trained, SCRATCH, arch)
     t_eval = time.perf_counter()
-    per_seed = evaluate_all(cc, subjects, train, test, EvalCache(out / "evals.jsonl"),
-                            keep=lambda row, model: keep_trained(cc, checkpoints, row, model))
+    seen = train if all(c.split == "train" for c in configs.values()) else \
+        load(cc.dataset, next(c.split for c in configs.values() if c.split != "train"), cc.pretrain.data_root,
+             size=cc.pretrain.image_size, accelerator=cc.pretrain.accelerator)
+    leak = leakage_report(None, seen, test)
+    print(leak["text"], file=sys.stderr, flush=True)
+    per_seed = evaluate_all(cc, subjects, train, test, EvalCache(out / "evals.jsonl"), plan,
+                            np.array(leak["leaked_index"], np.int64),
+                            keep=lambda row, model: keep_trained(cc, checkpoints, row, model, plan.counts))
     rows = aggregate(per_seed)
     results = {
         "dataset": cc.dataset, "rows": rows, "rows_per_seed": per_seed,
@@ -203,33 +227,37 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
                    "semisup": cc.semisup.to_dict()},
         "evals": {e: {"description": EVALS.describe()[e], "uses_unlabeled_images": EVALS.get(e).unlabeled}
                   for e in cc.evals},
-        "headline": headline(rows, cc.labels_per_class),
-        "splits": {"train": len(train), "test": len(test), "validation_per_class": cc.val_per_class,
+        "headline": headline(rows, plan.counts),
+        "splits": {"train": len(train), "test": len(test), "validation_per_class": plan.validation.per_class,
                    "pretraining": {m: c.split for m, c in configs.items()}}
-        | (split_info(cc.dataset[len("folder:"):]) if cc.dataset.startswith("folder:") else {}),
+        | (split_info(cc.dataset[len("folder:"):], cc.pretrain.labels) if cc.dataset.startswith("folder:") else {}),
+        "labels": plan.to_dict(), "leakage": {k: v for k, v in leak.items() if k != "leaked_index"},
     }
     write_json(out / "results.json", results)
     if cc.pretrain.logger:  # the table as metrics, the comparison's settings as hyperparameters
         board = loggers.make(cc.pretrain.logger, out, results["config"]["compare"])
         loggers.log(board, {"step": 0} | {f"{r['method']}/{r['eval']}@{r['labels_per_class']}": r["accuracy"] for r in rows})
         loggers.close(board)
-    write_pages(cc, results, configs, shown, fresh, arch, train, test)
+    write_pages(cc, results, configs, shown, fresh, arch, train, test, plan)
     print(format_table(rows))
     if results["headline"]:
         print(results["headline"]["text"])
+    print(leak["text"])
     print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'}")
     return results
 
 
-def headline_count(labels_per_class: tuple[int, ...]) -> int:
-    """The label count a headline speaks of: 10 per class, or the middle count asked for."""
+def headline_count(labels_per_class: tuple) -> int | str:
+    """The label count a headline speaks of: 10 per class, or the middle count asked for (or a label set's name)."""
+    if any(isinstance(n, str) for n in labels_per_class):
+        return labels_per_class[0]
     return 10 if 10 in labels_per_class else sorted(labels_per_class)[len(labels_per_class) // 2]
 
 
-def keep_trained(cc: CompareConfig, checkpoints: dict, row: dict, model) -> None:
+def keep_trained(cc: CompareConfig, checkpoints: dict, row: dict, model, counts: tuple) -> None:
     """Save the semi-supervised encoder (and head) of each pretrained method at the headline's label count, first
     seed, as a checkpoint in OUT/semisup/METHOD: `selfsup export OUT/semisup/METHOD` hands it on like a pretrained one."""
-    key = ("semisup", headline_count(cc.labels_per_class), cc.seeds[0])
+    key = ("semisup", headline_count(counts), cc.seeds[0])
     if (row["eval"], row["labels_per_class"], row["seed"]) != key or row["method"] not in checkpoints:
         return
     state = dict(checkpoints[row["method"]])
@@ -240,7 +268,7 @@ def keep_trained(cc: CompareConfig, checkpoints: dict, row: dict, model) -> None
 
 
 def evaluate_all(cc: CompareConfig, subjects: dict, train: ImageSet, test: ImageSet, cache: EvalCache,
-                 keep=None) -> list[dict]:
+                 plan: LabelPlan, leaked: np.ndarray | None = None, keep=None) -> list[dict]:
     """Per-seed rows of every subject (name -> (encoder or seed -> encoder, evals, training overrides, identity));
     rows already in the cache are reused, new ones are added to it as they are made; `keep(row, model)` sees each
     newly trained model."""
@@ -249,20 +277,25 @@ def evaluate_all(cc: CompareConfig, subjects: dict, train: ImageSet, test: Image
     for name, (encoder, evals, overrides, identity) in subjects.items():
         for s in cc.seeds:
             for e in evals:
-                keys = {n: _key([name, identity, cc.dataset, e, n, s, cc.val_per_class, trained.get(e)]
-                                + ([overrides] if overrides else [])) for n in cc.labels_per_class}
+                sets = {k: v.tolist() for k, v in (plan.sets or {}).items()}
+                keys = {n: _key([name, identity, cc.dataset, e, n, s, plan.validation.per_class, trained.get(e)]
+                                + ([overrides] if overrides else []) + ([sets] if sets else [])
+                                + ([len(leaked)] if leaked is not None and len(leaked) else []))
+                        for n in plan.counts}
                 todo = [n for n, k in keys.items() if k not in cache.rows]
                 if todo:
                     print(f"evaluating {name}: {e} at {todo} labels per class, seed {s}", file=sys.stderr, flush=True)
-                    for r in few_label_rows(encoder, train, test, todo, name, (e,), (s,), val_per_class=cc.val_per_class,
-                                            finetune=ft, semisup=cc.semisup, keep=keep, **overrides):
+                    for r in few_label_rows(encoder, train, test, [] if plan.sets else todo, name, (e,), (s,),
+                                            finetune=ft, semisup=cc.semisup, keep=keep, validation=plan.validation,
+                                            label_sets={k: plan.sets[k] for k in todo} if plan.sets else None,
+                                            leaked=leaked, **overrides):
                         cache.add(keys[r["labels_per_class"]], r)
-                per_seed += [{k: v for k, v in cache.rows[keys[n]].items() if k != "key"} for n in cc.labels_per_class]
+                per_seed += [{k: v for k, v in cache.rows[keys[n]].items() if k != "key"} for n in plan.counts]
     return per_seed
 
 
 def write_pages(cc: CompareConfig, results: dict, configs: dict, shown: dict, fresh, arch: dict, train: ImageSet,
-                test: ImageSet) -> None:
+                test: ImageSet, plan: LabelPlan) -> None:
     """report.html with the pretraining curves and, when asked, every subject's pictures."""
     from .report.gallery import gallery_html
     from .report.html import write_report
@@ -270,9 +303,14 @@ def write_pages(cc: CompareConfig, results: dict, configs: dict, shown: dict, fr
     out = Path(cc.out)
     histories = {m: read_jsonl(Path(c.out) / "metrics.jsonl") for m, c in configs.items()}
     if cc.pictures and "supervised" in cc.baselines:  # its pictures: the encoder trained at ~10 labels per class, first seed
-        n = max([k for k in cc.labels_per_class if k <= 10] or [min(cc.labels_per_class)])
-        val = validation_split(train.labels, cc.val_per_class)
-        idx = label_subset(train.labels, n, cc.seeds[0], val)
+        val = plan.validation.split(train.labels) if not plan.sets else \
+            given_validation(next(iter(plan.sets.values())), train.labels, plan.validation.per_class)
+        if plan.sets:
+            n = next(iter(plan.sets))
+            idx = np.setdiff1d(plan.sets[n], val)
+        else:
+            n = max([k for k in plan.counts if k <= 10] or [min(plan.counts)])
+            idx = label_subset(train.labels, n, cc.seeds[0], val)
         model, _ = train_classifier(fresh(cc.seeds[0]), train.images[idx], train.labels[idx], train.images[val],
                                     train.labels[val], class_count(train.labels), cc.finetune, cc.seeds[0], **SCRATCH)
         shown[BASELINES["supervised"]] = {"encoder": model.encoder, "identity": arch | {"n": n, "ft": cc.finetune.to_dict()}}
@@ -304,3 +342,54 @@ def headline(rows: list[dict], labels_per_class: tuple[int, ...]) -> dict:
         text += f" The same {best['eval']} training from random init reaches {sup[best['eval']]:.3f}."
     return {"labels_per_class": n, "best": best, "supervised": sup["finetune"], "gain": round(gain, 4),
             "uses_unlabeled_images": unlabeled(best), "text": text}
+
+
+def label_free_compare(cc: CompareConfig, configs: dict, train: ImageSet, test: None, show_progress: bool, fabric,
+                       plan: None = None) -> dict:
+    """A folder with no labels yet: pretrain each method, then rank the encoders (and random init) by label-free
+    signals (selfsup.signals). Writes results.json and report.html; says which encoder looks best and why."""
+    import html as html_
+
+    from .report.gallery import gallery_html
+    from .report.sheets import page
+    from .signals import HIGHER_IS_BETTER, best_of, signals
+
+    out = Path(cc.out)
+    table, shown = {}, {}
+    for m, cfg in configs.items():
+        images = train if cfg.split == "train" else load(cc.dataset, cfg.split, cfg.data_root, cfg.strict)
+        path, state, _ = pretrained(cfg, images, show_progress, fabric)
+        method, _ = method_from(state)
+        table[m] = signals(method.backbone, train.images)
+        shown[m] = {"encoder": method.backbone, "identity": cfg.to_dict(), "method": method,
+                    "view": view_for(cfg, train.channels, method)}
+    if fabric is not None and not fabric.is_global_zero:
+        return {}
+    if "random" in cc.baselines:
+        spec = encoder_spec(cc.pretrain.override(dataset=cc.dataset), train.channels, train.side)
+        table[BASELINES["random"]] = signals(random_encoder(spec, cc.seeds[0]), train.images)
+    best, why = best_of(table)
+    results = {"dataset": cc.dataset, "labels": "none: the folder has no labels yet, so no accuracy can be measured",
+               "label_free": table, "higher_is_better": HIGHER_IS_BETTER, "best": best, "why": why,
+               "config": {"compare": {k: v for k, v in cc.to_dict().items() if k not in ("pretrain", "finetune", "semisup")},
+                          "pretrain": {m: c.to_dict() for m, c in configs.items()}},
+               "next": "label a few images (`selfsup select --checkpoint RUN --budget B`), then compare again with "
+                       "--labels FILE.csv"}
+    write_json(out / "results.json", results)
+    names = list(next(iter(table.values())))
+    head = "".join(f"<th>{n} ({'higher' if HIGHER_IS_BETTER[n] else 'lower'} is better)</th>" for n in names)
+    body = "".join(f"<tr><td>{html_.escape(m)}</td>" + "".join(f"<td>{v[n]}</td>" for n in names) + "</tr>"
+                   for m, v in table.items())
+    sample = train.subset(np.random.default_rng(cc.seeds[0]).choice(len(train), min(len(train), cc.map_points),
+                                                                       replace=False))
+    extra = gallery_html(shown, sample, out / "maps", cc.map_points, cc.seeds[0]) if cc.pictures else ""
+    (out / "report.html").write_text(page("selfsup compare: no labels yet", html_.escape(why) + ". " +
+                                          html_.escape(results["next"]) + ".",
+                                          f"<table border=1 cellpadding=4><tr><th>encoder</th>{head}</tr>{body}</table>"
+                                          + extra))
+    print("encoder      " + "  ".join(names))
+    for m, v in table.items():
+        print(f"{m:12s} " + "  ".join(f"{v[n]:>{len(n)}}" for n in names))
+    print(why)
+    print(f"results: {out / 'results.json'}\nreport:  {out / 'report.html'}")
+    return results

@@ -19,7 +19,7 @@ from . import threads
 from .augment import augment, view_for
 from .budget import Budget
 from .config import PretrainConfig
-from .data import ImageSet, load
+from .data import ImageSet, load_for, with_data_side
 from .data.batches import Batches
 from .engine import agree, check_engine, engine_facts, fabric_for
 from .errors import ConfigError, Interrupted
@@ -98,19 +98,6 @@ def build(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progres
     return parts
 
 
-def load_for(cfg: PretrainConfig, split: str | None = None) -> ImageSet:
-    """The images `cfg` pretrains on (or its `split`)."""
-    return load(cfg.dataset, split or cfg.split, cfg.data_root, cfg.strict, cfg.image_size, cfg.labels, cfg.accelerator)
-
-
-def with_data_side(cfg: PretrainConfig, data: ImageSet) -> PretrainConfig:
-    """`cfg` with the side a folder of photos trains at written in, where it differs from the stored images' side,
-    so that the encoder, its views and every later evaluation use it."""
-    if cfg.image_size is None and data.side != data.size[0]:
-        return cfg.override(image_size=data.side)
-    return cfg
-
-
 def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: bool = True,
              resume: bool | tuple = False, overwrite: bool = False, fabric=None) -> Path:
     """Pretrain `cfg.method` on `cfg.dataset`; returns the final checkpoint path (OUT/checkpoints/last.pt).
@@ -121,8 +108,7 @@ def pretrain(cfg: PretrainConfig, data: ImageSet | None = None, show_progress: b
     cfg.validate()
     run = RunDir(cfg.out, resume, overwrite, cfg.checkpoint_steps, cfg.checkpoint_minutes, cfg.keep_checkpoints,
                  cfg.logger)
-    data = data if data is not None else load_for(cfg)
-    cfg = with_data_side(cfg, data)
+    cfg = with_data_side(cfg, data := data if data is not None else load_for(cfg))  # photos: the side for the device
     fabric = fabric or fabric_for(cfg, encoder_spec(cfg, data.channels, data.side))
     check_engine(cfg, fabric.device.type)
     run.start(fabric, cfg.to_dict())

@@ -34,7 +34,7 @@ def test_too_many_labels_per_class(capsys, tmp_path):
                      "--backbone-args", "width=4", "--out", str(tmp_path / "r"))
     assert code == 0
     code, _, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "r"), "--labels-per-class", "1,500")
-    assert code == 2 and "labels_per_class=500 is more than class" in one_line_error(err)
+    assert code == 2 and "500 labels per class is more than class" in one_line_error(err)
     code, out, _ = run(capsys, "eval", "--checkpoint", str(tmp_path / "r"), "--labels-per-class", "1,2")
     assert code == 0 and "knn@2" in out
     rows = json.loads((tmp_path / "r" / "eval.json").read_text())["rows"]

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from selfsup.backbones import BACKBONES
@@ -180,3 +181,33 @@ def test_shortlisted_neighbours_equal_the_exact_search():
     assert torch.allclose(sa[same], sb[same], atol=1e-6)  # the similarities are float32's
     assert torch.allclose(sa, sb, atol=1e-3)  # where they differ, the two are near-ties
     assert not (jb == torch.arange(len(x))[:, None]).any()  # never its own neighbour
+
+
+def test_validation_adapts_to_the_labels_there_are():
+    from selfsup.errors import DataError
+    from selfsup.evaluate import plan_validation
+
+    labels = np.repeat(np.arange(3), [30, 20, 13])
+    assert plan_validation(labels, (3,)).to_dict()["kind"] == "fixed"  # 10 beside 3: every class has 13
+    v = plan_validation(labels, (5,))  # class 2 has 13: 8 to spare
+    assert (v.per_class, v.kind) == (8, "fewer") and "class 2 has 13" in v.why
+    assert plan_validation(labels, (13,)).kind == "none"
+    with pytest.raises(DataError, match="--labels-per-class"):
+        plan_validation(labels, (14,))
+    with pytest.raises(DataError, match="--val-per-class 10"):  # named only because the user set it
+        plan_validation(labels, (5,), 10, given=True)
+    picked = np.concatenate([np.flatnonzero(labels == c)[:k] for c, k in ((0, 8), (1, 8), (2, 4))])
+    assert plan_validation(labels, (), label_set=picked).per_class == 1  # a quarter of the smallest class
+
+
+def test_a_given_label_set_trains_on_exactly_those_images():
+    from selfsup.data import load
+    from selfsup.evaluate import few_label_rows
+
+    train, test = load("digits", "train"), load("digits", "test")
+    torch.manual_seed(0)
+    enc = BACKBONES.build("small_cnn", in_channels=1, width=4)
+    idx = np.sort(np.concatenate([np.flatnonzero(train.labels == c)[:2] for c in range(10)]))
+    rows = few_label_rows(enc, train, test, [], "x", ("knn", "linear"), (0, 1), label_sets={"picks": idx})
+    assert {r["labels"] for r in rows} == {20} and {r["labels_per_class"] for r in rows} == {"picks"}
+    assert len({r["accuracy"] for r in rows if r["eval"] == "knn"}) == 1  # the same set for every seed

@@ -168,7 +168,7 @@ def test_compare_keeps_the_semisup_encoder_for_export(tmp_path):
     # only that the kept encoder is the chosen one: trained weights after a later best step, the pretrained ones
     # when the probe stayed best.
     train = load("digits", "train")
-    val = validation_split(train.labels, cc.val_per_class)
+    val = validation_split(train.labels, res["labels"]["validation"]["per_class"])
     model = Classifier(kept, 10)
     model.head.load_state_dict(checkpoint.load(tmp_path / "cmp" / "semisup" / "simclr" / "checkpoints" / "last.pt")
                                ["semisup"]["head"])

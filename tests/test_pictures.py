@@ -87,12 +87,15 @@ def test_colorization_samples_colour_and_inpainting():
 
 def test_export_npy_and_csv(tmp_path):
     f, y = np.random.default_rng(0).random((5, 3)).astype(np.float32), np.array([0, 1, 2, -1, 1])
-    embedding.export(f, y, tmp_path / "feats.npy")
+    index = ["7", "3", "9", "0", "4"]  # each row keyed to its image in the dataset
+    embedding.export(f, y, tmp_path / "feats.npy", index)
     assert np.array_equal(np.load(tmp_path / "feats.npy"), f) and np.array_equal(np.load(tmp_path / "feats.labels.npy"), y)
-    embedding.export(f, y, tmp_path / "feats.csv")
+    assert np.load(tmp_path / "feats.index.npy").tolist() == [7, 3, 9, 0, 4]
+    embedding.export(f, y, tmp_path / "feats.csv", index)
     table = np.loadtxt(tmp_path / "feats.csv", delimiter=",", skiprows=1)
-    assert table.shape == (5, 4) and np.array_equal(table[:, 0], y) and np.allclose(table[:, 1:], f, atol=1e-5)
-    assert (tmp_path / "feats.csv").read_text().startswith("label,f0,f1,f2\n")
+    assert table.shape == (5, 5) and table[:, 0].tolist() == [7, 3, 9, 0, 4] and np.array_equal(table[:, 1], y)
+    assert np.allclose(table[:, 2:], f, atol=1e-5)
+    assert (tmp_path / "feats.csv").read_text().startswith("index,label,f0,f1,f2\n")
 
 
 def test_projections_and_subsample():

@@ -10,7 +10,7 @@ from ..errors import DataError
 from ..registry import Registry
 from . import formats, prepare
 from .download import MNIST_PICKLE, data_root, fetch, unpack_if_needed
-from .folder import load_folder, read_folder
+from .folder import read_folder
 from .splits import few_labels
 
 
@@ -200,6 +200,19 @@ def _folder(name: str, split: str, root: Path | None, strict: bool, size: int | 
         x, y, paths = fol.read_splits(p, splits, side, colour, strict)
         classes = p.classes
     return ImageSet(name, x, y, classes, paths, fol.train_side(natural, size, accelerator))
+
+
+def load_for(cfg, split: str | None = None) -> ImageSet:
+    """The images a PretrainConfig `cfg` pretrains on (or its `split`)."""
+    return load(cfg.dataset, split or cfg.split, cfg.data_root, cfg.strict, cfg.image_size, cfg.labels, cfg.accelerator)
+
+
+def with_data_side(cfg, data: ImageSet):
+    """`cfg` with the side a folder of photos trains at written in, where it differs from the kept images' side,
+    so that the encoder, its views and every later evaluation use it."""
+    if cfg.image_size is None and data.side != data.size[0]:
+        return cfg.override(image_size=data.side)
+    return cfg
 
 
 def has_unlabeled_split(name: str, root: str | Path | None = None, labels: str | None = None) -> bool:

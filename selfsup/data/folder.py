@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ PARALLEL_MIN = 2048  # fewer files are read in this process
 TRAIN_SIDE = {"cpu": 64, "gpu": 224}  # the side the encoder trains at by default (bench/README.md, "Photos of any size")
 MARGIN = 1.5  # stored side / training side: a crop of 44% of the area still resizes down, never up
 TASK = 512  # files per task of a worker process
+HEAVY_BYTES = 64_000  # files larger than this on average are photos: decoded in HEAVY_TASK-file tasks
+HEAVY_TASK, HEAVY_PARALLEL_MIN = 16, 32
 
 try:  # libjpeg-turbo with DCT scaling: 4x Pillow's speed on 32 px JPEGs here (bench/README.md, "Decoders")
     import simplejpeg
@@ -71,6 +74,11 @@ def list_files(folder: Path, classes: list[str] | None = None) -> tuple[list[tup
         if empty and len(empty) < len(subdirs):
             warnings.warn(f"ignored {len(empty)} class folder(s) with no images in {folder}: {', '.join(empty[:5])}", stacklevel=3)
         subdirs = [d for d in subdirs if listed[d]]
+        loose = _list_images(folder)
+        if loose and subdirs:
+            warnings.warn(f"{len(loose)} image(s) directly in {folder} are left out: beside subfolders, every image "
+                          f"belongs to a class subfolder; to use them all, label by file with --labels FILE.csv",
+                          stacklevel=3)
         if classes is None:
             classes = [d.name for d in subdirs]
         unknown = [d.name for d in subdirs if d.name not in classes]
@@ -166,7 +174,7 @@ def _labeled_plan(root: Path, labels: str | Path, splits: Iterable[str] | None) 
     classes = sorted(set(named.values()))
     y = np.array([classes.index(named[p.relative_to(root).as_posix()]) if p.relative_to(root).as_posix() in named
                   else -1 for p in every], np.int64)
-    test = set(class_holdout(y, classes, labels).tolist())
+    test = set(class_holdout(y, classes, labels, holdout).tolist())
     wanted = list(splits) if splits is not None else ["train", "test"]
     files = {}
     for s in wanted:
@@ -292,9 +300,17 @@ def _decode_task(task: tuple[list[Path], int, bool]) -> tuple[np.ndarray, list[t
     return (np.stack(good) if good else np.empty((0, c, size, size), np.uint8)), bad
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, which containers and `taskset` narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def pool_map(fn: Callable, tasks: list, workers: int | None = None) -> Iterator:
     """fn over tasks, in order: in worker processes when there are several tasks and cores, else here."""
-    workers = min(workers or os.cpu_count() or 1, len(tasks))
+    workers = min(workers or usable_cores(), len(tasks))
     if workers <= 1:
         yield from map(fn, tasks)
         return
@@ -325,14 +341,36 @@ def scan(paths: list[Path], folder: Path, workers: int | None = None) -> tuple[i
     return sides.most_common(1)[0][0], colour
 
 
-def decode_files(files: list[tuple[Path, int]], size: int, colour: bool, workers: int | None = None):
+def heavy(paths: list[Path]) -> bool:
+    """Whether these are photographs rather than small images: files of more than HEAVY_BYTES on average (of the
+    first 64). Photos are decoded in small tasks on every core from a few dozen files on, with a progress bar."""
+    sizes = []
+    for p in paths[:64]:
+        try:
+            sizes.append(p.stat().st_size)
+        except OSError:
+            pass
+    return bool(sizes) and sum(sizes) / len(sizes) > HEAVY_BYTES
+
+
+def decode_files(files: list[tuple[Path, int]], size: int, colour: bool, workers: int | None = None,
+                 progress: bool = True):
     """(images uint8 (N, C, size, size), labels, [(path, reason)] of the files skipped), in file order."""
+    from tqdm import tqdm
+
     paths = [p for p, _ in files]
-    tasks = [(paths[i:i + TASK], size, colour) for i in range(0, len(paths), TASK)]
+    big = heavy(paths)
+    step = HEAVY_TASK if big else TASK
+    tasks = [(paths[i:i + step], size, colour) for i in range(0, len(paths), step)]
     arrays, bad = [], []
-    for t, (x, b) in enumerate(pool_map(_decode_task, tasks, workers if len(paths) >= PARALLEL_MIN else 1)):
+    parallel = len(paths) >= (HEAVY_PARALLEL_MIN if big else PARALLEL_MIN)
+    bar = tqdm(total=len(paths), unit="img", desc="decode", file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
+               disable=not (progress and big and len(paths) > HEAVY_PARALLEL_MIN))
+    for t, (x, b) in enumerate(pool_map(_decode_task, tasks, workers if parallel else 1)):
         arrays.append(x)
-        bad += [(t * TASK + i, why) for i, why in b]
+        bad += [(t * step + i, why) for i, why in b]
+        bar.update(len(tasks[t][0]))
+    bar.close()
     skipped = {i for i, _ in bad}
     labels = np.array([y for i, (_, y) in enumerate(files) if i not in skipped], np.int64)
     return np.concatenate(arrays), labels, [(paths[i], why) for i, why in bad]

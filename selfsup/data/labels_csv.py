@@ -66,11 +66,9 @@ def read_labels(csv_path: str | Path, root: Path, files: list[Path]) -> dict[str
     return {rel: label for rel, (_, label) in seen.items()}
 
 
-def class_holdout(labels: np.ndarray, classes: list[str], csv_path) -> np.ndarray:
-    """The held-out test split of labels made by a person: the folder's holdout rule over the labeled rows, after
+def class_holdout(labels: np.ndarray, classes: list[str], csv_path, holdout) -> np.ndarray:
+    """The held-out test split of labels made by a person: the folder's `holdout` rule over the labeled rows, after
     checking that every class can spare one image."""
-    from .folder import holdout
-
     counts = np.bincount(labels[labels >= 0], minlength=len(classes))
     few = [classes[c] for c in np.flatnonzero(counts < 2)]
     if few:

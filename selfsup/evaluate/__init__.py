@@ -148,87 +148,104 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                    finetune: FinetuneConfig | None = None, encoder_lr_scale: float | None = None,
                    pool_size: int | None = None, semisup: SemisupConfig | None = None,
                    head: str | None = None, keep: Callable[[dict, nn.Module], None] | None = None,
-                   validation: Validation | None = None, label_sets: dict[str, np.ndarray] | None = None
-                   ) -> list[dict]:
-    """Accuracy rows for each seed, labels-per-class count and eval.
+                   validation: Validation | None = None, label_sets: dict[str, np.ndarray] | None = None,
+                   leaked: np.ndarray | None = None) -> list[dict]:
+    """Accuracy rows for each seed, labels-per-class count (or label set) and eval.
 
-    `encoder` is a module, or a function of the seed that builds one (random-init and supervised baselines).
-    Frozen evals embed the labeled subset and the test split. `propagate` embeds every training image outside
-    the validation split (at most `pool_size` of them, drawn once; None: no limit) and builds their kNN graph
-    once per encoder; the labels of each subset spread over it (no other label is read). A pretrained encoder
-    is embedded once for all seeds. Fine-tuning keeps its best weights on validation. `semisup` trains on the
-    labels and the pool, starting from the graph's scores. `encoder_lr_scale` overrides the trained evaluations'
-    own and `head` fine-tuning's (a model from scratch: 1.0 and "linear"; semi-supervised training always starts
-    from the probe, which measured better from random weights too: 0.956 against 0.934 at 10 MNIST labels).
-    `keep(row, model)` is called with each trained model and its finished row. `validation` replaces the fixed
-    `val_per_class` split (see `plan_validation`). `label_sets`: named sets of labeled training images (indices)
-    to evaluate instead of `labels_per_class` (the same set for every seed; its validation images come out of it).
+    `encoder`: a module, or a function of the seed that builds one (the baselines). Frozen evals embed the labeled
+    images and the test split; `propagate` builds the kNN graph of every training image outside validation (at most
+    `pool_size`) once per encoder, and only the subset's labels spread over it. Fine-tuning keeps its best weights
+    on validation; `semisup` trains on the labels and the pool from the graph's scores. `encoder_lr_scale` and
+    `head` override the trained evaluations' own (from scratch: 1.0 and "linear"). `keep(row, model)` sees each
+    trained model. `validation` replaces the fixed `val_per_class` split (`plan_validation`). `label_sets`: named
+    sets of labeled training images instead of `labels_per_class`, the same for every seed, each with validation
+    out of it. `leaked`: test images with near-copies among the images the encoder saw (rows add `accuracy_clean`).
     """
     EVALS.check(evals)
-    validation = validation or Validation(val_per_class, "fixed", f"{val_per_class} per class")
-    if label_sets:
-        val_idx = np.concatenate([given_validation(idx, train.labels, validation.per_class)
-                                  for idx in label_sets.values()])
-    else:
-        val_idx = validation.split(train.labels)  # held out for every eval, so subsets match across evals
+    val_idx, val_of = _validation_images(train, validation or Validation(val_per_class, "fixed", ""), label_sets)
     finetune, semisup = finetune or FinetuneConfig(), semisup or SemisupConfig()
     n_classes = class_count(train.labels, test.labels)
     test_y = torch.from_numpy(test.labels)
+    clean = None
+    if leaked is not None and len(leaked):  # the test images without a near-copy among the training images
+        clean = torch.ones(len(test), dtype=torch.bool)
+        clean[torch.from_numpy(np.asarray(leaked, np.int64))] = False
+    scored = lambda model: {"accuracy": round(accuracy(model, tensor_of(test.images), test_y), 4)} | _clean(  # noqa: E731
+        clean, lambda m: accuracy(model, tensor_of(test.images[m.numpy()]), test_y[m]))  # test: scored once
     rows, embedded = [], None
     for s in seeds:
         enc = encoder(s) if callable(encoder) and not isinstance(encoder, nn.Module) else encoder
         dev = device or next(enc.parameters()).device
-        if label_sets:
-            subsets = {name: np.setdiff1d(idx, val_idx) for name, idx in label_sets.items()}
-        else:
-            subsets = {n: label_subset(train.labels, n, s, val_idx) for n in labels_per_class}
-        frozen = [e for e in evals if EVALS.get(e).frozen_features]
-        graph_evals = [e for e in evals if EVALS.get(e).needs_graph]
+        subsets = {name: np.setdiff1d(idx, val_of[name]) for name, idx in label_sets.items()} if label_sets else \
+            {n: label_subset(train.labels, n, s, val_idx) for n in labels_per_class}
         kinds = {EVALS.get(e).kind for e in evals}
-        if frozen:
+        if kinds - {"trained"}:  # the frozen features of the labeled images, and of the graph's pool
             needed = np.unique(np.concatenate(list(subsets.values())))
-            if graph_evals:  # the graph's nodes: the pool and every labeled image
+            if kinds & {"graph", "semi"}:  # the graph's nodes: the pool and every labeled image
                 needed = np.union1d(unlabeled_pool(len(train), pool_size, val_idx), needed)
-            if embedded is None or embedded[0] is not enc or not np.array_equal(embedded[1], needed):
-                feats = extract_features(enc, train.images, device=dev, rows=needed)  # (len(needed), D)
-                test_f = extract_features(enc, test.images, device=dev)
-                graph = LabelGraph(feats) if graph_evals else None
-                pool_x = train.images[needed] if "semi" in kinds else None  # semi-supervised training's images
-                embedded = (enc, needed, feats, test_f, graph, pool_x)  # one frozen encoder over seeds: embedded once
+            embedded = _embedded(embedded, enc, train, test, needed, dev, kinds)  # one frozen encoder: embedded once
             _, _, feats, test_f, graph, pool_x = embedded
             pos = {int(i): r for r, i in enumerate(needed)}
         for n, idx in subsets.items():
             for e in evals:
                 row = {"method": name, "eval": e, "labels_per_class": n, "seed": s, "labels": len(idx)}
+                v = val_of.get(n, val_idx)  # a given set's validation images come out of that set
                 kind = EVALS.get(e).kind
                 if kind in ("graph", "semi"):
                     at, lab = torch.tensor([pos[int(i)] for i in idx]), torch.from_numpy(train.labels[idx])
                 if kind == "graph":
                     hits = graph.predict(at, lab, test_f, n_classes) == test_y
                     row["accuracy"] = round(hits.float().mean().item(), 4)
+                    if clean is not None:
+                        row["accuracy_clean"] = round(hits[clean].float().mean().item(), 4)
                 elif kind == "semi":  # the pool: every image the graph holds, the labeled ones among them
                     model, info = train_semisup(enc, pool_x, at.numpy(), train.labels[idx],
-                                                train.images[val_idx], train.labels[val_idx], n_classes, semisup, s,
+                                                train.images[v], train.labels[v], n_classes, semisup, s,
                                                 encoder_lr_scale, dev, scores=graph.spread(at, lab, n_classes))
-                    row["accuracy"] = round(accuracy(model, tensor_of(test.images), test_y), 4)  # test: scored once
-                    row |= {k: info[k] for k in ("best_step", "steps_run", "pseudo_label_share")} | {
+                    row |= scored(model) | {k: info[k] for k in ("best_step", "steps_run", "pseudo_label_share")} | {
                         "val_accuracy": _r4(info["val_accuracy"])}
                     if keep:
                         keep(row, model)
                 elif kind == "frozen":
                     f = feats[[pos[int(i)] for i in idx]]
-                    row["accuracy"] = round(EVALS.get(e).fn(f, torch.from_numpy(train.labels[idx]), test_f, test_y), 4)
+                    fy = torch.from_numpy(train.labels[idx])
+                    row["accuracy"] = round(EVALS.get(e).fn(f, fy, test_f, test_y), 4)
+                    row |= _clean(clean, lambda m: EVALS.get(e).fn(f, fy, test_f[m], test_y[m]))
                 else:
-                    model, info = train_classifier(enc, train.images[idx], train.labels[idx], train.images[val_idx],
-                                                   train.labels[val_idx], n_classes, finetune, s, encoder_lr_scale, dev,
+                    model, info = train_classifier(enc, train.images[idx], train.labels[idx], train.images[v],
+                                                   train.labels[v], n_classes, finetune, s, encoder_lr_scale, dev,
                                                    head)
-                    row["accuracy"] = round(accuracy(model, tensor_of(test.images), test_y), 4)  # test: scored once
-                    row |= {"val_accuracy": _r4(info["val_accuracy"]), "best_step": info["best_step"],
-                            "steps_run": info["steps_run"]}
+                    row |= scored(model) | {"val_accuracy": _r4(info["val_accuracy"]), "best_step": info["best_step"],
+                                            "steps_run": info["steps_run"]}
                     if keep:
                         keep(row, model)
                 rows.append(row)
     return rows
+
+
+def _embedded(cache: tuple | None, enc: nn.Module, train: ImageSet, test: ImageSet, needed: np.ndarray, dev,
+              kinds: set[str]) -> tuple:
+    """(encoder, rows, their features, test features, graph, pool images), made anew only for another encoder or rows."""
+    if cache is not None and cache[0] is enc and np.array_equal(cache[1], needed):
+        return cache
+    feats = extract_features(enc, train.images, device=dev, rows=needed)  # (len(needed), D)
+    test_f = extract_features(enc, test.images, device=dev)
+    graph = LabelGraph(feats) if kinds & {"graph", "semi"} else None
+    return enc, needed, feats, test_f, graph, train.images[needed] if "semi" in kinds else None
+
+
+def _validation_images(train: ImageSet, validation: Validation, label_sets: dict | None
+                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(every validation image, {label set name: its own validation images})."""
+    if not label_sets:
+        return validation.split(train.labels), {}  # held out for every eval, so subsets match across evals
+    of = {name: given_validation(idx, train.labels, validation.per_class) for name, idx in label_sets.items()}
+    return np.unique(np.concatenate(list(of.values()))), of
+
+
+def _clean(mask: torch.Tensor | None, score: Callable[[torch.Tensor], float]) -> dict:
+    """{"accuracy_clean": the accuracy on the test images outside `mask`'s leaked ones}, or {} with no leak."""
+    return {} if mask is None else {"accuracy_clean": round(score(mask), 4)}
 
 
 def _r4(v: float | None) -> float | None:
@@ -255,6 +272,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for (m, e, n), rs in groups.items():
         accs = [r["accuracy"] for r in rs]
         row = {"method": m, "eval": e, "labels_per_class": n, "accuracy": round(mean(accs), 4)}
+        if all("accuracy_clean" in r for r in rs):
+            row["accuracy_clean"] = round(mean(r["accuracy_clean"] for r in rs), 4)
         if len(rs) > 1:
             row |= {"std": round(stdev(accs), 4), "seeds": [r["seed"] for r in rs], "accuracies": accs}
         else:

@@ -67,13 +67,16 @@ def class_names(labels: np.ndarray, classes: list[str]) -> list[str]:
 
 
 def map_html(xy: np.ndarray, labels: np.ndarray, classes: list[str], images: np.ndarray, path: str | Path,
-             title: str = "embedding map") -> Path:
-    """Write the interactive map: one glyph renderer per class, so the legend can hide classes."""
+             title: str = "embedding map", marked: dict[int, str] | None = None, names: list[str] | None = None
+             ) -> Path:
+    """Write the interactive map: one glyph renderer per class, so the legend can hide classes. `marked`: point ->
+    note, drawn as rings on top (the images `selfsup select` picked); `names`: each point's file or index."""
     from bokeh.embed import file_html
     from bokeh.models import ColumnDataSource, HoverTool
     from bokeh.plotting import figure
     from bokeh.resources import INLINE
 
+    files = names if names is not None else [str(i) for i in range(len(labels))]
     names = class_names(labels, classes)
     thumbs = thumbnails(images)
     fig = figure(title=title, width=900, height=760, tools="pan,wheel_zoom,box_zoom,reset,save",
@@ -81,11 +84,19 @@ def map_html(xy: np.ndarray, labels: np.ndarray, classes: list[str], images: np.
     for i, name in enumerate(dict.fromkeys(sorted(set(names), key=lambda n: (len(n), n)))):
         idx = [j for j, n in enumerate(names) if n == name]
         src = ColumnDataSource({"x": xy[idx, 0], "y": xy[idx, 1], "cls": [name] * len(idx), "img": [thumbs[j] for j in idx],
-                                "index": idx})
+                                "index": idx, "file": [files[j] for j in idx], "note": [""] * len(idx)})
         fig.scatter("x", "y", source=src, size=6, alpha=0.75, color=PALETTE[i % len(PALETTE)], legend_label=name,
                     name="points")
+    if marked:
+        idx = sorted(marked)
+        src = ColumnDataSource({"x": xy[idx, 0], "y": xy[idx, 1], "cls": [names[j] for j in idx],
+                                "img": [thumbs[j] for j in idx], "index": idx, "file": [files[j] for j in idx],
+                                "note": [marked[j] for j in idx]})
+        fig.scatter("x", "y", source=src, size=14, fill_alpha=0, line_color="black", line_width=2.5,
+                    legend_label=f"to label ({len(idx)})", name="marked")
     fig.add_tools(HoverTool(tooltips='<div class="selfsup-tip"><img src="@img" width="96" style="image-rendering:pixelated">'
-                                     '<div class="selfsup-cls">class: @cls</div></div>'))
+                                     '<div class="selfsup-cls">class: @cls</div><div>@file</div>'
+                                     '<div class="selfsup-note">@note</div></div>'))
     fig.legend.click_policy = "hide"
     fig.legend.location = "top_left"
     fig.xaxis.visible = fig.yaxis.visible = False
@@ -113,39 +124,58 @@ def map_png(xy: np.ndarray, labels: np.ndarray, classes: list[str], path: str | 
     return Path(path)
 
 
-def export(features: np.ndarray, labels: np.ndarray, path: str | Path) -> Path:
-    """`.npy`: features (N, D) float32, with labels beside in NAME.labels.npy; `.csv`: label then f0..f{D-1}."""
+def export(features: np.ndarray, labels: np.ndarray, path: str | Path, names: list[str] | None = None,
+           by: str = "index") -> Path:
+    """Each row keyed to its image (`names`: file paths, `by`="path", or dataset indices, `by`="index").
+    `.npy`: features (N, D) float32, with NAME.labels.npy and NAME.paths.txt (a file per line) or NAME.index.npy
+    beside; `.csv`: path (or index), label, then f0..f{D-1}."""
     path = Path(path)
+    names = names if names is not None else [str(i) for i in range(len(labels))]
     if path.suffix == ".npy":
         np.save(path, np.asarray(features, np.float32))
         np.save(path.with_suffix(".labels.npy"), np.asarray(labels, np.int64))
+        if by == "path":
+            path.with_suffix(".paths.txt").write_text("".join(n + "\n" for n in names))
+        else:
+            np.save(path.with_suffix(".index.npy"), np.asarray([int(n) for n in names], np.int64))
     elif path.suffix == ".csv":
-        header = "label," + ",".join(f"f{i}" for i in range(features.shape[1]))
-        np.savetxt(path, np.column_stack([labels, features]), delimiter=",", header=header, comments="",
-                   fmt=["%d"] + ["%.6g"] * features.shape[1])
+        import csv
+
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow([by, "label"] + [f"f{i}" for i in range(features.shape[1])])
+            for n, y, row in zip(names, labels, features):
+                w.writerow([n, int(y)] + [f"{v:.6g}" for v in row])
     else:
         raise ConfigError(f"--export writes .npy or .csv, not {path.suffix or 'no suffix'}")
     return path
 
 
 def write_embedding(encoder, data, outs: list[Path], title: str, how: str = "tsne", max_points: int | None = 10000,
-                    seed: int = 0, export_to: Path | None = None) -> dict[str, Path]:
-    """Embed (a subsample of) `data`, then write each of `outs` (.html map, .png map) and the optional raw export."""
+                    seed: int = 0, export_to: Path | None = None, marked: dict[int, str] | None = None
+                    ) -> dict[str, Path]:
+    """Embed (a subsample of) `data`, then write each of `outs` (.html map, .png map) and the optional raw export.
+    `marked`: image index -> note, ringed on the map (always shown, whatever the subsample)."""
     from ..evaluate import extract_features
 
     idx = subsample(len(data), max_points, seed)
+    if marked:
+        idx = np.union1d(idx, np.array(sorted(marked), np.int64))
     images, labels = np.ascontiguousarray(data.images[idx]), data.labels[idx]
     feats = extract_features(encoder, images).numpy()
+    every = data.names()
+    names = [every[i] for i in idx]
     written = {}
     if export_to is not None:
-        written["features"] = export(feats, labels, export_to)
+        written["features"] = export(feats, labels, export_to, names, "path" if data.paths is not None else "index")
     if outs:
         xy = project(feats, how, seed)
         for path in map(Path, outs):
             if path.suffix not in (".html", ".png"):
                 raise ConfigError(f"a map is written as .html or .png, not {path.name}")
             if path.suffix == ".html":
-                written["html"] = map_html(xy, labels, data.classes, images, path, title)
+                shown = {int(j): marked[int(i)] for j, i in enumerate(idx) if int(i) in (marked or {})}
+                written["html"] = map_html(xy, labels, data.classes, images, path, title, shown, names)
             else:
                 written["png"] = map_png(xy, labels, data.classes, path, title)
     return written

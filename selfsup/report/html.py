@@ -18,7 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..evaluate import EVALS  # noqa: E402
+from ..evaluate import EVALS
+from .table import count_key  # noqa: E402
 from ..files import write_text  # noqa: E402
 
 BASELINE_STYLE = {"supervised": dict(color="black", linestyle="--"), "random-init": dict(color="grey", linestyle=":")}
@@ -35,6 +36,8 @@ def _svg(fig) -> str:
 def label_efficiency_svg(rows: list[dict]) -> str:
     """Accuracy against labels per class (log x), one panel per eval, one line per method and baseline."""
     evals = [e for e in EVALS if any(r["eval"] == e for r in rows)]
+    if any(isinstance(r["labels_per_class"], str) for r in rows):  # a set of labeled images: one point, no curve
+        return ""
     fig, axes = plt.subplots(1, len(evals), figsize=(4.2 * len(evals), 3.4), squeeze=False, sharey=True)
     for ax, e in zip(axes[0], evals):
         lines = defaultdict(list)
@@ -79,8 +82,9 @@ def pretraining_svg(histories: dict[str, list[dict]]) -> str:
 def table_html(rows: list[dict]) -> str:
     """Methods by eval, then labels per class (a two-row header keeps it narrow); best per column in bold; the
     gain of each method's best evaluation over supervised from scratch."""
-    cols = sorted({(r["eval"], r["labels_per_class"]) for r in rows}, key=lambda c: (EVALS.names().index(c[0]), c[1]))
-    counts = sorted({r["labels_per_class"] for r in rows})
+    cols = sorted({(r["eval"], r["labels_per_class"]) for r in rows},
+                  key=lambda c: (EVALS.names().index(c[0]), count_key(c[1])))
+    counts = sorted({r["labels_per_class"] for r in rows}, key=count_key)
     cell = {(r["method"], r["eval"], r["labels_per_class"]): r for r in rows}
     methods = list(dict.fromkeys(r["method"] for r in rows))
     best = {c: max((cell[(m, *c)]["accuracy"] for m in methods if (m, *c) in cell), default=None) for c in cols}
@@ -137,7 +141,7 @@ def run_facts(results: dict) -> dict[str, str]:
                                  + "".join(f", final {k} {v:.3f}" for k, v in s.get("method_metrics", {}).items())
                                  for m, s in results.get("pretrain", {}).items()) or "none",
         "evaluation": f"{results.get('eval_seconds', 0) / 60:.1f} min; seeds {', '.join(map(str, results['config']['compare']['seeds']))}; "
-                      f"validation {results['config']['compare']['val_per_class']} per class (early stopping only)",
+                      f"validation: {_validation(results)} (early stopping only)",
         "splits": "; ".join(f"{k}: {v}" for k, v in results.get("splits", {}).items()) or "the dataset's own",
         "versions": f"selfsup {__version__}, torch {torch.__version__}, python {platform.python_version()}",
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -149,6 +153,29 @@ def run_facts(results: dict) -> dict[str, str]:
     except ImportError:
         pass
     return facts
+
+
+def _validation(results: dict) -> str:
+    v = results.get("labels", {}).get("validation")
+    if v is None:
+        return f"{results['config']['compare'].get('val_per_class') or 10} per class"
+    return f"{v['per_class']} per class ({v['why']})" if v["per_class"] else f"none ({v['why']})"
+
+
+def leakage_html(results: dict) -> str:
+    leak = results.get("leakage")
+    if not leak:
+        return ""
+    text = (f"{leak['leaked']} of {leak['test_images']:,} test images have a near-copy among the "
+            f"{leak['seen_images']:,} images the encoders and classifiers saw")
+    if leak["leaked"]:
+        rows = [r for r in results["rows"] if "accuracy_clean" in r]
+        best = max(rows, key=lambda r: r["accuracy"], default=None)
+        if best is not None:
+            text += (f"; without them, {best['method']} {best['eval']} at {best['labels_per_class']} scores "
+                     f"{best['accuracy_clean']:.3f} instead of {best['accuracy']:.3f} (every row's figure is "
+                     f"accuracy_clean in results.json)")
+    return f'<p class="note" id="leakage">Leakage: {html.escape(text)}.</p>'
 
 
 def _cpu_name() -> str:
@@ -187,6 +214,7 @@ def write_report(results: dict, histories: dict[str, list[dict]], path: str | Pa
 <p>Test accuracy. Each evaluation trains only on the N labeled images per class (plus a fixed validation split
 used for early stopping of fine-tuning); the test split is scored once. Best per column in bold.</p>
 {table_html(rows)}
+{leakage_html(results)}
 <h2>Label efficiency</h2><div class="plot" id="label-efficiency">{label_efficiency_svg(rows)}</div>
 <h2>Pretraining</h2><div class="plot" id="pretraining">{curves}</div>
 {extra_html}

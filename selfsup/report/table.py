@@ -7,6 +7,11 @@ from statistics import mean, stdev
 from ..evaluate import EVALS
 
 
+def count_key(n) -> tuple:
+    """Sort key of a label count: numbers in order, then named label sets."""
+    return (0, n, "") if isinstance(n, (int, float)) else (1, 0, str(n))
+
+
 def format_table(rows: list[dict]) -> str:
     """Pivot per-seed or aggregated rows (method, eval, labels_per_class, accuracy) into a fixed-width table.
 
@@ -22,7 +27,7 @@ def format_table(rows: list[dict]) -> str:
         if col not in cols:
             cols.append(col)
     order = {e: i for i, e in enumerate(EVALS)}
-    cols.sort(key=lambda c: (order.get(c[0], len(order)), c[1]))
+    cols.sort(key=lambda c: (order.get(c[0], len(order)), count_key(c[1])))
     mark = lambda e: "*" if e in EVALS and EVALS.get(e).unlabeled else ""  # noqa: E731
     head = ["method"] + [f"{e}{mark(e)}@{n}" for e, n in cols]
     def show(v: list[float]) -> str:

@@ -1,0 +1,209 @@
+"""A person's own photos: large and of mixed sizes, unlabeled at first, then a CSV of the labels they made."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from photo_folders import patches, write_with_copies
+from selfsup.cli import main
+from selfsup.data import folder as fol
+from selfsup.data import load
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_csv(path, rows, header=("path", "label")):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_large_photos_are_never_decoded_at_full_size(tmp_path, data_root, monkeypatch):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i, im in enumerate(patches(4, side=1000)):
+        im.save(folder / f"{i}.jpg", quality=90)
+    sizes = []
+    real = fol.decode
+    monkeypatch.setattr(fol, "decode", lambda p, size, colour: sizes.append(size) or real(p, size, colour))
+    d = load(f"folder:{folder}", "train", accelerator="cpu")
+    assert d.size == (96, 96) and d.side == 64 and set(sizes) == {96}  # 64 px training, 1.5x margin kept
+    gpu = fol.store_side(1000, None, "cuda"), fol.train_side(1000, None, "cuda")
+    assert gpu == (336, 224)
+    assert load(f"folder:{folder}", "train", size=1000).size == (1000, 1000)  # only when asked
+
+
+def test_data_info_on_a_flat_folder_says_what_it_found(tmp_path, capsys, data_root):
+    write_with_copies(tmp_path / "flat", n=6)
+    (tmp_path / "flat" / "broken.jpg").write_text("no")
+    code, out, err = run(capsys, "data", "info", f"folder:{tmp_path / 'flat'}")
+    assert code == 0, err
+    assert "12 image files" in out and "0 labeled" in out and "1 unreadable" in out and "selfsup select" in out
+
+
+def test_a_folder_too_large_for_memory_is_prepared_first(tmp_path, data_root, monkeypatch):
+    import selfsup.data as data
+
+    write_with_copies(tmp_path / "flat", n=6)
+    monkeypatch.setattr(data, "in_memory_bytes", lambda: 1000)
+    d = load(f"folder:{tmp_path / 'flat'}", "train")
+    assert isinstance(d.images, np.memmap) and len(d) == 11 and len(d.paths) == 11
+    assert list(data_root.glob("prepared/*/*px/manifest.json"))
+
+
+@pytest.fixture
+def labeled_folder(tmp_path):
+    """A flat folder of 30 photos; the CSV labels 5 of each of 3 classes (subfolders are not classes here)."""
+    folder = tmp_path / "photos"
+    (folder / "2024").mkdir(parents=True)
+    for i, im in enumerate(patches(30, side=48)):
+        im.save(folder / ("2024" if i % 2 else ".") / f"{i:02d}.jpg", quality=90)
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
+    rows = [(f, "abc"[k % 3]) for k, f in enumerate(files[:15])]
+    return folder, write_csv(tmp_path / "labels.csv", rows), files
+
+
+def test_labels_from_a_csv_hold_out_a_stratified_test_split(labeled_folder, data_root):
+    folder, labels, files = labeled_folder
+    train = load(f"folder:{folder}", "train", labels=labels)
+    test = load(f"folder:{folder}", "test", labels=labels)
+    assert train.classes == ["a", "b", "c"] and np.bincount(test.labels).tolist() == [1, 1, 1]
+    assert len(train) + len(test) == 30 and not set(train.paths) & set(test.paths)
+    assert (train.labels >= 0).sum() == 12 and (train.labels == -1).sum() == 15
+    again = load(f"folder:{folder}", "test", labels=labels)
+    assert again.paths == test.paths
+
+
+@pytest.mark.parametrize("rows,header,message", [
+    ([("nope.jpg", "a")], ("path", "label"), "nope.jpg is not an image in"),
+    ([("00.jpg", "a"), ("00.jpg", "b")], ("path", "label"), "give 00.jpg two labels ('a' and 'b'); keep one"),
+    ([], None, "is empty"),
+    ([("00.jpg", "a"), ("02.jpg", "a"), ("04.jpg", "b")], ("path", "label"), "class 'b' has 1 labeled image"),
+])
+def test_label_file_errors_are_one_line_before_pretraining(labeled_folder, data_root, capsys, tmp_path, rows, header,
+                                                          message):
+    folder, _, _ = labeled_folder
+    bad = tmp_path / "bad.csv"
+    write_csv(bad, rows, header) if header else bad.write_text("")
+    code, out, err = run(capsys, "compare", "--dataset", f"folder:{folder}", "--labels", str(bad),
+                         "--minutes-per-method", "0.05", "--out", str(tmp_path / "cmp"))
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "cmp" / "pretrain").exists()  # nothing was pretrained
+
+
+def few_labels_folder(root, per_class=5):
+    for c, name in enumerate(("a", "b", "c")):
+        (root / name).mkdir(parents=True)
+        for i, im in enumerate(patches(per_class, side=40, seed=c + 1)):
+            im.save(root / name / f"{i}.jpg", quality=90)
+    return root
+
+
+def test_compare_and_eval_work_with_three_labels_per_class(tmp_path, data_root, capsys):
+    """5 images per class: 1 held out for testing, 4 left; 3 train and 1 validates, a split no flag asked for."""
+    folder = few_labels_folder(tmp_path / "few")
+    code, out, err = run(capsys, "compare", "--dataset", f"folder:{folder}", "--labels-per-class", "3",
+                         "--evals", "knn,linear,finetune", "--minutes-per-method", "0.05", "--finetune-steps", "4",
+                         "--out", str(tmp_path / "cmp"))
+    assert code == 0, err
+    res = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert res["labels"]["validation"] == {"per_class": 1, "kind": "fewer", "why": res["labels"]["validation"]["why"]}
+    assert {r["labels_per_class"] for r in res["rows"]} == {3}
+    assert "val_per_class" not in err and "val-per-class" not in err
+    code, out, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "cmp" / "pretrain" / "simclr"),
+                         "--labels-per-class", "3", "--evals", "knn,finetune", "--out", str(tmp_path / "e.json"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "e.json").read_text())["labels"]["validation"]["per_class"] == 1
+
+
+def test_eval_with_the_labels_a_person_made(labeled_folder, data_root, capsys, tmp_path):
+    folder, labels, files = labeled_folder
+    code, _, err = run(capsys, "pretrain", "--dataset", f"folder:{folder}", "--steps", "2", "--batch-size", "8",
+                       "--backbone-args", "width=4", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    code, out, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "run"), "--labels", str(labels),
+                         "--evals", "knn,linear,finetune", "--out", str(tmp_path / "e.json"))
+    assert code == 0, err
+    res = json.loads((tmp_path / "e.json").read_text())
+    # 5 labeled a class: 1 held out to test, 4 left, of which 1 validates (a quarter) and 3 train
+    assert {r["labels_per_class"] for r in res["rows"]} == {"labeled"} and {r["labels"] for r in res["rows_per_seed"]} == {9}
+    assert res["labels"]["validation"]["per_class"] == 1
+    few = write_csv(tmp_path / "few.csv", [(f, "abc"[k % 3]) for k, f in enumerate(files[:9])])  # 3 a class
+    code, out, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "run"), "--labels", str(few),
+                         "--evals", "linear,finetune", "--out", str(tmp_path / "few.json"))
+    assert code == 0, err
+    res = json.loads((tmp_path / "few.json").read_text())
+    assert res["labels"]["validation"]["kind"] == "none"  # 2 a class left: none to spare; LP-FT keeps the probe
+    ft = next(r for r in res["rows_per_seed"] if r["eval"] == "finetune")
+    lin = next(r for r in res["rows_per_seed"] if r["eval"] == "linear")
+    assert ft["steps_run"] == 0 and ft["accuracy"] == lin["accuracy"] and ft["labels"] == 6
+
+
+def test_compare_reports_a_test_image_leaked_into_the_unlabeled_images(tmp_path, data_root):
+    from selfsup.compare import CompareConfig, run_compare
+    from selfsup.config import PretrainConfig
+
+    ims = patches(40, side=40)
+    for split, rng_ in (("train", range(0, 24)), ("test", range(24, 36))):
+        for i in rng_:
+            (tmp_path / "f" / split / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+            ims[i].save(tmp_path / "f" / split / "ab"[i % 2] / f"{i}.png")
+    (tmp_path / "f" / "unlabeled").mkdir()
+    for i in range(36, 40):
+        ims[i].save(tmp_path / "f" / "unlabeled" / f"{i}.png")
+    ims[25].save(tmp_path / "f" / "unlabeled" / "leak.jpg", quality=80)  # a test image, re-encoded
+    base = PretrainConfig(steps=2, batch_size=8, backbone_args={"width": 4}, monitor_seconds=0)
+    res = run_compare(CompareConfig(dataset=f"folder:{tmp_path / 'f'}", baselines=("random",), evals=("knn",),
+                                    labels_per_class=(2,), minutes_per_method=None, pictures=False,
+                                    out=str(tmp_path / "cmp"), pretrain=base), show_progress=False)
+    assert res["leakage"]["leaked"] == 1 and res["leakage"]["leaked_test_images"] == ["test/b/25.png"]
+    assert all("accuracy_clean" in r for r in res["rows"])
+
+
+def test_exported_rows_match_their_files(data_root, capsys, tmp_path):
+    import torch
+
+    from selfsup.evaluate import extract_features
+    from selfsup.factory import load_encoder
+
+    folder = tmp_path / "flat"
+    write_with_copies(folder, n=10)
+    files = sorted(p.name for p in folder.iterdir())
+    assert run(capsys, "pretrain", "--dataset", f"folder:{folder}", "--steps", "1", "--batch-size", "8",
+               "--backbone-args", "width=4", "--out", str(tmp_path / "run"))[0] == 0
+    for suffix in (".csv", ".npy"):
+        out = tmp_path / f"feats{suffix}"
+        code, _, err = run(capsys, "embed", "--checkpoint", str(tmp_path / "run"), "--split", "train", "--export",
+                           str(out))
+        assert code == 0, err
+        if suffix == ".csv":
+            with open(out) as f:
+                rows = list(csv.reader(f))
+            assert rows[0][:2] == ["path", "label"]
+            paths, feats = [r[0] for r in rows[1:]], np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+        else:
+            paths, feats = out.with_suffix(".paths.txt").read_text().splitlines(), np.load(out)
+        assert sorted(paths) == files
+        encoder, cfg = load_encoder(tmp_path / "run")
+        one = load(f"folder:{folder}", "train", size=cfg.image_size)
+        for k in (0, 7):
+            image = one.images[one.paths.index(paths[k])]
+            f = extract_features(encoder, torch.from_numpy(np.ascontiguousarray(image))[None])[0].numpy()
+            assert np.allclose(f, feats[k], rtol=1e-3, atol=1e-4), paths[k]
+
+
+def test_similar_finds_a_near_copy_first(tmp_path, data_root, capsys):
+    write_with_copies(tmp_path / "flat", n=12)
+    assert run(capsys, "pretrain", "--dataset", f"folder:{tmp_path / 'flat'}", "--steps", "1", "--batch-size", "8",
+               "--backbone-args", "width=4", "--out", str(tmp_path / "run"))[0] == 0
+    code, out, err = run(capsys, "similar", "--checkpoint", str(tmp_path / "run"), "--image", "p000.jpg", "--k", "3",
+                         "--out", str(tmp_path / "s.html"))
+    assert code == 0, err
+    assert out.splitlines()[0].endswith("z_exact.jpg") and (tmp_path / "s.html").read_text().count("<img") == 4

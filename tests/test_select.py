@@ -1,0 +1,94 @@
+"""`selfsup select`: B distinct, existing files, never near-copies of each other, the same for the same seed; a
+second round never picks what is labeled already."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from photo_folders import write_with_copies
+from selfsup.cli import main
+from selfsup.select import select
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sel")
+    folder = root / "flat"
+    planted = write_with_copies(folder, n=40, side=64)
+    import os
+
+    os.environ["SELFSUP_DATA"] = str(root / "data")
+    assert main(["pretrain", "--dataset", f"folder:{folder}", "--steps", "2", "--batch-size", "16",
+                 "--backbone-args", "width=8", "--monitor-seconds", "0", "--out", str(root / "run")]) == 0
+    return root, folder, planted
+
+
+def picks_of(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_select_picks_b_distinct_files_never_copies_the_same_for_a_seed(run_dir, tmp_path, capsys):
+    root, folder, planted = run_dir
+    for out in ("a", "b"):
+        assert main(["select", "--checkpoint", str(root / "run"), "--budget", "8", "--map-points", "50",
+                     "--out", str(tmp_path / out)]) == 0
+    rows = picks_of(tmp_path / "a" / "to_label.csv")
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)) == 8 and all((folder / p).is_file() for p in paths)
+    assert all(r["label"] == "" and r["reason"] for r in rows)
+    for copy, original in planted.items():
+        assert not {copy, original} <= set(paths)  # never a near-duplicate of another pick
+    assert paths == [r["path"] for r in picks_of(tmp_path / "b" / "to_label.csv")]
+    sheet = (tmp_path / "a" / "picks.html").read_text()
+    assert sheet.count("<img") == 8 and all(p in sheet for p in paths)
+    assert "to label (8)" in (tmp_path / "a" / "map.html").read_text()
+
+
+def test_a_second_round_picks_new_images(run_dir, tmp_path):
+    root, folder, _ = run_dir
+    assert main(["select", "--checkpoint", str(root / "run"), "--budget", "6", "--map-points", "20",
+                 "--out", str(tmp_path / "r1")]) == 0
+    first = picks_of(tmp_path / "r1" / "to_label.csv")
+    with open(tmp_path / "labeled.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows((r["path"], "ab"[i % 2]) for i, r in enumerate(first))
+    assert main(["select", "--checkpoint", str(root / "run"), "--budget", "6", "--labeled", str(tmp_path / "labeled.csv"),
+                 "--map-points", "20", "--out", str(tmp_path / "r2")]) == 0
+    second = [r["path"] for r in picks_of(tmp_path / "r2" / "to_label.csv")]
+    assert len(set(second)) == 6 and not set(second) & {r["path"] for r in first}
+
+
+def test_picks_are_the_densest_images_of_the_regions_they_cover():
+    """Three tight blobs: three picks, one per blob, each at its blob's centre, the densest image there."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(3, 8) * 5
+    blobs = torch.cat([c + 0.3 * torch.randn(30, 8, generator=g) for c in centres])
+    feats = torch.cat([blobs, centres])  # rows 90..92 sit exactly at the centres
+    picks = select(feats, 3, seed=0)
+    assert {p.index for p in picks} == {90, 91, 92}
+    assert sorted(int(p.reason.split()[1]) for p in picks) == [31, 31, 31]  # each covers its blob
+
+
+def test_a_later_round_goes_where_the_labels_are_not():
+    g = torch.Generator().manual_seed(1)
+    centres = torch.eye(4, 8) * 5
+    feats = torch.cat([c + 0.3 * torch.randn(25, 8, generator=g) for c in centres])
+    labeled = np.array([0, 25])  # blobs 0 and 1 have a label each
+    picks = select(feats, 2, seed=0, labeled=labeled, labeled_y=np.array([0, 1]))
+    assert sorted(p.index // 25 for p in picks) == [2, 3]
+
+
+def test_the_contact_sheet_and_map_open_in_chromium(run_dir, tmp_path, browser_page):
+    root, _, _ = run_dir
+    assert main(["select", "--checkpoint", str(root / "run"), "--budget", "5", "--map-points", "30",
+                 "--out", str(tmp_path / "p")]) == 0
+    page, errors, remote = browser_page
+    page.goto((tmp_path / "p" / "picks.html").as_uri())
+    shown = page.evaluate("() => [...document.querySelectorAll('figure img')].filter(i => i.complete && i.naturalWidth > 0).length")
+    assert shown == 5 and page.locator("figcaption").count() == 5
+    page.goto((tmp_path / "p" / "map.html").as_uri())
+    page.wait_for_selector("canvas", timeout=15000)
+    assert not errors and not remote
