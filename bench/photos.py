@@ -11,7 +11,10 @@ what a person labeling each photo would answer (its CIFAR-10 class). `write` add
 a few exact copies, re-encoded, resized, cropped and colour-shifted copies, and a few broken files (a truncated
 JPEG, a text file named .jpg, an empty file). `measure` writes such a flat folder, then times `selfsup data info`,
 the first decode (`selfsup pretrain` reads and decodes it) and samples the pretraining process's private memory
-(Private_Clean + Private_Dirty in /proc/PID/smaps_rollup, children included) every 0.2 s.
+(Private_Clean + Private_Dirty in /proc/PID/smaps_rollup, children included) every 0.2 s. `--unique 500` makes 500
+photos and fills the folder with byte copies under other names: a decode costs the same whatever the photo
+shows, and 5,000 distinct 12-megapixel photos take half an hour to write on 2 cores. The files were just written,
+so they are read from the page cache: the figures are decode speed, not disk speed.
 Writes bench/results/photos-<device_tag>.json.
 """
 from __future__ import annotations
@@ -69,8 +72,10 @@ def _write_one(task) -> str:
 
 
 def write_folder(out: Path, n: int, megapixels: tuple[float, float], classes: bool = False, seed: int = 0,
-                 extras: bool = True, workers: int | None = None) -> dict:
-    """Write n photos (flat, or in class subfolders), plus planted copies and broken files. Returns what it wrote."""
+                 extras: bool = True, workers: int | None = None, unique: int | None = None) -> dict:
+    """Write n photos (flat, or in class subfolders), plus planted copies and broken files. Returns what it wrote.
+    `unique`: only that many are made; the rest are byte copies under other names (for speed benches, where a
+    decode costs the same whatever the photo shows)."""
     out.mkdir(parents=True, exist_ok=True)
     x, y, names = sources(n, seed)
     rng = np.random.default_rng(seed)
@@ -80,8 +85,12 @@ def write_folder(out: Path, n: int, megapixels: tuple[float, float], classes: bo
         folder.mkdir(exist_ok=True)
         tasks.append((i, x[i], float(rng.uniform(*megapixels)), RATIOS[rng.integers(len(RATIOS))],
                       str(folder / f"IMG_{i:05d}.jpg"), seed))
+    made = tasks[:unique] if unique else tasks
     with ProcessPoolExecutor(workers or os.cpu_count()) as pool:
-        paths = list(pool.map(_write_one, tasks, chunksize=4))
+        paths = list(pool.map(_write_one, made, chunksize=4))
+    for t in tasks[len(made):]:
+        Path(t[4]).write_bytes(Path(paths[t[0] % len(made)]).read_bytes())
+        paths.append(t[4])
     truth = out.parent / f"{out.name}-truth.csv"  # what a person labeling each photo would say, for trying selfsup
     truth.write_text("path,label\n" + "".join(f"{Path(p).relative_to(out).as_posix()},{names[y[i]]}\n"
                                                 for i, p in enumerate(paths)))
@@ -148,25 +157,27 @@ def measure(args) -> None:
     folder = root / "flat"
     mp = tuple(float(v) for v in args.megapixels.split(","))
     t0 = time.perf_counter()
-    wrote = write_folder(folder, args.n, mp) if not folder.exists() else {"photos": args.n, "reused": True}
+    wrote = write_folder(folder, args.n, mp, unique=args.unique) if not folder.exists() else \
+        {"photos": args.n, "reused": True}
+    subprocess.run(["sync"], check=False)
     wrote["write_seconds"] = round(time.perf_counter() - t0, 1)
     env = os.environ | {"SELFSUP_DATA": str(root / "data")}
     exe = str(Path(sys.executable).parent / "selfsup")
     info = timed([exe, "data", "info", f"folder:{folder}"], env)
-    t0 = time.perf_counter()
+    code = ("import time; from selfsup.data import load; t = time.perf_counter(); "
+            f"d = load('folder:{folder}', 'train'); print('decoded', len(d), d.size, round(time.perf_counter() - t, 2))")
+    decode = timed([sys.executable, "-c", code], env)
+    seconds = float(decode["tail"].split()[-1]) if "decoded" in decode["tail"] else None
     train = timed([exe, "pretrain", "--dataset", f"folder:{folder}", "--method", "simclr", "--minutes",
                    str(args.minutes), "--out", str(root / "run"), "--overwrite", "--monitor-seconds", "0"], env)
     metrics = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()] \
         if (root / "run" / "metrics.jsonl").exists() else []
-    first = next((m for m in metrics if "img_per_s" in m), None)
-    decode_s = None
-    if first is not None:  # the time before the first step is the decode (and the engine's start)
-        decode_s = round(train["seconds"] - metrics[-1]["seconds"], 1) if "seconds" in metrics[-1] else None
-    photos = args.n + 8
-    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "folder": wrote, "info": info,
-              "pretrain": train, "decode_and_start_seconds": decode_s,
-              "first_decode_photos_per_s": round(photos / decode_s, 1) if decode_s else None,
-              "steps": metrics[-1].get("step") if metrics else None}
+    files = sum(1 for _ in folder.iterdir())
+    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "folder": wrote, "files": files,
+              "info": info, "decode": decode, "first_decode_seconds": seconds,
+              "first_decode_photos_per_s": round(files / seconds, 1) if seconds else None, "pretrain": train,
+              "steps": metrics[-1].get("step") if metrics else None,
+              "img_per_s": metrics[-1].get("img_per_s") if metrics else None}
     write(f"photos-{device_tag()}.json", result)
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1)[:3000])
 
@@ -184,6 +195,7 @@ def main() -> None:
     m.add_argument("--n", type=int, default=5000)
     m.add_argument("--megapixels", default="12,12")
     m.add_argument("--minutes", type=float, default=1.0)
+    m.add_argument("--unique", type=int, default=500, help="photos made; the others are byte copies")
     m.add_argument("--dir", help="where the folder goes (default: a new temporary folder); reused if there")
     args = p.parse_args()
     if args.cmd == "write":

@@ -96,12 +96,13 @@ def main() -> None:
             r |= {"method": strategy, "labels_per_class": int(b)}  # the budget, in labels in all
             rows.append(r)
             print(r, flush=True)
-    agg = aggregate(rows)
-    print(format_table(agg).replace("@", " @"))
-    write(f"selection-{args.dataset}{args.tag}-{device_tag()}.json",
-          {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "dataset": args.dataset,
-           "checkpoint": str(args.checkpoint), "config": cfg.to_dict(), "budgets_in_labels": budgets,
-           "rows": agg, "rows_per_seed": rows, "picks": chosen, "seconds": round(time.perf_counter() - t0, 1)})
+        agg = aggregate(rows)  # written after every seed: a long run leaves what it finished
+        print(format_table(agg).replace("@", " @"), flush=True)
+        write(f"selection-{args.dataset}{args.tag}-{device_tag()}.json",
+              {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "dataset": args.dataset,
+               "checkpoint": str(args.checkpoint), "config": cfg.to_dict(), "budgets_in_labels": budgets,
+               "seeds_done": s + 1, "rows": agg, "rows_per_seed": rows, "picks": chosen,
+               "seconds": round(time.perf_counter() - t0, 1)})
 
 
 if __name__ == "__main__":

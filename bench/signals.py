@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import device_tag, machine, write  # noqa: E402
 
 from selfsup import checkpoint  # noqa: E402
-from selfsup.config import PretrainConfig  # noqa: E402
 from selfsup.data import load  # noqa: E402
 from selfsup.defaults import for_channels  # noqa: E402
 from selfsup.evaluate import few_label_rows  # noqa: E402

@@ -133,3 +133,35 @@ def _page(result, images, name_of, exact, near, leaks, iso, iso_score, path: Pat
             f"compared by {result['signals']}. {len(unreadable)} unreadable file(s)"
             + (": " + ", ".join(f for f, _ in unreadable[:10]) if unreadable else "") + ". Judge each pair by eye.")
     return rows_page(sections, path, "selfsup data audit", lead)
+
+
+def audit_dataset(name: str, checkpoint: str | None, labels: str | None, image_size: int | None, out: Path) -> dict:
+    """Audit dataset `name` (with a pretraining run's features, where given): OUT/audit.json and OUT/audit.html."""
+    from .data import load
+
+    encoder, cfg = None, None
+    if checkpoint:
+        from .factory import load_encoder
+
+        encoder, cfg = load_encoder(checkpoint)
+    size = image_size or (cfg.image_size if cfg else None)
+    parts, unreadable, root = {}, [], None
+    if name.startswith("folder:"):
+        from .data import folder as fol
+
+        p = fol.plan(name[len("folder:"):], labels=labels)
+        root = p.root
+        for split in p.files:
+            parts[split] = load(name, split, size=size, labels=labels)
+        kept = {q for d in parts.values() for q in d.paths}
+        unreadable = [(q.relative_to(root).as_posix(), "could not be decoded") for fs in p.files.values() for q, _ in fs
+                      if q.relative_to(root).as_posix() not in kept]
+    else:
+        from .data import SPLITS
+
+        for split in SPLITS.get(name, ("train", "test")):
+            parts[split] = load(name, split, size=size)
+    out.mkdir(parents=True, exist_ok=True)
+    result = audit(parts, out, encoder, unreadable, root)
+    print(f"audit: {out / 'audit.json'}\npage:  {out / 'audit.html'}")
+    return result

@@ -282,9 +282,14 @@ def cmd_data(args) -> None:
                               signal.SIGINT) from None
         return
     if args.action == "audit":
-        return data_audit(args)
+        from .audit import audit_dataset
+
+        return audit_dataset(args.name, args.checkpoint, args.labels, args.image_size, Path(args.out or "audit"))
     if args.name.startswith("folder:"):
-        return folder_info(args)
+        from .data.info import describe_folder
+
+        print("\n".join(describe_folder(args.name[len("folder:"):], args.labels, args.image_size)))
+        return
     import numpy as np
 
     for split in args.split.split(","):
@@ -295,74 +300,6 @@ def cmd_data(args) -> None:
               f"{len(labeled)} labeled, {len(d.classes)} classes")
         if len(counts):
             print("  per class: " + ", ".join(f"{d.classes[i] if i < len(d.classes) else i}={c}" for i, c in enumerate(counts)))
-
-
-def folder_info(args) -> None:
-    """What a folder holds, from its file list and headers alone (nothing is decoded)."""
-    import numpy as np
-
-    from .data import folder as fol
-    from .data import in_memory_bytes
-
-    p = fol.plan(args.name[len("folder:"):], labels=args.labels)
-    heads = fol._headers(p.reference)
-    sides = np.array([h[0] for h in heads if not isinstance(h, str)])
-    bad = [(q, h) for q, h in zip(p.reference, heads) if isinstance(h, str)]
-    if not len(sides):
-        raise DataError(f"none of the {len(p.reference)} image files in {p.root} could be read; put readable images there")
-    colour = any(h[1] for h in heads if not isinstance(h, str))
-    natural = int(np.bincount(sides).argmax())
-    train, store = fol.train_side(natural, args.image_size), fol.store_side(natural, args.image_size)
-    n = sum(len(f) for f in p.files.values())
-    print(f"folder:{p.root}: {n:,} image files ({p.layout.replace('flat', 'flat, unlabeled')} layout), "
-          f"{'colour' if colour else 'greyscale'}; shorter sides {sides.min()} to {sides.max()} px (median "
-          f"{int(np.median(sides))}, most common {natural})")
-    for split, files in p.files.items():
-        ys = np.array([y for _, y in files])
-        labeled = int((ys >= 0).sum())
-        line = f"  {split}: {len(files):,} files, {labeled:,} labeled"
-        if labeled and p.classes:
-            line += " (" + ", ".join(f"{c}={k}" for c, k in zip(p.classes, np.bincount(ys[ys >= 0], minlength=len(p.classes)))) + ")"
-        print(line)
-    pixels = n * (3 if colour else 1) * store * store
-    where = "decoded into memory" if pixels <= in_memory_bytes() else "prepared once as a memory-mapped copy"
-    print(f"  training side {train} px on this machine, images kept at {store} px ({pixels / 1e6:,.0f} MB, {where})")
-    if bad:
-        print(f"  {len(bad)} unreadable file(s), skipped: " + ", ".join(str(q.relative_to(p.root)) for q, _ in bad[:5]))
-    if p.layout == "flat":
-        print("  no labels yet: pretrain on it, then `selfsup select` picks the images worth labeling")
-
-
-def data_audit(args) -> None:
-    from .audit import audit
-    from .data import load
-
-    name, encoder, cfg = args.name, None, None
-    if args.checkpoint:
-        from .factory import load_encoder
-
-        encoder, cfg = load_encoder(args.checkpoint)
-    size = args.image_size or (cfg.image_size if cfg else None)
-    parts, unreadable, root = {}, [], None
-    if name.startswith("folder:"):
-        from .data import folder as fol
-
-        p = fol.plan(name[len("folder:"):], labels=args.labels)
-        root = p.root
-        for split in p.files:
-            parts[split] = load(name, split, size=size, labels=args.labels)
-        kept = {q for d in parts.values() for q in d.paths}
-        unreadable = [(q.relative_to(root).as_posix(), "could not be decoded") for fs in p.files.values() for q, _ in fs
-                      if q.relative_to(root).as_posix() not in kept]
-    else:
-        from .data import SPLITS
-
-        for split in SPLITS.get(name, ("train", "test")):
-            parts[split] = load(name, split, size=size)
-    out = Path(args.out or "audit")
-    out.mkdir(parents=True, exist_ok=True)
-    audit(parts, out, encoder, unreadable, root)
-    print(f"audit: {out / 'audit.json'}\npage:  {out / 'audit.html'}")
 
 
 def cmd_list(registry_name: str):
