@@ -55,7 +55,7 @@ KINDS = {
 def main() -> None:
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
            "thresholds": {"pixels": dup.PIXEL_MATCH, "features": dup.FEATURE_MATCH, "detail": dup.DETAIL_MATCH,
-                          "crowded": [dup.CROWDED, dup.CROWDED_MATCH]}}
+                          "crowded": [dup.CROWD, dup.CROWDED_MATCH]}}
     tr, te = load("cifar10", "train"), load("cifar10", "test")
     t = time.perf_counter()
     pairs = dup.near_pairs(tr.images, te.images)

@@ -29,8 +29,8 @@ DETAIL = 24
 PIXEL_MATCH = 0.90  # thumbnails: a candidate
 FEATURE_MATCH = 0.95  # centred features: a candidate
 DETAIL_MATCH = 0.72  # details: a near copy
-CROWDED, CROWDED_MATCH, CROWDED_PIXELS = 0.5, 0.995, 0.99  # where look-alikes are the rule (detail_bar)
-SAMPLE = 4000  # candidates whose details decide whether look-alikes are the rule
+CROWD, CROWDED_MATCH, CROWDED_PIXELS = 3, 0.995, 0.99  # where look-alikes are the rule (detail_bar)
+SAMPLE = 1000  # queries whose candidates decide whether look-alikes are the rule
 K = 5  # candidates per image
 
 
@@ -120,8 +120,9 @@ def near_pairs(bank_images: np.ndarray, query_images: np.ndarray | None = None, 
     a, b = np.array([k[0] for k in keys]), np.array([k[1] for k in keys])
     qa_images = bank_images if self_search else queries
     px = pixel_score(tq, tb, torch.from_numpy(a), torch.from_numpy(b)).numpy()
-    sample = np.random.default_rng(0).permutation(len(a))[:SAMPLE]  # is this a crowd of look-alikes?
-    bar = detail_bar(a[sample], detail_score(qa_images, bank_images, a[sample], b[sample]), nq, len(a) / len(sample))
+    some = np.random.default_rng(0).permutation(np.unique(a))[:SAMPLE]  # is this a crowd of look-alikes?
+    sample = np.flatnonzero(np.isin(a, some))
+    bar = detail_bar(a[sample], detail_score(qa_images, bank_images, a[sample], b[sample]))
     if bar == CROWDED_MATCH:  # a near-identical copy agrees in its thumbnail too: check only those
         keep = px >= CROWDED_PIXELS
         a, b, px = a[keep], b[keep], px[keep]
@@ -139,13 +140,14 @@ class Pairs(list):
     threshold: float = DETAIL_MATCH
 
 
-def detail_bar(a: np.ndarray, detail: np.ndarray, n_queries: int, scale: float = 1.0) -> float:
-    """DETAIL_MATCH; or CROWDED_MATCH, nearly identical, where most images have a look-alike whose details agree at
-    DETAIL_MATCH, as closely as a copy's would. Handwritten digits are the case: every handwritten 1 agrees with
-    hundreds of other 1s at 0.95, and none is a copy; on photographs few images have such a look-alike.
-    `a`, `detail`: the queries and details of a sample of the candidates, `scale` times fewer than all."""
-    close = len(np.unique(a[detail >= DETAIL_MATCH])) * min(scale, n_queries / max(len(np.unique(a)), 1))
-    return CROWDED_MATCH if close >= CROWDED * n_queries else DETAIL_MATCH
+def detail_bar(a: np.ndarray, detail: np.ndarray) -> float:
+    """DETAIL_MATCH; or CROWDED_MATCH, nearly identical, where look-alikes are the rule: where most queries that
+    have a match at DETAIL_MATCH have CROWD of them or more. Handwritten digits are the case: every handwritten 1
+    agrees with hundreds of other 1s at 0.95, and none is a copy. A photo has one copy, or a few.
+    `a`, `detail`: every candidate of a sample of the queries."""
+    counts = np.bincount(a[detail >= DETAIL_MATCH])
+    counts = counts[counts > 0]
+    return CROWDED_MATCH if len(counts) and np.median(counts) >= CROWD else DETAIL_MATCH
 
 
 def pixel_score(tq: torch.Tensor, tb: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -179,7 +181,7 @@ def detail_score(qa: np.ndarray, bb: np.ndarray, a: np.ndarray, b: np.ndarray, b
         s = [(dx[0] * d).sum(1) for d in dy] + [(d * dy[0]).sum(1) for d in dx[1:]]
         s.append((details(np.ascontiguousarray(x[..., ::-1])) * dy[0]).sum(1))
         out.append(torch.stack(s).max(0).values)
-    return torch.cat(out).numpy()
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
 def groups(n: int, pairs: list[Pair]) -> list[list[int]]:

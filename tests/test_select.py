@@ -8,6 +8,7 @@ import torch
 
 from photo_folders import write_with_copies
 from selfsup.cli import main
+from selfsup.data import load
 from selfsup.select import select
 
 
@@ -92,3 +93,24 @@ def test_the_contact_sheet_and_map_open_in_chromium(run_dir, tmp_path, browser_p
     page.goto((tmp_path / "p" / "map.html").as_uri())
     page.wait_for_selector("canvas", timeout=15000)
     assert not errors and not remote
+
+
+def test_picks_of_a_built_in_dataset_are_evaluated_with_their_own_labels(tmp_path, capsys):
+    """to_label.csv names training indices; `eval --labeled` reads their labels from the dataset, as the person
+    labeling them would give them, and trains on exactly those images."""
+    import json
+
+    assert main(["pretrain", "--dataset", "digits", "--steps", "2", "--batch-size", "32", "--backbone-args",
+                 "width=4", "--monitor-seconds", "0", "--out", str(tmp_path / "run")]) == 0
+    assert main(["select", "--checkpoint", str(tmp_path / "run"), "--budget", "40", "--map-points", "50",
+                 "--out", str(tmp_path / "p")]) == 0
+    rows = picks_of(tmp_path / "p" / "to_label.csv")
+    assert len(rows) == 40 and all(r["index"].isdigit() for r in rows)
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--labeled", str(tmp_path / "p" / "to_label.csv"),
+                 "--evals", "knn,linear", "--out", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert {r["labels_per_class"] for r in res["rows"]} == {"picks"}
+    used = {r["labels"] for r in res["rows_per_seed"]}
+    per_class = np.bincount(load("digits").labels[[int(r["index"]) for r in rows]], minlength=10)
+    held = sum(min(res["labels"]["validation"]["per_class"], c // 4) if c >= 4 else 0 for c in per_class if c)
+    assert used == {40 - held}  # the picks, less the validation images drawn from them
