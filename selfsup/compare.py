@@ -331,7 +331,8 @@ def headline(rows: list[dict], labels_per_class: tuple[int, ...]) -> dict:
     best = max(ssl, key=lambda r: r["accuracy"])
     gain = best["accuracy"] - sup["finetune"]
     uses = "the labels and the unlabeled images" if unlabeled(best) else "the labels alone"
-    text = (f"At {n} labels per class, {best['method']} with {best['eval']} wins: {best['accuracy']:.3f}, using {uses}; "
+    where = f"With the {best.get('labels', n)} labeled images given" if isinstance(n, str) else f"At {n} labels per class"
+    text = (f"{where}, {best['method']} with {best['eval']} wins: {best['accuracy']:.3f}, using {uses}; "
             f"{abs(gain) * 100:.1f} points {'ahead of' if gain > 0 else 'behind'} supervised from scratch "
             f"({sup['finetune']:.3f}).")
     alone = [r for r in ssl if not unlabeled(r)]

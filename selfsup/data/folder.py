@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import re
 import sys
 import warnings
 from collections import Counter
@@ -287,6 +288,9 @@ def _headers(paths: list[Path]) -> list[tuple[int, bool] | str]:
     return out
 
 
+_IN_MEMORY = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>")  # says nothing to a person
+
+
 def _decode_task(task: tuple[list[Path], int, bool]) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Decode a list of files: (images of the readable ones (n, C, S, S), [(position, reason)] of the others)."""
     paths, size, colour = task
@@ -295,7 +299,7 @@ def _decode_task(task: tuple[list[Path], int, bool]) -> tuple[np.ndarray, list[t
         try:
             good.append(decode(p, size, colour))
         except Exception as e:  # noqa: BLE001 - as above
-            bad.append((i, f"{type(e).__name__}: {str(e)[:200]}"))
+            bad.append((i, f"{type(e).__name__}: {_IN_MEMORY.sub('', str(e))[:200]}"))
     c = 3 if colour else 1
     return (np.stack(good) if good else np.empty((0, c, size, size), np.uint8)), bad
 

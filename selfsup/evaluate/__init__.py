@@ -272,6 +272,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for (m, e, n), rs in groups.items():
         accs = [r["accuracy"] for r in rs]
         row = {"method": m, "eval": e, "labels_per_class": n, "accuracy": round(mean(accs), 4)}
+        if isinstance(n, str) and "labels" in rs[0]:  # a given set: how many labels it trained on
+            row["labels"] = rs[0]["labels"]
         if all("accuracy_clean" in r for r in rs):
             row["accuracy_clean"] = round(mean(r["accuracy_clean"] for r in rs), 4)
         if len(rs) > 1:

@@ -37,7 +37,7 @@ def label_efficiency_svg(rows: list[dict]) -> str:
     """Accuracy against labels per class (log x), one panel per eval, one line per method and baseline."""
     evals = [e for e in EVALS if any(r["eval"] == e for r in rows)]
     if any(isinstance(r["labels_per_class"], str) for r in rows):  # a set of labeled images: one point, no curve
-        return ""
+        return "<p>One set of labeled images, so one point per evaluation: the table above.</p>"
     fig, axes = plt.subplots(1, len(evals), figsize=(4.2 * len(evals), 3.4), squeeze=False, sharey=True)
     for ax, e in zip(axes[0], evals):
         lines = defaultdict(list)
