@@ -34,18 +34,24 @@ SAMPLE = 1000  # queries whose candidates decide whether look-alikes are the rul
 K = 5  # candidates per image
 
 
+def grey(images: np.ndarray, crop: str | None = None) -> torch.Tensor:
+    """uint8 images (N, C, H, W) as float grey (N, 1, H, W), whole or one 90% crop ("centre", "tl", "tr", "bl", "br")."""
+    g = torch.from_numpy(np.require(images, requirements=("C", "W"))).float().mean(1, keepdim=True)
+    if crop is None:
+        return g
+    h, w = g.shape[-2:]
+    ch, cw = round(h * CROP), round(w * CROP)
+    top = {"centre": (h - ch) // 2, "tl": 0, "tr": 0, "bl": h - ch, "br": h - ch}[crop]
+    left = {"centre": (w - cw) // 2, "tl": 0, "tr": w - cw, "bl": 0, "br": w - cw}[crop]
+    return g[..., top:top + ch, left:left + cw]
+
+
 def thumbnails(images: np.ndarray, batch: int = 4096, crop: str | None = None) -> torch.Tensor:
     """(N, 256) unit rows: 16x16 grey, mean removed, of uint8 images (N, C, H, W) (read a batch at a time).
     `crop`: of the central 90% ("centre") or a 90% corner ("tl", "tr", "bl", "br") instead of the whole image."""
     out = torch.empty(len(images), THUMB * THUMB)
     for i in range(0, len(images), batch):
-        g = torch.from_numpy(np.require(images[i:i + batch], requirements=("C", "W"))).float().mean(1, keepdim=True)
-        if crop is not None:
-            h, w = g.shape[-2:]
-            ch, cw = round(h * CROP), round(w * CROP)
-            top = {"centre": (h - ch) // 2, "tl": 0, "tr": 0, "bl": h - ch, "br": h - ch}[crop]
-            left = {"centre": (w - cw) // 2, "tl": 0, "tr": w - cw, "bl": 0, "br": w - cw}[crop]
-            g = g[..., top:top + ch, left:left + cw]
+        g = grey(images[i:i + batch], crop)  # (B, 1, H, W)
         t = F.interpolate(g, size=(THUMB, THUMB), mode="area").flatten(1)  # (B, 256)
         t = t - t.mean(1, keepdim=True)
         out[i:i + len(t)] = F.normalize(t, dim=1)
@@ -159,14 +165,7 @@ def pixel_score(tq: torch.Tensor, tb: torch.Tensor, a: torch.Tensor, b: torch.Te
 
 def details(images: np.ndarray, crop: str | None = None) -> torch.Tensor:
     """(N, 576) unit rows: a 24x24 grey thumbnail minus its 5x5 local mean (the edges and textures, not the layout)."""
-    g = torch.from_numpy(np.require(images, requirements=("C", "W"))).float().mean(1, keepdim=True)
-    if crop is not None:
-        h, w = g.shape[-2:]
-        ch, cw = round(h * CROP), round(w * CROP)
-        top = {"centre": (h - ch) // 2, "tl": 0, "tr": 0, "bl": h - ch, "br": h - ch}[crop]
-        left = {"centre": (w - cw) // 2, "tl": 0, "tr": w - cw, "bl": 0, "br": w - cw}[crop]
-        g = g[..., top:top + ch, left:left + cw]
-    t = F.interpolate(g, size=(DETAIL, DETAIL), mode="area")
+    t = F.interpolate(grey(images, crop), size=(DETAIL, DETAIL), mode="area")
     t = t - F.avg_pool2d(F.pad(t, (2, 2, 2, 2), mode="replicate"), 5, 1)
     return F.normalize(t.flatten(1), dim=1)
 
