@@ -189,10 +189,11 @@ def run_select(encoder, data, budget: int, out, seed: int = 0, labeled: str | No
     pairs = dup.near_pairs(data.images, bank_features=feats)
     keep = dup.keep_one(len(data), pairs)
     if done is not None:  # never a near-copy of an image labeled already
+        labeled = set(done.tolist())
         for p in pairs:
-            if p.a in set(done.tolist()):
+            if p.a in labeled:
                 keep[p.b] = False
-            if p.b in set(done.tolist()):
+            if p.b in labeled:
                 keep[p.a] = False
     picks = select(selection_features(feats, head), budget, seed, np.flatnonzero(keep), done, done_y)
     names, key = data.names(), "path" if data.paths is not None else "index"

@@ -28,6 +28,7 @@ class LabelPlan:
     sets: dict[str, np.ndarray] | None = None  # name -> training indices
     validation: Validation = field(default_factory=lambda: Validation(10, "fixed", "10 per class"))
     notes: list[str] = field(default_factory=list)
+    labels: np.ndarray | None = None  # the training labels, for the per-class counts of a set
 
     def to_dict(self) -> dict:
         d = {"validation": self.validation.to_dict(), "notes": self.notes}
@@ -36,8 +37,6 @@ class LabelPlan:
         else:
             d["labels_per_class"] = list(self.counts)
         return d
-
-    labels: np.ndarray | None = None
 
 
 def _per_class(idx: np.ndarray, labels: np.ndarray | None) -> list[int]:
