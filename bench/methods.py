@@ -27,7 +27,7 @@ from selfsup import defaults  # noqa: E402
 from selfsup.config import PretrainConfig  # noqa: E402
 from selfsup.data import load  # noqa: E402
 from selfsup.evaluate import few_label_rows  # noqa: E402
-from selfsup.factory import encoder_spec, load_encoder, random_encoder  # noqa: E402
+from selfsup.factory import encoder_spec, encoder_and_config, random_encoder  # noqa: E402
 from selfsup.methods import METHODS  # noqa: E402
 from selfsup.train import pretrain  # noqa: E402
 
@@ -101,7 +101,7 @@ def main() -> None:
                      fields | {f"m.{k}": v for k, v in mine.items()})
         t0 = time.perf_counter()
         path = pretrain(cfg, train, show_progress=False)
-        encoder, _ = load_encoder(path)
+        encoder, _ = encoder_and_config(path)
         import torch
 
         state = torch.load(path, weights_only=False)

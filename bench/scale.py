@@ -470,13 +470,13 @@ def mnist_agreement(work: Path) -> dict:
     from selfsup.evaluate import extract_features, label_subset, unlabeled_pool, validation_split
     from selfsup.evaluate.knn import knn_accuracy
     from selfsup.evaluate.propagate import LabelGraph
-    from selfsup.factory import load_encoder
+    from selfsup.factory import encoder_and_config
     from selfsup.train import pretrain
 
     train, test = load("mnist", "train"), load("mnist", "test")
     cfg = defaults.for_channels(1).override(dataset="mnist", minutes=2.0, steps=None, out=str(work / "mnist-run"),
                                             monitor_seconds=0)
-    encoder, _ = load_encoder(pretrain(cfg, train, show_progress=False))
+    encoder, _ = encoder_and_config(pretrain(cfg, train, show_progress=False))
     f, tf = extract_features(encoder, train.images), extract_features(encoder, test.images)
     torch.save((f, tf), work / "mnist-feats.pt")
     ty = torch.from_numpy(test.labels)

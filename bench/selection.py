@@ -28,7 +28,7 @@ from selfsup import duplicates as dup  # noqa: E402
 from selfsup.data import load  # noqa: E402
 from selfsup.data.splits import few_labels  # noqa: E402
 from selfsup.evaluate import SemisupConfig, aggregate, extract_features, few_label_rows  # noqa: E402
-from selfsup.factory import load_encoder  # noqa: E402
+from selfsup.factory import encoder_and_config  # noqa: E402
 from selfsup.report import format_table  # noqa: E402
 from selfsup.select import density, random_picks, select, selection_features, selection_head  # noqa: E402
 
@@ -70,7 +70,7 @@ def main() -> None:
     p.add_argument("--semisup-steps", type=int, default=500)
     p.add_argument("--tag", default="")
     args = p.parse_args()
-    encoder, cfg = load_encoder(args.checkpoint)
+    encoder, cfg = encoder_and_config(args.checkpoint)
     train, test = load(args.dataset, "train"), load(args.dataset, "test")
     t0 = time.perf_counter()
     feats = extract_features(encoder, train.images)

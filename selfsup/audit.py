@@ -141,9 +141,9 @@ def audit_dataset(name: str, checkpoint: str | None, labels: str | None, image_s
 
     encoder, cfg = None, None
     if checkpoint:
-        from .factory import load_encoder
+        from .factory import encoder_and_config
 
-        encoder, cfg = load_encoder(checkpoint)
+        encoder, cfg = encoder_and_config(checkpoint)
     size = image_size or (cfg.image_size if cfg else None)
     parts, unreadable, root = {}, [], None
     if name.startswith("folder:"):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .constants import beside
 from .errors import ConfigError
 
 
@@ -160,7 +161,7 @@ _YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
 
 
 def _rotate_hue(x: Tensor, turn: Tensor) -> Tensor:
-    to_yiq, from_yiq = _RGB2YIQ.to(x), _YIQ2RGB.to(x)
+    to_yiq, from_yiq = beside(_RGB2YIQ, x), beside(_YIQ2RGB, x)
     c, s = turn.cos(), turn.sin()
     one, zero = torch.ones_like(c), torch.zeros_like(c)
     rot = torch.stack([torch.stack([one, zero, zero], 1), torch.stack([zero, c, -s], 1), torch.stack([zero, s, c], 1)], 1)

@@ -85,6 +85,18 @@ class Bottleneck(Basic):
                                conv_bn(width, width * 4, 1, relu=False))
 
 
+SMALL_STEM_MAX_SIDE = 96  # px: the small stem up to here (CIFAR, STL-10), the ImageNet stem above (224 px photos)
+
+
+def sized_args(name: str, args: dict, side: int | None) -> dict:
+    """A backbone's arguments with those that follow from the image side filled in where not given: a ResNet's
+    stem. The small stem keeps full resolution into stage 1; at 224 px that is 16 times the FLOPs and activation
+    memory of the ImageNet stem, which the papers use at that size."""
+    if name.startswith("resnet") and "stem" not in args:
+        return args | {"stem": "small" if not side or side <= SMALL_STEM_MAX_SIDE else "imagenet"}
+    return args
+
+
 def resnet(block: type[Basic], depths: tuple[int, ...], in_channels: int, stem: str, width: int,
            image_size: int | None = None) -> Encoder:
     """ResNet (He et al. 2016). stem='small': 3x3 conv, no max-pool (for 32-96 px); 'imagenet': 7x7/2 conv + max-pool."""
@@ -104,12 +116,14 @@ def resnet(block: type[Basic], depths: tuple[int, ...], in_channels: int, stem: 
     return Encoder(first, nn.Sequential(*stages), cin, in_channels, image_size)
 
 
-@BACKBONES.register("resnet18", "ResNet-18, 512-d; stem='small' (default) or 'imagenet'")
+@BACKBONES.register("resnet18", "ResNet-18, 512-d; stem='small' (3x3, up to 96 px) or 'imagenet' (7x7/2 + max-pool, "
+                    "larger images): chosen from the image side unless given")
 def resnet18(in_channels: int = 3, stem: str = "small", width: int = 64, image_size: int | None = None) -> Encoder:
     return resnet(Basic, (2, 2, 2, 2), in_channels, stem, width, image_size)
 
 
-@BACKBONES.register("resnet50", "ResNet-50 (bottlenecks), 2048-d; stem='small' (default) or 'imagenet'")
+@BACKBONES.register("resnet50", "ResNet-50 (bottlenecks), 2048-d; stem='small' (up to 96 px) or 'imagenet' (larger "
+                    "images): chosen from the image side unless given")
 def resnet50(in_channels: int = 3, stem: str = "small", width: int = 64, image_size: int | None = None) -> Encoder:
     return resnet(Bottleneck, (3, 4, 6, 3), in_channels, stem, width, image_size)
 

@@ -63,7 +63,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(PretrainConfig):
         flag = "--" + f.name.replace("_", "-")
         t, help_ = str(f.type), f"{f.metadata.get('help', '')} (default: {_default(f)})"
-        if t == "bool":
+        if t in ("bool", "bool | None"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif t.startswith("dict"):
             p.add_argument(flag, type=_kv, default=None, metavar="K=V,...", help=help_)
@@ -115,6 +115,7 @@ def cmd_eval(args) -> None:
 
     from .checkpoint import read
     from .data import load
+    from .engine import eval_device
     from .evaluate import aggregate, few_label_rows
     from .evaluate.labels import label_plan
     from .factory import encoder_from
@@ -137,7 +138,7 @@ def cmd_eval(args) -> None:
         load(dataset, cfg.split, cfg.data_root, size=cfg.image_size, labels=labels, accelerator=cfg.accelerator)
     leak = leakage_report(encoder, seen, test)  # before any score, which it qualifies
     rows = few_label_rows(encoder, train, test, list(plan.counts), cfg.method, evals, tuple(range(args.seeds)),
-                          validation=plan.validation, label_sets=plan.sets, leaked=np.array(leak["leaked_index"]))
+                          device=eval_device(args.device, cfg.accelerator), validation=plan.validation, label_sets=plan.sets, leaked=np.array(leak["leaked_index"]))
     out = Path(args.out) if args.out else path.parent.parent / "eval.json"
     write_json(out, {"dataset": dataset, "rows": aggregate(rows), "rows_per_seed": rows, "labels": plan.to_dict(),
                      "leakage": {k: v for k, v in leak.items() if k != "leaked_index"}, "checkpoint": str(path),
@@ -168,7 +169,7 @@ def cmd_compare(args) -> None:
         cc = CompareConfig()
     names = lambda text: tuple(v for v in text.split(",") if v)  # noqa: E731
     given = {"dataset": args.dataset, "minutes_per_method": args.minutes_per_method, "out": args.out,
-             "val_per_class": args.val_per_class, "labeled": args.labeled,
+             "val_per_class": args.val_per_class, "labeled": args.labeled, "device": args.device,
              "methods": None if args.methods is None else names(args.methods),
              "baselines": None if args.baselines is None else names(args.baselines),
              "evals": None if args.evals is None else names(args.evals),
@@ -191,7 +192,7 @@ def cmd_compare(args) -> None:
 def cmd_embed(args) -> None:
     from .config import PretrainConfig
     from .data import load
-    from .factory import encoder_spec, load_encoder, random_encoder
+    from .factory import encoder_spec, encoder_and_config, random_encoder
     from .report.embedding import PROJECTIONS, write_embedding
 
     if args.projection not in PROJECTIONS:
@@ -204,7 +205,7 @@ def cmd_embed(args) -> None:
     if args.export and Path(args.export).suffix not in (".npy", ".csv"):
         raise ConfigError(f"--export writes .npy or .csv, not {args.export}")
     if args.checkpoint:
-        encoder, cfg = load_encoder(args.checkpoint)
+        encoder, cfg = encoder_and_config(args.checkpoint)
         dataset = args.dataset or cfg.dataset
     elif args.random_init:
         if not args.dataset:
@@ -228,9 +229,9 @@ def cmd_embed(args) -> None:
 def _checkpoint_data(args, split: str = "train"):
     """(encoder, config, images) of a command given --checkpoint and optionally --dataset/--labels."""
     from .data import load
-    from .factory import load_encoder
+    from .factory import encoder_and_config
 
-    encoder, cfg = load_encoder(args.checkpoint)
+    encoder, cfg = encoder_and_config(args.checkpoint)
     dataset = args.dataset or cfg.dataset
     labels = getattr(args, "labels", None) or (cfg.labels if dataset == cfg.dataset else None)
     data = load(dataset, split, cfg.data_root, size=cfg.image_size, labels=labels, accelerator=cfg.accelerator)
@@ -365,6 +366,8 @@ def _compare_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--backbone-args", type=_kv, default=None, metavar="K=V,...", help="the backbone's arguments")
     c.add_argument("--batch-size", type=int, default=None, help="pretraining batch size (default: 256)")
     c.add_argument("--config", help="YAML of PretrainConfig fields shared by every method (replaces the defaults)")
+    c.add_argument("--device", help="where evaluation runs: auto (the pretraining's: a GPU where torch sees one), cpu, "
+                   "cuda or cuda:N")
     c.add_argument("--out", help="output directory (default: runs/cmp, or runs/RECIPE-SIZE)")
     c.set_defaults(run=cmd_compare)
 
@@ -456,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=_count, default=1, help="how many seeds (label subsets): 0..N-1")
     e.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     e.add_argument("--out", help="JSON path (default: RUN/eval.json)")
+    e.add_argument("--device", default="auto", help="where evaluation runs: auto (a GPU where torch sees one), cpu, cuda "
+                   "or cuda:N")
     e.set_defaults(run=cmd_eval)
 
     m = add("embed", "2-D map of an encoder's features: interactive HTML, PNG, or raw export")

@@ -19,6 +19,7 @@ from .augment import view_for
 from .config import PretrainConfig
 from .data import ImageSet, fetch, has_unlabeled_split, load
 from .data.folder import split_info
+from .engine import eval_device
 from .errors import ConfigError, DataError, SelfsupError
 from .audit import leakage_report
 from .evaluate import (EVALS, FinetuneConfig, SemisupConfig, aggregate, class_count, few_label_rows, given_validation,
@@ -28,6 +29,7 @@ from .evaluate.finetune import train_classifier
 from .factory import encoder_spec, method_from, random_encoder
 from .files import DirLock, append_jsonl, read_jsonl, write_json
 from .methods import METHODS
+from .papers import paper_config
 from .report import format_table
 from .train import pretrain
 
@@ -52,6 +54,8 @@ class CompareConfig:
     pictures: bool = True  # maps, filters, neighbours, views and colorization samples in the report
     map_points: int = 2000  # test images per embedding map (t-SNE time grows with this)
     out: str = "runs/cmp"
+    paper_settings: bool = False  # each method trained as its paper does (selfsup.papers): the GPU recipes
+    device: str = "auto"  # where evaluation runs: auto (the pretraining accelerator's device), cpu, cuda, cuda:N
     pretrain: PretrainConfig | None = None  # None: the measured defaults for the data's channels (selfsup.defaults)
     pretrain_args: dict = field(default_factory=dict)  # PretrainConfig fields changed on top of `pretrain`
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -96,7 +100,8 @@ class CompareConfig:
             d["split"] = "train+unlabeled"  # unlabeled images join pretraining, never evaluation
         if method != self.pretrain.method:  # method_args belong to the shared config's own method
             d["method_args"] = {}
-        return PretrainConfig.from_dict(d).with_budget(minutes=self.minutes_per_method).validate()
+        cfg = PretrainConfig.from_dict(d).with_budget(minutes=self.minutes_per_method)
+        return (paper_config(cfg) if self.paper_settings else cfg).validate()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -273,6 +278,7 @@ def evaluate_all(cc: CompareConfig, subjects: dict, train: ImageSet, test: Image
     rows already in the cache are reused, new ones are added to it as they are made; `keep(row, model)` sees each
     newly trained model."""
     ft, per_seed = cc.finetune, []
+    device = eval_device(cc.device, cc.base().accelerator)  # baselines and trained evaluations on the run's device
     trained = {"finetune": ft.to_dict(), "semisup": cc.semisup.to_dict()}  # what else determines a trained row
     for name, (encoder, evals, overrides, identity) in subjects.items():
         for s in cc.seeds:
@@ -286,7 +292,7 @@ def evaluate_all(cc: CompareConfig, subjects: dict, train: ImageSet, test: Image
                 if todo:
                     print(f"evaluating {name}: {e} at {todo} labels per class, seed {s}", file=sys.stderr, flush=True)
                     for r in few_label_rows(encoder, train, test, [] if plan.sets else todo, name, (e,), (s,),
-                                            finetune=ft, semisup=cc.semisup, keep=keep, validation=plan.validation,
+                                            device=device, finetune=ft, semisup=cc.semisup, keep=keep, validation=plan.validation,
                                             label_sets={k: plan.sets[k] for k in todo} if plan.sets else None,
                                             leaked=leaked, **overrides):
                         cache.add(keys[r["labels_per_class"]], r)

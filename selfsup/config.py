@@ -38,13 +38,14 @@ class PretrainConfig:
     minutes: float | None = opt(None, "budget in wall-clock minutes")
     steps: int | None = opt(None, "budget in optimizer steps")
     batch_size: int = opt(256, "images per step on each device")
-    optimizer: str = opt("adamw", "adamw or sgd (Nesterov momentum 0.9)")
+    optimizer: str = opt("adamw", "adamw, sgd (Nesterov momentum 0.9) or lars (momentum 0.9, trust ratio 0.001; the "
+                         "large-batch optimizer of SimCLR, BYOL, Barlow Twins and VICReg)")
     lr: float = opt(2e-3, "peak learning rate (linear warmup, then cosine decay to 0)")
     weight_decay: float = opt(1e-5, "weight decay on weights (never on norms, biases or the method's exceptions)")
     warmup: float = opt(0.05, "fraction of the budget spent warming up the learning rate")
     precision: str = opt("auto", "auto, bf16-mixed, 16-mixed or 32-true; auto: bf16 where the hardware runs it")
     channels_last: bool = opt(True, "channels-last memory layout for convolutions")
-    accelerator: str = opt("auto", "auto, cpu, cuda or mps")
+    accelerator: str = opt("auto", "auto, cpu or cuda; auto: a GPU where torch sees one")
     devices: int = opt(1, "processes (GPUs) per node; each trains on its own shard of every epoch")
     num_nodes: int = opt(1, "machines")
     seed: int = opt(0, "seed for weights, data order and augmentation")
@@ -52,7 +53,9 @@ class PretrainConfig:
     checkpoint_steps: int | None = opt(None, "also save one every this many steps")
     keep_checkpoints: int = opt(3, "how many periodic checkpoints to keep (newest first)")
     skip_nonfinite: int = opt(0, "steps with NaN/inf gradients to skip before stopping (0: stop at the first)")
-    sync_batchnorm: bool = opt(False, "BatchNorm statistics over the global batch (GPUs only)")
+    sync_batchnorm: bool | None = opt(None, "BatchNorm statistics over the global batch (GPUs only); None: on for "
+                                      "several GPU processes where the method's paper does so (SimCLR, BYOL, "
+                                      "SimSiam, MoCo v3, Barlow Twins, VICReg, DINO)")
     monitor_seconds: float = opt(30.0, "online kNN on a small labeled holdout this often, in seconds (0: off)")
     monitor_per_class: int = opt(50, "online kNN bank and queries per class, from the pretraining split's labels")
     logger: str = opt("", "loggers beside metrics.jsonl, comma-separated: tensorboard, csv, wandb")
@@ -87,8 +90,11 @@ class PretrainConfig:
         names(self.logger)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
+        from .engine import accelerator_for
+
+        accelerator_for(self.accelerator)  # one line for an unknown one (mps included)
+        if self.optimizer not in ("adamw", "sgd", "lars"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose adamw, sgd or lars")
         return self
 
     def to_dict(self) -> dict[str, Any]:

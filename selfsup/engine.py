@@ -56,16 +56,18 @@ def choose_precision(accelerator: str = "auto", precision: str = "auto") -> str:
     `measured_precision` refines this for a given encoder."""
     if precision != "auto":
         return precision
-    if accelerator in ("auto", "cuda", "gpu") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    if accelerator in ("auto", "cpu") and cpu_bf16_path() != "none":
+    if accelerator_for(accelerator) == "cuda" and torch.cuda.is_available():
+        # native bf16 only (Ampere and later): emulated bf16 on a V100 or T4 is slow, and fp16 with a scaler is not
+        return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
+    if accelerator_for(accelerator) == "cpu" and cpu_bf16_path() != "none":
         return "bf16-mixed"
     return "32-true"
 
 
 def probe_seconds(spec, batch: int = PROBE_BATCH, rounds: int = 3) -> dict:
     """Seconds per image of the encoder's training forward and backward, fp32 and bf16 autocast, timed in turns
-    (the fastest of `rounds` each). The batch shrinks so that one fp32 step takes about half a second at most."""
+    (the fastest of `rounds` each). The batch shrinks so that one fp32 step takes about half a second at most, and
+    never exceeds `batch` (the run's own): the probe needs no more memory than the step it measures."""
     from .encoders import build_encoder
 
     side = spec.image_size or 32
@@ -82,8 +84,9 @@ def probe_seconds(spec, batch: int = PROBE_BATCH, rounds: int = 3) -> dict:
             model.zero_grad(set_to_none=True)
             return (time.perf_counter() - t0) / n
 
-        step(16, False)  # warm-up
-        n = int(max(16, min(batch, 0.5 / max(step(16, False), 1e-9))))
+        first = min(16, batch)
+        step(first, False)  # warm-up
+        n = int(max(first, min(batch, 0.5 / max(step(first, False), 1e-9))))
         step(n, True)  # bf16 kernels are created on their first call
         times = {False: [], True: []}
         for _ in range(rounds):
@@ -112,7 +115,7 @@ def _read_json(source) -> dict:
     return found if isinstance(found, dict) else {}
 
 
-def measured_precision(spec) -> dict:
+def measured_precision(spec, batch: int = PROBE_BATCH) -> dict:
     """{'precision', 'reason'} for training or running `spec`'s encoder on this CPU with --precision auto."""
     if cpu_bf16_path() == "none":
         return {"precision": "32-true", "reason": "auto: fp32, this CPU has no native bf16 (AMX or AVX512-BF16)"}
@@ -126,7 +129,7 @@ def measured_precision(spec) -> dict:
         found = {"precision": "32-true", "reason": "auto: fp32, because this is one of several processes started "
                  "together and none measured bf16 for this encoder here (a one-process run measures and caches it)"}
     if found is None:
-        t = probe_seconds(spec)
+        t = probe_seconds(spec, min(batch, PROBE_BATCH))
         gain = t["fp32"] / t["bf16"]
         chosen = "bf16-mixed" if gain >= BF16_MIN_GAIN else "32-true"
         found = {"precision": chosen, "bf16_speedup": round(gain, 3), "probe": t, "date": time.strftime("%Y-%m-%d"),
@@ -143,17 +146,43 @@ def measured_precision(spec) -> dict:
     return found
 
 
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu")
+
+
+def accelerator_for(asked: str = "auto") -> str:
+    """'cuda' or 'cpu': what `asked` means here ('auto': a GPU where torch sees one). Apple's mps is not offered:
+    torch's mps has no float64 and several of the methods' ops fall back to the CPU there."""
+    from .errors import ConfigError
+
+    if asked not in ACCELERATORS:
+        raise ConfigError(f"unknown accelerator {asked!r}; choose one of: {', '.join(ACCELERATORS)}"
+                          + (" (mps is not supported; use cpu)" if asked == "mps" else ""))
+    return "cuda" if asked in ("cuda", "gpu") or (asked == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def eval_device(asked: str | None = "auto", accelerator: str = "auto") -> torch.device:
+    """Where evaluation runs: `asked` ('cpu', 'cuda', 'cuda:1'), or ('auto' or None) the device the run's
+    `accelerator` means: on a GPU machine, baselines, fine-tuning and semi-supervised training run there too."""
+    if asked and asked != "auto":
+        try:
+            return torch.device(asked)
+        except RuntimeError:
+            from .errors import ConfigError
+
+            raise ConfigError(f"unknown device {asked!r}; give auto, cpu, cuda or cuda:N") from None
+    return torch.device(accelerator_for(accelerator))
+
+
 def on_cpu(accelerator: str) -> bool:
-    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
-                                    and not torch.backends.mps.is_available())
+    return accelerator_for(accelerator) == "cpu"
 
 
-def resolve_precision(accelerator: str, precision: str, spec=None) -> dict:
+def resolve_precision(accelerator: str, precision: str, spec=None, batch: int = PROBE_BATCH) -> dict:
     """{'precision', 'reason'}: what was asked for, or the measured choice on a CPU, or the hardware rule."""
     if precision != "auto":
         return {"precision": precision, "reason": f"--precision {precision}"}
     if spec is not None and on_cpu(accelerator):
-        return measured_precision(spec)
+        return measured_precision(spec, batch)
     chosen = choose_precision(accelerator, precision)
     return {"precision": chosen, "reason": f"auto: {chosen} by the hardware rule (bf16 where it runs natively)"}
 
@@ -166,24 +195,54 @@ def autocast_for(device: torch.device, precision: str = "auto", encoder=None):
     chosen = resolve_precision(device.type, precision, spec)["precision"]
     if chosen.startswith("bf16"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
-    if chosen.startswith("16") and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
+    if chosen.startswith("16"):
+        return torch.autocast(device.type, dtype=torch.float16)
     return contextlib.nullcontext()
 
 
+class TrainStep:
+    """Autocast, backward and optimizer step for evaluation's own training (fine-tuning, semi-supervised): under
+    fp16 autocast (`16-mixed`, the choice on GPUs without native bf16) the loss is scaled and the gradients
+    unscaled before the step, which a scaled step that overflowed skips; small gradients would underflow to 0
+    in fp16 without it."""
+
+    def __init__(self, device: torch.device, encoder=None, precision: str = "auto"):
+        self.device, self.encoder, self.precision = device, encoder, precision
+        chosen = resolve_precision(device.type, precision, getattr(encoder, "spec", None))["precision"]
+        self.scaler = torch.amp.GradScaler(device.type) if chosen.startswith("16") else None
+
+    def autocast(self):
+        return autocast_for(self.device, self.precision, self.encoder)
+
+    def step(self, loss, optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
 def make_fabric(accelerator: str = "auto", devices: int = 1, num_nodes: int = 1, precision: str = "auto",
-                launch: bool = True, spec=None):
+                launch: bool = True, spec=None, batch: int = PROBE_BATCH):
     """A Fabric for these settings, launched (processes started) unless `launch` is False. `spec`: the encoder it
     will train, for a measured choice of precision on a CPU (recorded as `fabric.precision_choice`)."""
     from lightning.fabric import Fabric
 
     from . import threads
 
-    threads.start()  # before the engine, which would set torch's threads its own way
+    if accelerator_for(accelerator) == "cpu":
+        threads.start()  # before the engine, which would set torch's threads its own way; a GPU run is left alone
     for name in ("lightning.fabric", "lightning.pytorch"):  # the chosen precision goes into summary.json instead
         logging.getLogger(name).setLevel(logging.WARNING)
-    choice = resolve_precision(accelerator, precision, spec)
-    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, precision=choice["precision"])
+    choice = resolve_precision(accelerator, precision, spec, batch)
+    if accelerator_for(accelerator) == "cuda":  # TF32 matmuls and convolutions, cuDNN's autotuner (fixed shapes)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    fabric = Fabric(accelerator=accelerator_for(accelerator), devices=devices, num_nodes=num_nodes, precision=choice["precision"],
+                    strategy=strategy_for(devices, num_nodes))
     fabric.precision_choice = choice
     if launch:
         fabric.launch()
@@ -212,19 +271,42 @@ def fabric_for(cfg, spec=None) -> "object":
     """The engine a PretrainConfig asks for (its accelerator, devices, nodes and precision), launched. `spec`: the
     encoder it will train (`factory.encoder_spec`), which --precision auto measures on a CPU."""
     check_engine(cfg)
-    return make_fabric(cfg.accelerator, cfg.devices, cfg.num_nodes, cfg.precision, spec=spec)
+    return make_fabric(cfg.accelerator, cfg.devices, cfg.num_nodes, cfg.precision, spec=spec, batch=cfg.batch_size)
 
 
-def agree(fabric, values: list, ops: list[str]) -> list[float]:
-    """Every process's `values` (floats or 0-dim tensors) combined by op, 'max' or 'sum', in one collective.
+def agree(fabric, maxima: dict, sums: dict | None = None) -> dict[str, float]:
+    """Every process's named values (floats or 0-dim tensors), the largest of each of `maxima` and the total of
+    each of `sums`, in one collective. float32 on the device (mps has no float64; steps stay exact below 2**24).
 
     This is where the training loop waits for the device: it reads the result on the host."""
-    vec = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(fabric.device) for v in values])  # (k,)
+    sums = sums or {}
+    names, ops = [*maxima, *sums], ["max"] * len(maxima) + ["sum"] * len(sums)
+    vec = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=fabric.device)
+                       for v in [*maxima.values(), *sums.values()]])  # (k,)
     if fabric.world_size > 1:
         import torch.distributed as dist
 
         parts = [torch.empty_like(vec) for _ in range(fabric.world_size)]
         dist.all_gather(parts, vec)
         vec = torch.stack(parts)  # (world, k)
-    rows = vec.reshape(-1, len(values)).cpu()
-    return [float(rows[:, i].max() if op == "max" else rows[:, i].sum()) for i, op in enumerate(ops)]
+    rows = vec.reshape(-1, len(names)).cpu()
+    return {name: float(rows[:, i].max() if op == "max" else rows[:, i].sum())
+            for i, (name, op) in enumerate(zip(names, ops))}
+
+
+def sync_batchnorm(asked: bool | None, method, world_size: int, device_type: str) -> bool:
+    """Whether BatchNorm runs over the global batch: as asked, else (None) on several GPU processes for the methods
+    whose papers do so (`method.global_batchnorm`)."""
+    if world_size <= 1:
+        return False
+    return bool(asked) if asked is not None else device_type == "cuda" and method.global_batchnorm
+
+
+def strategy_for(devices: int, num_nodes: int):
+    """Data parallel on several processes without re-broadcasting buffers on every forward: every process updates
+    its buffers (EMA followers, MoCo's queue, DINO's centre) identically from gathered values already."""
+    if devices * num_nodes <= 1:
+        return "auto"
+    from lightning.fabric.strategies import DDPStrategy
+
+    return DDPStrategy(broadcast_buffers=False)

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from .backbones import sized_args
 from .config import PretrainConfig
 from .encoders import EncoderSpec, WithInput, build_encoder, load_exported, random_encoder  # noqa: F401  (re-exported)
 from .errors import ConfigError
@@ -14,7 +15,9 @@ from .methods import METHODS
 def encoder_spec(cfg: PretrainConfig, data_channels: int, data_size: int) -> EncoderSpec:
     """The encoder a pretraining config makes for images of `data_channels` channels and side `data_size`."""
     transform = METHODS.get(cfg.method).input_transform(data_channels)
-    return EncoderSpec(cfg.backbone, dict(cfg.backbone_args), data_channels, cfg.image_size or data_size, transform)
+    side = cfg.image_size or data_size
+    return EncoderSpec(cfg.backbone, sized_args(cfg.backbone, dict(cfg.backbone_args), side), data_channels, side,
+                       transform)
 
 
 def build_method(cfg: PretrainConfig, spec: EncoderSpec) -> nn.Module:
@@ -61,7 +64,7 @@ def encoder_from(state: dict[str, Any]) -> tuple[nn.Module, PretrainConfig]:
     return method.backbone.eval(), cfg
 
 
-def load_encoder(path: str | Path) -> tuple[nn.Module, PretrainConfig]:
+def encoder_and_config(path: str | Path) -> tuple[nn.Module, PretrainConfig]:
     """The pretrained encoder of a checkpoint file, a run directory or a safetensors export (`selfsup export`),
     and the config it was trained with."""
     from . import checkpoint

@@ -131,8 +131,9 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, off_diagonal_weight: float = 0.005
 
 @_profiled
 def vicreg_terms(z1: Tensor, z2: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor, Tensor]:
-    """VICReg's invariance (MSE between views), variance (hinge on each dimension's std at 1) and covariance (squared
-    off-diagonal covariances / D) terms, each averaged over the two branches. Pass the global batch across processes."""
+    """VICReg's invariance (MSE between views), variance (hinge on each dimension's std at 1, averaged over the two
+    branches) and covariance (squared off-diagonal covariances / D, summed over the two branches: c(Z) + c(Z') of
+    Bardes et al. 2022, eq. 6, as the authors' code computes it) terms. Pass the global batch across processes."""
     z1, z2 = z1.float(), z2.float()
     invariance = F.mse_loss(z1, z2)
     variance, covariance = z1.new_zeros(()), z1.new_zeros(())
@@ -140,7 +141,7 @@ def vicreg_terms(z1: Tensor, z2: Tensor, eps: float = 1e-4) -> tuple[Tensor, Ten
         z = z - z.mean(0)
         variance = variance + F.relu(1 - torch.sqrt(z.var(0) + eps)).mean() / 2
         cov = z.T @ z / (z.shape[0] - 1)  # (D, D)
-        covariance = covariance + off_diagonal(cov).pow(2).sum() / z.shape[1] / 2
+        covariance = covariance + off_diagonal(cov).pow(2).sum() / z.shape[1]
     return invariance, variance, covariance
 
 

@@ -17,7 +17,11 @@ def embedding_std(z: Tensor) -> float:
 def effective_rank(z: Tensor) -> float:
     """exp(entropy) of the normalized singular values of the centred batch (Roy & Vetterli 2007); 1 = one direction."""
     z = z.detach().float()
-    s = torch.linalg.svdvals(z - z.mean(dim=0))
+    z = z - z.mean(dim=0)
+    if z.shape[1] > z.shape[0]:  # wide (DINO's 65,536 outputs): the same singular values from the (B, B) Gram matrix
+        s = torch.linalg.eigvalsh(z @ z.T).clamp(min=0).sqrt()
+    else:
+        s = torch.linalg.svdvals(z)
     if s.sum() <= 0:
         return 1.0
     p = s / s.sum()
@@ -30,6 +34,15 @@ def collapse_stats(z: Tensor) -> dict[str, float]:
     std = embedding_std(z)
     return {"embed_std": std, "embed_std_ref": 1 / math.sqrt(d), "embed_std_ratio": std * math.sqrt(d),
             "effective_rank": effective_rank(z)}
+
+
+def method_stats(method) -> dict[str, float]:
+    """What a method measured at its last step: its metrics, and the collapse statistics of its last embedding."""
+    stats = {k: float(v) for k, v in method.metrics.items()}
+    z = method.last_embedding
+    if z is not None and z.shape[0] > 1:
+        stats |= collapse_stats(z)
+    return stats
 
 
 COLLAPSE_RATIO = 0.1  # std below a tenth of 1/sqrt(d) means the embeddings have collapsed

@@ -6,6 +6,8 @@ were. The loop reads the guard's counters only when it synchronises anyway (the 
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import Tensor
 
@@ -13,9 +15,49 @@ from .config import PretrainConfig
 from .errors import TrainingError
 
 
+class LARS(torch.optim.Optimizer):
+    """LARS (You, Gitman & Ginsburg 2017), as SimCLR, BYOL, Barlow Twins and VICReg train at large batch: SGD with
+    momentum whose step for each weight tensor is scaled by the trust ratio eta * ||w|| / ||g + wd w||. Groups with
+    `lars_adapt` False (biases and norms, as in those papers) get neither the ratio nor weight decay.
+
+        g <- grad + wd * w;  q <- eta * ||w|| / ||g|| (1 where either norm is 0);  mu <- m * mu + q * g;  w <- w - lr * mu
+
+    A step that the non-finite guard marks (`found_inf`, as the fused optimizers read it) leaves weights and
+    momentum as they were, on the device."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta,
+                                  "lars_adapt": True})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        found = getattr(self, "found_inf", None)
+        for group in self.param_groups:
+            adapt = group["lars_adapt"] and group["weight_decay"] > 0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if adapt:
+                    g = g.add(p, alpha=group["weight_decay"])
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                    q = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm.clamp(min=1e-30), 1.0)
+                    g = g * q
+                mu = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                new_mu = mu * group["momentum"] + g
+                new_p = p - group["lr"] * new_mu
+                if found is not None:
+                    new_mu, new_p = torch.where(found > 0, mu, new_mu), torch.where(found > 0, p, new_p)
+                mu.copy_(new_mu)
+                p.copy_(new_p)
+
+
 def make_optimizer(method, cfg: PretrainConfig) -> torch.optim.Optimizer:
-    """AdamW or Nesterov SGD over the method's parameter groups, fused (one kernel, and skip-on-inf support)."""
+    """AdamW or Nesterov SGD over the method's parameter groups, fused (one kernel, and skip-on-inf support), or
+    LARS (biases and norms neither adapted nor decayed)."""
     groups = method.param_groups(cfg.weight_decay)
+    if cfg.optimizer == "lars":
+        return LARS([g | {"lars_adapt": g["weight_decay"] > 0} for g in groups], lr=cfg.lr, momentum=0.9)
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True, fused=True)
         for g in opt.param_groups:  # a zero buffer makes the first step what SGD would do without one, and lets
@@ -37,6 +79,29 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
             s = optimizer.state.get(p, {})
             if torch.is_tensor(s.get("step")) and kind.get("fused"):
                 s["step"] = s["step"].to(p.device, torch.float32)  # the fused kernel wants it beside the weights
+
+
+@torch.no_grad()
+def clip_gradients(params, max_norm: float, per_parameter: bool = False) -> None:
+    """Scale gradients so that their global L2 norm (or, `per_parameter`, each parameter's, as DINO's code does) is
+    at most `max_norm`. On the device, without a host read."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    if per_parameter:
+        torch._foreach_mul_(grads, [(max_norm / (n + 1e-6)).clamp(max=1.0) for n in norms])
+    else:
+        total = torch.linalg.vector_norm(torch.stack(norms))
+        torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
+
+
+def clip_unscaled(method, optimizer: torch.optim.Optimizer, scaler=None) -> None:
+    """The method's gradient clipping (`method.clip_grad`, global or per parameter) on true gradients: a 16-bit
+    run's scaler unscales them first, and its step then knows they are unscaled."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    clip_gradients(method.parameters(), method.clip_grad, method.clip_per_parameter)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -79,12 +144,27 @@ class NonFiniteGuard:
         self.loss_sum += torch.where(finite_loss, loss.detach().float(), 0.0)
         self.loss_n += finite_loss
 
-    def counters(self) -> list[Tensor]:
-        """What the loop agrees on at a sync point: [bad, stop_step, stop_loss, loss_sum, loss_n]."""
-        out = [self.bad, self.stop_step, self.stop_loss, self.loss_sum.clone(), self.loss_n.clone()]
+    def counters(self, method, reported: float) -> tuple[dict, dict]:
+        """What the processes agree on at a sync point: the largest (bad, stop_step, stop_loss, and `unhealthy`:
+        weights or buffers of `method` went non-finite since `reported` bad steps) and the totals (loss_sum,
+        loss_n, then zeroed here)."""
+        unhealthy = float(self.bad) > reported and not all(
+            torch.isfinite(t).all() for t in method.state_dict().values() if t.is_floating_point())  # NaN in BN stats
+        worst = {"bad": self.bad, "stop_step": self.stop_step, "stop_loss": self.stop_loss, "unhealthy": unhealthy}
+        totals = {"loss_sum": self.loss_sum.clone(), "loss_n": self.loss_n.clone()}
         self.loss_sum.zero_()
         self.loss_n.zero_()
-        return out
+        return worst, totals
+
+    def settle(self, agreed: dict, step: int, reported: float, lr: float, precision: str, run, loud: bool) -> None:
+        """From the agreed counters: stop the run past the allowance or with non-finite weights (TrainingError),
+        else warn (where `loud`) of steps skipped since `reported`."""
+        if agreed["stop_step"] > 0 or agreed["unhealthy"]:
+            at, loss = (int(agreed["stop_step"]), agreed["stop_loss"]) if agreed["stop_step"] > 0 else (step, float("nan"))
+            raise nonfinite_error(at, loss, lr, precision, run.last_good, run.out)
+        if agreed["bad"] > reported and loud:
+            print(f"warning: {int(agreed['bad'] - reported)} step(s) with non-finite gradients skipped by step {step} "
+                  f"({int(agreed['bad'])} of --skip-nonfinite {self.allowed})", file=sys.stderr, flush=True)
 
     def state_dict(self) -> dict:
         return {"bad": int(self.bad)}

@@ -63,7 +63,8 @@ def _cc(dataset: str, methods: tuple[str, ...], evals: tuple[str, ...], labels: 
         pre = base.override(**GPU_CHANGES).with_budget(epochs=gpu_epochs)
         minutes, ft = None, FinetuneConfig(steps=2000, patience=10)
     return CompareConfig(dataset=dataset, methods=methods, baselines=("supervised", "random"), labels_per_class=labels,
-                         evals=evals, minutes_per_method=minutes, pretrain=pre, finetune=ft)
+                         evals=evals, minutes_per_method=minutes, pretrain=pre, finetune=ft,
+                         paper_settings=size == "gpu")  # on a GPU each method trains as its paper does
 
 
 _add(Recipe(

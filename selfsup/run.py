@@ -1,5 +1,6 @@
 """The run directory and what belongs to it: resume and overwrite policy, checkpoints and their cadence,
-config.json, metrics.jsonl, summary.json, stop signals, the progress line and the random streams.
+config.json, metrics.jsonl, summary.json, stop signals, the progress line, the random streams and the loop's
+state at its sync points.
 
 Only the main process (rank 0) writes; every process takes part in a save (the random streams are gathered).
 """
@@ -11,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +208,14 @@ class ProgressLine:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+@dataclass
+class SyncState:
+    """Where the loop stands at its sync points (host values only)."""
+
+    next: int  # the step of the next sync point
+    step: int  # the step of the last one
+    t: float  # its time (perf_counter)
+    monitor: float  # when the online monitor last ran
+    bad: float  # skipped steps reported so far

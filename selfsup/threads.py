@@ -202,6 +202,8 @@ class Threads:
         import atexit
 
         self.fixed, self.started = (fixed if fixed is not None else fixed_count()), True
+        if self.fixed is None and torch_sees_a_gpu():  # the GPU sets the pace: no governor, torch's own threads
+            self.fixed = "gpu"
         self.cpus = affinity()
         if self.fixed is None:
             self.registry.add(os.getpid(), self.cpus)
@@ -237,8 +239,9 @@ class Threads:
     def apply(self) -> Decision | None:
         import torch
 
-        if self.fixed == "torch":
-            self.current = Decision(torch.get_num_threads(), "torch's default (SELFSUP_THREADS=torch)")
+        if self.fixed in ("torch", "gpu"):
+            why = "a GPU run: the governor stays off" if self.fixed == "gpu" else "SELFSUP_THREADS=torch"
+            self.current = Decision(torch.get_num_threads(), f"torch's default ({why})")
         elif self.fixed is not None:
             self.current = Decision(int(self.fixed), f"{self.fixed} thread(s): fixed by SELFSUP_THREADS/OMP_NUM_THREADS")
         else:
@@ -263,6 +266,12 @@ class Threads:
         counts = self.counts or [self.current.threads]
         return {"threads": self.current.threads, "reason": self.current.reason, "min": min(counts), "max": max(counts),
                 "changes": sum(a != b for a, b in zip(counts, counts[1:]))}
+
+
+def torch_sees_a_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 THREADS = Threads()

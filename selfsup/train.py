@@ -7,9 +7,8 @@ logging, checkpoints and stopping happen only there.
 from __future__ import annotations
 
 import signal
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,18 +20,18 @@ from .budget import Budget
 from .config import PretrainConfig
 from .data import ImageSet, load_for, with_data_side
 from .data.batches import Batches
-from .engine import agree, check_engine, engine_facts, fabric_for
+from .engine import agree, check_engine, engine_facts, fabric_for, sync_batchnorm
 from .errors import ConfigError, Interrupted
 from .factory import build_method, encoder_spec, load_state_into
-from .monitor import OnlineKNN, collapse_stats
-from .optim import NonFiniteGuard, load_optimizer_state, make_optimizer, nonfinite_error, set_lr
-from .run import ProgressLine, RandomStreams, RunDir, StopSignals
+from .monitor import OnlineKNN, method_stats
+from .optim import NonFiniteGuard, clip_unscaled, load_optimizer_state, make_optimizer, set_lr
+from .run import ProgressLine, RandomStreams, RunDir, StopSignals, SyncState
 from .schedule import warmup_cosine
 
 SYNC_SECONDS = 2.0  # target time between sync points (logging resolution)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Parts:
     """Everything a run is made of; each part with state saves and restores its own slice of the checkpoint."""
 
@@ -50,7 +49,7 @@ class Parts:
     memory: torch.memory_format
     monitor: OnlineKNN | None
     bar: ProgressLine
-    sync: dict = field(default_factory=dict)  # the next sync step; at the last: step, time, skipped steps
+    sync: SyncState | None = None
 
     def stateful(self) -> dict:
         return {"method": self.method, "optimizer": self.optimizer, "precision": self.fabric.strategy.precision,
@@ -80,19 +79,22 @@ def build(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progres
                           f"images but {cfg.dataset} has {data.channels}; resume on the same data")
     method = build_method(cfg, spec)
     memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method) if cfg.sync_batchnorm and fabric.world_size > 1 else method
-    optimizer = make_optimizer(model.to(memory_format=memory), cfg)
-    wrapped, wrapped_opt = fabric.setup(model, optimizer)
+    sync_bn = sync_batchnorm(cfg.sync_batchnorm, method, fabric.world_size, fabric.device.type)
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method) if sync_bn else method
+    wrapped = fabric.setup_module(model.to(memory_format=memory))  # placed first: the optimizer's state is made
+    optimizer = make_optimizer(model, cfg)                            # beside the weights it will update
     wrapped.mark_forward_method("loss")  # `loss` runs through DDP's forward (its gradient hooks)
     batches = Batches(data.images, cfg.batch_size, fabric.device, cfg.seed, fabric.global_rank, fabric.world_size)
     method.steps_per_epoch = batches.steps_per_epoch
-    monitor = OnlineKNN(data.images, data.labels, cfg.monitor_per_class, cfg.seed) \
-        if cfg.monitor_seconds > 0 and fabric.is_global_zero else None
-    parts = Parts(cfg, fabric, run, model, wrapped, wrapped_opt, batches, Budget(cfg, batches.steps_per_epoch),
-                  NonFiniteGuard(optimizer, fabric.device, cfg.skip_nonfinite, getattr(fabric.strategy.precision, "scaler", None)),
-                  RandomStreams(torch.Generator(fabric.device).manual_seed(cfg.seed * 7919 + fabric.global_rank), fabric),
-                  method.views(view_for(cfg, data.channels, method)), memory, monitor,
-                  ProgressLine(show_progress and fabric.is_global_zero))
+    parts = Parts(
+        cfg=cfg, fabric=fabric, run=run, method=model, model=wrapped, optimizer=fabric.setup_optimizers(optimizer),
+        batches=batches, budget=Budget(cfg, batches.steps_per_epoch), memory=memory,
+        guard=NonFiniteGuard(optimizer, fabric.device, cfg.skip_nonfinite, getattr(fabric.strategy.precision, "scaler", None)),
+        streams=RandomStreams(torch.Generator(fabric.device).manual_seed(cfg.seed * 7919 + fabric.global_rank), fabric),
+        views=method.views(view_for(cfg, data.channels, method)), bar=ProgressLine(show_progress and fabric.is_global_zero),
+        monitor=OnlineKNN(data.images, data.labels, cfg.monitor_per_class, cfg.seed)
+        if cfg.monitor_seconds > 0 and fabric.is_global_zero else None)
+    method.generator = parts.streams.generator  # masks and holes differ across processes, and resume exactly
     if run.saved is not None:
         parts.restore(run.saved)
     return parts
@@ -123,8 +125,8 @@ def train(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progres
     p = build(cfg, data, fabric, run, show_progress)
     if p.monitor is not None and p.monitor.enabled and run.saved is None:
         run.log({"step": 0, "seconds": 0.0, "knn_acc": p.monitor(p.method.backbone)})  # where random init starts
-    p.sync.update(next=p.budget.step + 1, t=time.perf_counter(), step=p.budget.step, monitor=time.perf_counter(),
-                  bad=float(p.guard.bad))  # skipped steps of a resumed run were reported before
+    now = time.perf_counter()  # skipped steps of a resumed run were reported before
+    p.sync = SyncState(next=p.budget.step + 1, step=p.budget.step, t=now, monitor=now, bad=float(p.guard.bad))
     p.model.train()
     with StopSignals() as signals:
         for x in p.batches:
@@ -137,6 +139,8 @@ def train(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progres
             p.optimizer.zero_grad(set_to_none=True)
             with record_function("selfsup.backward"):
                 fabric.backward(loss)
+            if p.method.clip_grad > 0:
+                clip_unscaled(p.method, p.guard.optimizer, p.guard.scaler)
             p.method.before_optimizer_step(progress)
             p.guard.check(loss, p.budget.step + 1)  # a step with non-finite gradients is not applied
             with record_function("selfsup.optimizer"):
@@ -145,7 +149,7 @@ def train(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progres
             threads.poll()
             p.budget.images_seen += x.shape[0] * fabric.world_size
             p.method.after_optimizer_step(p.budget.progress())
-            if p.budget.step >= p.sync["next"] or run.step_due(p.budget.step) or p.budget.progress() >= 1:
+            if p.budget.step >= p.sync.next or run.step_due(p.budget.step) or p.budget.progress() >= 1:
                 if sync_point(p, signals):
                     break
     p.bar.close()
@@ -155,38 +159,28 @@ def train(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progres
 def sync_point(p: Parts, signals: StopSignals) -> bool:
     """Agree, stop on a non-finite run, log, checkpoint, stop on a signal. True when the budget is spent."""
     fabric, run, b, cfg = p.fabric, p.run, p.budget, p.cfg
-    unhealthy = float(p.guard.bad) > p.sync["bad"] and not all(
-        torch.isfinite(t).all() for t in p.method.state_dict().values() if t.is_floating_point())  # NaN in BN stats
-    window = time.perf_counter() - p.sync["t"]
-    bad, stop_step, stop_loss, loss_sum, loss_n = p.guard.counters()
-    elapsed, window, stop, time_due, unhealthy, bad, stop_step, stop_loss, loss_sum, loss_n = agree(
-        fabric, [b.elapsed(), window, signals.received or 0, run.time_due(), unhealthy, bad, stop_step, stop_loss,
-                 loss_sum, loss_n], ["max"] * 8 + ["sum"] * 2)
+    window = time.perf_counter() - p.sync.t
+    worst, totals = p.guard.counters(p.method, p.sync.bad)
+    a = agree(fabric, {"elapsed": b.elapsed(), "window": window, "stop": signals.received or 0,
+                       "time_due": run.time_due(), **worst}, totals)
+    elapsed, window, stop, bad = a["elapsed"], a["window"], a["stop"], a["bad"]
     b.sync(elapsed)
-    precision = str(fabric.strategy.precision.precision)
-    if stop_step > 0 or unhealthy:
-        step, loss = (int(stop_step), stop_loss) if stop_step > 0 else (b.step, float("nan"))
-        raise nonfinite_error(step, loss, p.optimizer.param_groups[0]["lr"], precision, run.last_good, run.out)
-    if bad > p.sync["bad"] and fabric.is_global_zero:
-        print(f"warning: {int(bad - p.sync['bad'])} step(s) with non-finite gradients skipped by step {b.step} "
-              f"({int(bad)} of --skip-nonfinite {cfg.skip_nonfinite})", file=sys.stderr, flush=True)
-    steps, done = b.step - p.sync["step"], b.progress() >= 1
+    p.guard.settle(a, b.step, p.sync.bad, p.optimizer.param_groups[0]["lr"], str(fabric.strategy.precision.precision),
+                   run, fabric.is_global_zero)
+    steps, done = b.step - p.sync.step, b.progress() >= 1
     if fabric.is_global_zero:
         stats = {"step": b.step, "epoch": p.batches.epoch, "progress": round(b.progress(), 4),
-                 "loss": loss_sum / max(loss_n, 1), "img_per_s": steps * p.batches.batch_size * fabric.world_size / window,
+                 "loss": a["loss_sum"] / max(a["loss_n"], 1), "img_per_s": steps * p.batches.batch_size * fabric.world_size / window,
                  "lr": p.optimizer.param_groups[0]["lr"], "seconds": round(elapsed, 2)}
-        stats |= {k: float(v) for k, v in p.method.metrics.items()}
-        z = p.method.last_embedding
-        if z is not None and z.shape[0] > 1:
-            stats |= collapse_stats(z)
-        if p.monitor is not None and p.monitor.enabled and (time.perf_counter() - p.sync["monitor"] >= cfg.monitor_seconds or done):
+        stats |= method_stats(p.method)
+        if p.monitor is not None and p.monitor.enabled and (time.perf_counter() - p.sync.monitor >= cfg.monitor_seconds or done):
             stats["knn_acc"] = p.monitor(p.method.backbone)
-            p.sync["monitor"] = time.perf_counter()
+            p.sync.monitor = time.perf_counter()
         run.log(stats)
         p.bar.update(b.progress(), stats)
     every = max(1, min(1000, round(SYNC_SECONDS * steps / max(window, 1e-6))))  # the same on every process
-    p.sync.update(t=time.perf_counter(), step=b.step, next=b.step + every, bad=bad)
-    if stop or ((time_due or run.step_due(b.step)) and not done):
+    p.sync.t, p.sync.step, p.sync.next, p.sync.bad = time.perf_counter(), b.step, b.step + every, bad
+    if stop or ((a["time_due"] or run.step_due(b.step)) and not done):
         run.save(p.checkpoint(final=False), b.step, final=False)
     if stop:
         p.bar.close()

@@ -14,10 +14,11 @@ from lightning.fabric import Fabric
 
 sys.path.insert(0, str(Path(__file__).parent))
 from distributed_common import COUPLED, GLOBAL_BATCH, coupled_views, make_coupled, method_state  # noqa: E402
+from selfsup.engine import strategy_for  # noqa: E402
 
 
 def main(out: Path) -> None:
-    fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp", precision="32-true")
+    fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy_for(2, 1), precision="32-true")  # as pretrain
     fabric.launch()
     rank, world = fabric.global_rank, fabric.world_size
     n = GLOBAL_BATCH // world

@@ -14,11 +14,12 @@ from lightning.fabric import Fabric
 sys.path.insert(0, str(Path(__file__).parent))
 from distributed_common import (GLOBAL_BATCH, SGD_CONFIG, frozen_bn, global_views, make_byol,  # noqa: E402
                                 make_simclr)
+from selfsup.engine import strategy_for  # noqa: E402
 from selfsup.optim import NonFiniteGuard, make_optimizer  # noqa: E402
 
 
 def main(out: Path) -> None:
-    fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp", precision="32-true")
+    fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy_for(2, 1), precision="32-true")  # as pretrain
     fabric.launch()
     rank, world = fabric.global_rank, fabric.world_size
     n = GLOBAL_BATCH // world
@@ -55,8 +56,8 @@ def main(out: Path) -> None:
     online = torch.cat([p.detach().flatten() for p in byol.backbone.parameters()])
     targets, onlines = fabric.all_gather(target), fabric.all_gather(online)  # (world, P) each; a collective
     if rank == 0:
-        torch.save({"targets": targets.cpu(), "onlines": onlines.cpu(), "tau": float(byol.tau),
-                    "ema_steps": int(byol.ema_steps)}, out / "byol.pt")
+        torch.save({"targets": targets.cpu(), "onlines": onlines.cpu(), "tau": float(byol.target.tau),
+                    "ema_steps": int(byol.target.steps)}, out / "byol.pt")
     fabric.barrier()
     torch.distributed.destroy_process_group()  # gloo's threads stopped before exit, not torn down under it (SIGABRT)
 

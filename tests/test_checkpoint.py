@@ -10,7 +10,7 @@ from selfsup import checkpoint
 from selfsup.config import PretrainConfig
 from selfsup.data import load
 from selfsup.evaluate import extract_features
-from selfsup.factory import load_encoder
+from selfsup.factory import encoder_and_config
 from selfsup.train import pretrain
 
 OLD = Path(__file__).parent / "data" / "format1"
@@ -25,10 +25,10 @@ def test_format1_checkpoints_are_upgraded_on_reading():
 
 
 def test_format1_encoders_load_with_their_input_transform():
-    encoder, cfg = load_encoder(OLD / "simclr")
+    encoder, cfg = encoder_and_config(OLD / "simclr")
     assert cfg.method == "simclr" and encoder.image_size == 8
     assert extract_features(encoder, load("digits", "test").images[:4]).shape == (4, 32)
-    colour, cfg = load_encoder(OLD / "colorization")
+    colour, cfg = encoder_and_config(OLD / "colorization")
     assert colour.spec.input_transform == "lightness" and colour.in_channels == 3 and colour.first_conv().in_channels == 1
     x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8).numpy()
     assert extract_features(colour, x).shape == (4, 32)

@@ -110,3 +110,29 @@ def test_compare_rejects_bad_names(tmp_path):
                     ({"methods": ("moco",)}, "unknown method"), ({"methods": (), "baselines": ()}, "nothing to compare")]:
         with pytest.raises(ConfigError, match=msg):
             tiny_compare(tmp_path, **kw).validate()
+
+
+def test_evaluation_runs_on_the_runs_device(tmp_path, monkeypatch):
+    """`compare` and `eval` hand evaluation the device the run trains on (a GPU where torch sees one), or --device:
+    the baselines, fine-tuning and semi-supervised training must not fall back to the CPU the checkpoint loads on."""
+    from selfsup import compare
+    from selfsup.engine import eval_device
+    from selfsup.evaluate.labels import label_plan
+
+    seen = []
+    row = {"method": "random", "eval": "knn", "labels_per_class": 1, "seed": 0, "accuracy": 0.0}
+    monkeypatch.setattr(compare, "few_label_rows", lambda *a, **k: seen.append(k.get("device")) or [row])
+    train = load("digits", "train")
+    plan = label_plan(train, (1,), None, None, False)
+    subjects = {"random": (BACKBONES.build("small_cnn", in_channels=1, width=4), ("knn",), {}, "r")}
+    compare.evaluate_all(CompareConfig(dataset="digits", device="cuda:1"), subjects, train, load("digits", "test"),
+                         compare.EvalCache(tmp_path / "evals.jsonl"), plan)
+    assert seen == [torch.device("cuda:1")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert eval_device("auto", "auto") == torch.device("cuda") and eval_device(None, "cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert eval_device("auto", "auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="unknown device"):
+        eval_device("tpu7")
+    with pytest.raises(ConfigError, match="mps is not supported"):
+        PretrainConfig(accelerator="mps", steps=1).validate()

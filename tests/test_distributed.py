@@ -123,3 +123,23 @@ def test_cli_on_two_processes_writes_once_and_resumes_exactly(tmp_path):
     assert b["summary"]["resumed"] and len(b["rng"]) == 2  # every process's random streams are saved
     for k, t in a["method"].items():
         assert torch.equal(t, b["method"][k]), k
+
+
+def test_several_processes_keep_their_buffers_without_rebroadcasting():
+    """Every process updates its buffers (EMA followers, MoCo's queue, DINO's centre) identically from gathered
+    values (the workers above check it), so DDP must not send rank 0's buffers again on every forward."""
+    from selfsup.engine import make_fabric
+
+    fabric = make_fabric("cpu", devices=2, precision="32-true", launch=False)
+    assert fabric.strategy._ddp_kwargs.get("broadcast_buffers") is False
+
+
+def test_batchnorm_spans_the_processes_by_default_where_the_paper_does():
+    from selfsup.engine import sync_batchnorm
+    from selfsup.methods import METHODS
+
+    need = {name for name in METHODS.names() if sync_batchnorm(None, METHODS.get(name), 2, "cuda")}
+    assert need == {"simclr", "byol", "simsiam", "mocov3", "barlowtwins", "vicreg", "dino"}
+    simclr = METHODS.get("simclr")
+    assert not sync_batchnorm(None, simclr, 1, "cuda") and not sync_batchnorm(None, simclr, 2, "cpu")
+    assert not sync_batchnorm(False, simclr, 2, "cuda") and sync_batchnorm(True, METHODS.get("mocov2"), 2, "cuda")

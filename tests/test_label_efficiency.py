@@ -151,7 +151,7 @@ def test_compare_keeps_the_semisup_encoder_for_export(tmp_path):
     from selfsup.compare import CompareConfig, run_compare
     from selfsup.config import PretrainConfig
     from selfsup.export import export
-    from selfsup.factory import load_encoder
+    from selfsup.factory import encoder_and_config
 
     base = PretrainConfig(dataset="digits", steps=10, batch_size=64, backbone_args={"width": 8}, monitor_seconds=0.5)
     cc = CompareConfig(dataset="digits", methods=("simclr",), baselines=(), labels_per_class=(10,),
@@ -159,8 +159,8 @@ def test_compare_keeps_the_semisup_encoder_for_export(tmp_path):
                        pretrain=base, semisup=SemisupConfig(steps=30, eval_every=10, batch_size=32))
     res = run_compare(cc, show_progress=False)
     row, = res["rows_per_seed"]
-    kept, _ = load_encoder(tmp_path / "cmp" / "semisup" / "simclr")
-    pre, _ = load_encoder(tmp_path / "cmp" / "pretrain" / "simclr")
+    kept, _ = encoder_and_config(tmp_path / "cmp" / "semisup" / "simclr")
+    pre, _ = encoder_and_config(tmp_path / "cmp" / "pretrain" / "simclr")
     saved = checkpoint.load(tmp_path / "cmp" / "semisup" / "simclr" / "checkpoints" / "last.pt")["semisup"]["row"]
     assert saved["best_step"] == row["best_step"] and saved["steps_run"] == 30, row
     # The weights validation chose: the kept encoder and head score the row's validation accuracy again. Whether

@@ -104,6 +104,9 @@ def test_barlow_twins_matches_loop():
 
 
 def test_vicreg_terms_match_loop():
+    """From the paper (Bardes et al. 2022, eqs. 1-6) and the authors' code: s = mean squared distance between the
+    views; v(Z) = mean over dimensions of max(0, 1 - sqrt(Var + eps)), averaged over the two branches; c(Z) = sum of
+    the squared off-diagonal covariances / d, for each branch, summed (c(Z) + c(Z'))."""
     from selfsup.losses import vicreg_terms
 
     z1, z2 = _rand(5, 3) * 0.3, _rand(5, 3, seed=1) * 2
@@ -115,7 +118,7 @@ def test_vicreg_terms_match_loop():
         c = [[sum((float(z[b, i]) - mu[i]) * (float(z[b, j]) - mu[j]) for b in range(n)) / (n - 1) for j in range(d)]
              for i in range(d)]
         var += sum(max(0.0, 1 - math.sqrt(c[j][j] + 1e-4)) for j in range(d)) / d / 2
-        cov += sum(c[i][j] ** 2 for i in range(d) for j in range(d) if i != j) / d / 2
+        cov += sum(c[i][j] ** 2 for i in range(d) for j in range(d) if i != j) / d
     got = [t.item() for t in vicreg_terms(z1, z2)]
     assert got == pytest.approx([inv, var, cov], rel=1e-5)
 

@@ -51,3 +51,13 @@ def test_loop_warns_and_logs_on_collapse(tmp_path, capsys):
     assert "embeddings have collapsed at step" in capsys.readouterr().err
     last = state["run"]["history"][-1]
     assert last["embed_std"] == 0.0 and "effective_rank" in last
+
+
+def test_effective_rank_of_a_wide_batch_matches_the_singular_values():
+    """A batch narrower than its embedding (DINO's 65,536 outputs) is measured through its Gram matrix: the same
+    number as the singular values of the centred batch, computed from the paper's definition."""
+    z = torch.randn(16, 300, generator=torch.Generator().manual_seed(0)) @ torch.randn(300, 300)
+    s = torch.linalg.svdvals((z - z.mean(0)).double())
+    p = s / s.sum()
+    want = float(torch.exp(-(p * p.clamp_min(1e-30).log()).sum()))
+    assert effective_rank(z) == pytest.approx(want, rel=1e-3)

@@ -171,7 +171,7 @@ def test_exported_rows_match_their_files(data_root, capsys, tmp_path):
     import torch
 
     from selfsup.evaluate import extract_features
-    from selfsup.factory import load_encoder
+    from selfsup.factory import encoder_and_config
 
     folder = tmp_path / "flat"
     write_with_copies(folder, n=10)
@@ -191,7 +191,7 @@ def test_exported_rows_match_their_files(data_root, capsys, tmp_path):
         else:
             paths, feats = out.with_suffix(".paths.txt").read_text().splitlines(), np.load(out)
         assert sorted(paths) == files
-        encoder, cfg = load_encoder(tmp_path / "run")
+        encoder, cfg = encoder_and_config(tmp_path / "run")
         one = load(f"folder:{folder}", "train", size=cfg.image_size)
         for k in (0, 7):
             image = one.images[one.paths.index(paths[k])]

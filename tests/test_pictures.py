@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.factory import build_method, encoder_spec, load_encoder, random_encoder
+from selfsup.factory import build_method, encoder_spec, encoder_and_config, random_encoder
 from selfsup.augment import preset
 from selfsup.backbones import BACKBONES
 from selfsup.config import PretrainConfig
@@ -16,7 +16,7 @@ from selfsup.train import pretrain
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     cfg = PretrainConfig(dataset="digits", steps=60, batch_size=128, backbone_args={"width": 8}, out=str(out))
-    return load_encoder(pretrain(cfg, load("digits"), show_progress=False))[0], cfg
+    return encoder_and_config(pretrain(cfg, load("digits"), show_progress=False))[0], cfg
 
 
 def test_filter_grid_size_and_pretrained_differs_from_random(trained):

@@ -139,3 +139,14 @@ def test_a_damaged_cache_is_measured_again(fresh, monkeypatch):
     fresh.write_text("[1, 2")
     assert engine.measured_precision(SPEC)["precision"] == "bf16-mixed" and len(calls) == 1
     assert list(json.loads(fresh.read_text()).values())[0]["precision"] == "bf16-mixed"
+
+
+@pytest.mark.parametrize("native, want", [(True, "bf16-mixed"), (False, "16-mixed")])
+def test_auto_on_a_gpu_takes_bf16_only_where_it_is_native(monkeypatch, native, want):
+    """A V100 or T4 runs bf16 only by emulation (torch counts it as supported by default): auto must take fp16
+    with a gradient scaler there, and bf16 on Ampere and later."""
+    from selfsup.engine import choose_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert choose_precision("cuda") == want

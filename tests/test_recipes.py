@@ -88,3 +88,23 @@ def test_every_recipe_is_documented():
 
     page = (Path(__file__).parent.parent / "docs" / "experiments.md").read_text()
     assert all(f"`{n}`" in page and f"--recipe {n}" in page for n in RECIPES.names())
+
+
+def test_gpu_recipes_train_each_method_as_its_paper_does():
+    """The gpu size takes the papers' optimisation: BYOL with LARS at 0.2 x B/256 and tau 0.996 with its asymmetric
+    views, SimSiam with SGD; the cpu size keeps the measured AdamW setup."""
+    from selfsup.recipes import get
+
+    gpu = get("cifar100-compare").config("gpu").resolved(3)
+    byol, simsiam = gpu.method_config("byol"), gpu.method_config("simsiam")
+    assert byol.optimizer == "lars" and byol.lr == pytest.approx(0.2 * byol.batch_size / 256)
+    assert byol.method_args == {"tau_base": 0.996, "asymmetric": True} and byol.weight_decay == 1.5e-6
+    assert simsiam.optimizer == "sgd" and simsiam.lr == pytest.approx(0.03 * simsiam.batch_size / 256)
+    cpu = get("cifar100-compare").config("cpu").resolved(3)
+    assert cpu.method_config("byol").optimizer == "adamw"
+    from selfsup.methods import METHODS
+    from selfsup.papers import PAPERS, _accepted
+
+    assert set(PAPERS) == set(METHODS.names())
+    for name, paper in PAPERS.items():  # every paper argument is one the method takes
+        assert set(paper.method_args) <= _accepted(name), name

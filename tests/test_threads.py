@@ -150,3 +150,18 @@ def test_fixed_threads_are_applied_and_reported(tmp_path):
     finally:
         t.stop()
         torch.set_num_threads(before)
+
+
+def test_the_governor_stays_off_a_gpu_machine(monkeypatch):
+    """On a machine where torch sees a GPU, the GPU sets the pace: torch keeps its own thread count and nothing
+    measures or revises it."""
+    from selfsup import threads
+
+    monkeypatch.setattr(threads, "torch_sees_a_gpu", lambda: True)
+    monkeypatch.delenv("SELFSUP_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    t = threads.Threads()
+    monkeypatch.setattr(t, "measure", lambda: pytest.fail("measured the cores on a GPU machine"))
+    t.start()
+    assert "GPU" in t.current.reason and t.fixed == "gpu"
+    t.stop()

@@ -13,7 +13,7 @@ from selfsup.config import PretrainConfig
 from selfsup.data import load
 from selfsup.errors import ConfigError, SelfsupError
 from selfsup.evaluate import extract_features, few_label_rows
-from selfsup.factory import build_method, encoder_spec, load_encoder
+from selfsup.factory import build_method, encoder_spec, encoder_and_config
 from selfsup.methods import METHODS
 from selfsup.schedule import warmup_cosine as lr_at
 from selfsup.train import pretrain
@@ -46,7 +46,7 @@ def test_two_step_smoke_run_writes_everything(tmp_path, digits):
 
 def test_checkpoint_reloads_the_trained_encoder(tmp_path, digits):
     path = pretrain(small(tmp_path, steps=3), digits[0], show_progress=False)
-    encoder, cfg = load_encoder(path)
+    encoder, cfg = encoder_and_config(path)
     state = torch.load(path, weights_only=False)["method"]
     fresh = build_method(cfg, encoder_spec(cfg, 1, 8))
     fresh.load_state_dict(state)
@@ -60,13 +60,13 @@ def test_checkpoint_from_other_architecture_is_a_clear_error(tmp_path, digits):
     state["config"]["backbone_args"] = state["encoder"]["backbone_args"] = {"width": 16}
     checkpoint.save(path, state)
     with pytest.raises(ConfigError, match=r"do not fit simclr/small_cnn\(width=16\)"):
-        load_encoder(path)
+        encoder_and_config(path)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(SelfsupError, match="sha256"):
-        load_encoder(path)
+        encoder_and_config(path)
     path.with_name("last.pt.sha256").unlink()  # no sidecar: unpickling still catches it
     with pytest.raises(SelfsupError, match="unreadable"):
-        load_encoder(path)
+        encoder_and_config(path)
 
 
 def test_epoch_budget_counts_steps(tmp_path, digits):
@@ -82,7 +82,7 @@ def test_simclr_learns_on_digits(tmp_path, digits):
     torch.manual_seed(0)
     random_init = BACKBONES.build("small_cnn", in_channels=1, width=16)
     before = few_label_rows(random_init, train, test, [10], "random", ("knn",), seeds=(0, 1, 2))
-    encoder, _ = load_encoder(pretrain(cfg, train, show_progress=False))
+    encoder, _ = encoder_and_config(pretrain(cfg, train, show_progress=False))
     after = few_label_rows(encoder, train, test, [10], "simclr", ("knn",), seeds=(0, 1, 2))
     gain = mean(r["accuracy"] for r in after) - mean(r["accuracy"] for r in before)
     assert gain > 0.08, (before, after)
@@ -170,7 +170,7 @@ def test_evaluation_resizes_to_the_training_size(tmp_path, digits):
     import torch.nn.functional as F
 
     cfg = small(tmp_path, steps=2, image_size=12, monitor_seconds=0)
-    encoder, _ = load_encoder(pretrain(cfg, digits[0], show_progress=False))
+    encoder, _ = encoder_and_config(pretrain(cfg, digits[0], show_progress=False))
     assert encoder.image_size == 12 and encoder.spec.image_size == 12
     x = digits[1].images[:8]  # 8x8
     resized = F.interpolate(torch.from_numpy(x).float() / 255, size=(12, 12), mode="bilinear", align_corners=False,
@@ -187,24 +187,143 @@ def test_unknown_evaluation_is_an_error_from_python(digits):
         few_label_rows(BACKBONES.build("small_cnn", in_channels=1, width=4), digits[0], digits[1], [1], "x", ("knnn",))
 
 
-def test_no_host_sync_between_sync_points(tmp_path, digits, monkeypatch):
-    """Reads of a tensor's value on the host (item, float, int, bool, tolist) happen at sync points only: twice the
-    steps between the same sync points make no more of them. (A loss.item() per step would make 40 more.)"""
+def _moves_to_a_device(args, kwargs) -> bool:
+    """Whether a Tensor.to call names a device (or a tensor, whose device it takes) and waits for the copy."""
+    if kwargs.get("non_blocking") or (len(args) > 1 and args[-1] is True):
+        return False  # an asynchronous copy (from page-locked memory on a GPU)
+    return "device" in kwargs or any(isinstance(a, (torch.device, str, torch.Tensor)) for a in args)
+
+
+@pytest.mark.parametrize("method", ["simclr", "colorization"])
+def test_no_host_sync_between_sync_points(tmp_path, digits, monkeypatch, method):
+    """Reads of a tensor's value on the host (item, float, int, bool, tolist, numpy) and blocking copies between
+    the host and a device (`.to(device)`, `.cpu()`, `.cuda()`) happen at sync points only: twice the steps between
+    the same sync points make no more of them. (A loss.item() per step would make 40 more; so would moving a
+    constant to the device on each call.) Colorization's colour conversions and bins, and every augmentation,
+    are exercised."""
     import selfsup.train as train
 
     monkeypatch.setattr(train, "SYNC_SECONDS", 1e9)  # after the sync at step 1, the next is the budget's end
-    counts = {"n": 0}
-    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+    counts = {"n": 0, "where": []}
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist", "numpy", "cpu", "cuda", "to"):
         real = getattr(torch.Tensor, name)
 
-        def counted(self, *a, _real=real, **k):
-            counts["n"] += 1
+        def counted(self, *a, _real=real, _name=name, **k):
+            if _name != "to" or _moves_to_a_device(a, k):
+                counts["n"] += 1
             return _real(self, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     seen = []
     for steps in (20, 40):
         counts["n"] = 0
-        pretrain(small(tmp_path / str(steps), steps=steps, monitor_seconds=0), digits[0], show_progress=False)
+        cfg = small(tmp_path / str(steps), steps=steps, monitor_seconds=0, method=method, augment="simclr" if method == "simclr" else "auto")
+        data = colour_digits(digits[0])
+        pretrain(cfg, data, show_progress=False)
         seen.append(counts["n"])
     assert seen[0] == seen[1], seen
+
+
+def colour_digits(data):
+    """Digits as 3-channel images (colorization needs colour; the strong colour augmentation needs 3 channels)."""
+    import dataclasses
+
+    return dataclasses.replace(data, images=np.repeat(data.images, 3, axis=1))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_optimizer_state_lives_where_the_weights_were_placed(tmp_path, digits, optimizer):
+    """The engine places the model (on a GPU: moves it) before the optimizer and its state are made. Here the
+    placement is stood in for by a change of dtype, which a CPU can show: state made before placement (SGD's
+    momentum buffers) would stay float32 beside float64 weights, and the fused step would fail."""
+    from lightning.fabric import Fabric
+
+    fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
+    real = fabric.setup_module
+
+    def placed(module, *a, **k):
+        return real(module.double(), *a, **k)
+
+    fabric.setup_module = placed
+    cfg = small(tmp_path, steps=2, optimizer=optimizer, monitor_seconds=0)
+    from selfsup.run import RunDir
+    from selfsup.train import build
+
+    run = RunDir(cfg.out, False, False, cfg.checkpoint_steps, cfg.checkpoint_minutes, cfg.keep_checkpoints, cfg.logger)
+    parts = build(cfg, digits[0], fabric, run, show_progress=False)
+    for group in parts.optimizer.param_groups:
+        for p in group["params"]:
+            assert p.dtype == torch.float64
+            for value in parts.optimizer.state.get(p, {}).values():
+                if torch.is_tensor(value) and value.ndim:
+                    assert value.dtype == p.dtype and value.device == p.device
+    loss = parts.method.backbone(torch.rand(4, 1, 8, 8, dtype=torch.float64)).square().mean()
+    loss.backward()
+    parts.optimizer.step()  # fused: every state tensor must match its weight
+
+
+def test_clipping_sees_unscaled_gradients_under_fp16(tmp_path, digits, monkeypatch):
+    """Under 16-mixed the gradients are multiplied by the scaler's scale (here 1024) until it unscales them. The
+    method's clipping must see the true gradients: the norms it clips are those of the same steps in fp32."""
+    from lightning.fabric import Fabric
+    from lightning.fabric.plugins import MixedPrecision
+
+    import selfsup.optim as optim
+
+    seen = []
+    real = optim.clip_gradients
+
+    def recorded(params, max_norm, per_parameter=False):
+        params = list(params)
+        seen[-1].append(float(torch.linalg.vector_norm(torch.stack([p.grad.float().norm() for p in params
+                                                                    if p.grad is not None]))))
+        return real(params, max_norm, per_parameter)
+
+    monkeypatch.setattr(optim, "clip_gradients", recorded)
+    monkeypatch.setattr("selfsup.methods.simclr.SimCLR.clip_grad", 1e6, raising=False)
+    for precision in ("32-true", "16-mixed"):
+        seen.append([])
+        plugins = [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**10))] \
+            if precision == "16-mixed" else []
+        fabric = Fabric(accelerator="cpu", devices=1, plugins=plugins) if plugins else \
+            Fabric(accelerator="cpu", devices=1, precision="32-true")
+        pretrain(small(tmp_path / precision, steps=2, monitor_seconds=0), digits[0], show_progress=False,
+                 fabric=fabric)
+    fp32, fp16 = seen
+    assert len(fp16) == 2 and fp16[0] == pytest.approx(fp32[0], rel=0.05), (fp32, fp16)  # fp16 rounding only
+
+
+def test_lars_follows_the_papers_update():
+    """LARS (You et al. 2017; as Barlow Twins' and VICReg's code apply it): g = grad + wd w, trust ratio
+    q = eta ||w|| / ||g||, mu = m mu + q g, w -= lr mu; biases and norms get plain momentum SGD without decay.
+    Written from the formula, one scalar at a time."""
+    from selfsup.optim import LARS
+
+    w0, b0 = [0.5, -1.0, 2.0], [0.3]
+    grads = [([0.1, 0.2, -0.3], [0.05]), ([-0.2, 0.1, 0.4], [-0.1])]
+    w, b = torch.nn.Parameter(torch.tensor(w0)), torch.nn.Parameter(torch.tensor(b0))
+    lr, m, wd, eta = 0.5, 0.9, 0.01, 0.001
+    opt = LARS([{"params": [w], "weight_decay": wd, "lars_adapt": True},
+                {"params": [b], "weight_decay": 0.0, "lars_adapt": False}], lr=lr, momentum=m, eta=eta)
+    want_w, want_b, mu_w, mu_b = list(w0), list(b0), [0.0] * 3, [0.0]
+    for gw, gb in grads:
+        w.grad, b.grad = torch.tensor(gw), torch.tensor(gb)
+        opt.step()
+        g = [gi + wd * wi for gi, wi in zip(gw, want_w)]
+        q = eta * math.sqrt(sum(x * x for x in want_w)) / math.sqrt(sum(x * x for x in g))
+        mu_w = [m * u + q * gi for u, gi in zip(mu_w, g)]
+        want_w = [wi - lr * u for wi, u in zip(want_w, mu_w)]
+        mu_b = [m * u + gi for u, gi in zip(mu_b, gb)]
+        want_b = [bi - lr * u for bi, u in zip(want_b, mu_b)]
+    assert w.tolist() == pytest.approx(want_w, rel=1e-5) and b.tolist() == pytest.approx(want_b, rel=1e-5)
+    opt.found_inf = torch.ones(())  # the guard's mark: this step is not applied
+    before = (w.detach().clone(), opt.state[w]["momentum_buffer"].clone())
+    w.grad = torch.tensor([1.0, 1.0, 1.0])
+    opt.step()
+    assert torch.equal(w.detach(), before[0]) and torch.equal(opt.state[w]["momentum_buffer"], before[1])
+
+
+def test_lars_trains_a_run(tmp_path, digits):
+    path = pretrain(small(tmp_path, steps=3, optimizer="lars", lr=0.3, monitor_seconds=0), digits[0],
+                    show_progress=False)
+    assert path.exists()

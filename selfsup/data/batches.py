@@ -43,7 +43,7 @@ class Batches:
         else:
             self.images = images  # read per batch: only this shard's rows are ever touched
         self.epoch, self.epoch_step = 0, 0
-        self._reader, self._perm = None, (-1, None)
+        self._reader, self._perm = None, (-1, None, None)
 
     def order(self, epoch: int) -> torch.Tensor:
         """Positions in the shard, in the order epoch `epoch` visits them (the same on every run with this seed)."""
@@ -56,31 +56,40 @@ class Batches:
             while self.epoch_step < self.steps_per_epoch:
                 with record_function("selfsup.data"):  # a profiler range (bench/throughput.py)
                     if isinstance(self.images, torch.Tensor):
-                        x = self.images[self.positions(self.epoch, self.epoch_step).to(self.device)]
+                        x = self.images[self.positions(self.epoch, self.epoch_step, on_device=True)]
                     else:  # read the next batch while this one trains: the disk's latency is hidden
                         here = (self.epoch, self.epoch_step)
                         batch = ahead[1] if ahead is not None and ahead[0] == here else self._read_at(*here)
                         following = (self.epoch, self.epoch_step + 1) if self.epoch_step + 1 < self.steps_per_epoch \
                             else (self.epoch + 1, 0)
                         ahead = (following, self._read_at(*following))
-                        x = torch.from_numpy(batch.result()).to(self.device, non_blocking=True)
+                        x = batch.result().to(self.device, non_blocking=True)  # pinned on CUDA: an async copy
                 self.epoch_step += 1
                 yield x
             self.epoch, self.epoch_step = self.epoch + 1, 0
 
-    def positions(self, epoch: int, step: int) -> torch.Tensor:
-        """Positions in the shard of batch `step` of `epoch` (the epoch's order is kept for its next batches)."""
+    def positions(self, epoch: int, step: int, on_device: bool = False) -> torch.Tensor:
+        """Positions in the shard of batch `step` of `epoch` (the epoch's order is kept for its next batches, and
+        copied to the device once per epoch with `on_device`: no copy per step)."""
         if self._perm[0] != epoch:
-            self._perm = (epoch, self.order(epoch))
-        return self._perm[1][step * self.batch_size:(step + 1) * self.batch_size]
+            order = self.order(epoch)
+            placed = order if self.device.type == "cpu" else order.pin_memory().to(self.device, non_blocking=True)
+            self._perm = (epoch, order, placed)
+        return self._perm[2 if on_device else 1][step * self.batch_size:(step + 1) * self.batch_size]
 
     def _read_at(self, epoch: int, step: int):
-        """The read of batch `step` of `epoch`, started on the reader thread (a future of the uint8 array)."""
+        """The read of batch `step` of `epoch`, started on the reader thread (a future of the uint8 tensor)."""
         if self._reader is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._reader = ThreadPoolExecutor(1, thread_name_prefix="selfsup-read")
-        return self._reader.submit(self.read, self.shard[self.positions(epoch, step).numpy()])
+        return self._reader.submit(self._staged, self.shard[self.positions(epoch, step).numpy()])
+
+    def _staged(self, rows: np.ndarray) -> torch.Tensor:
+        """The batch at `rows` as a tensor, in page-locked memory when it goes to a GPU (so that its copy there
+        runs while the host goes on)."""
+        x = torch.from_numpy(self.read(rows))
+        return x.pin_memory() if self.device.type == "cuda" else x
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Images at `rows`, in that order, read in ascending order (fast on a memory map)."""

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..augment import augment, preset
 from .. import threads
-from ..engine import autocast_for
+from ..engine import TrainStep, autocast_for
 from ..schedule import cosine
 from .features import extract_features, prepare
 from .linear import fit_linear, probe_logits
@@ -112,6 +112,7 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
     view = preset(cfg.augment, train_x.shape[1], method_default="supervised" if train_x.shape[1] == 3 else "supervised-grey")
     view = replace(view, size=getattr(encoder, "image_size", None))  # views at the size the encoder was trained at
     g = torch.Generator(device).manual_seed(seed)
+    amp = TrainStep(device, model.encoder)
     x = torch.from_numpy(np.ascontiguousarray(train_x)).to(device)
     y = torch.from_numpy(train_y).to(device)
     vx, vy = torch.from_numpy(np.ascontiguousarray(val_x)), torch.from_numpy(val_y)
@@ -125,11 +126,9 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
         xb = augment(x[idx], view, g).contiguous(memory_format=torch.channels_last)
         for group, lr in zip(opt.param_groups, base_lrs):
             group["lr"] = cosine(step / cfg.steps, lr, 0.0)
-        with autocast_for(device, encoder=model.encoder):
+        with amp.autocast():
             loss = F.cross_entropy(model(xb).float(), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        amp.step(loss, opt)
         if no_val:
             continue
         if step % cfg.eval_every == 0 or step == cfg.steps:

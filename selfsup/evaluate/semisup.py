@@ -23,7 +23,7 @@ from torch import nn
 
 from ..augment import augment, preset
 from .. import threads
-from ..engine import autocast_for
+from ..engine import TrainStep, autocast_for
 from ..schedule import cosine
 from .features import extract_features
 from .finetune import Classifier, accuracy
@@ -96,6 +96,7 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
     weak = replace(preset(cfg.weak, channels, method_default="supervised" if channels == 3 else "supervised-grey"), size=size)
     strong = replace(preset(cfg.strong, channels), size=size)
     g = torch.Generator(device).manual_seed(seed)
+    amp = TrainStep(device, model.encoder)
     u = torch.from_numpy(np.ascontiguousarray(pool_x)).to(device)
     at = torch.from_numpy(labeled_at).long().to(device)
     y = torch.from_numpy(labeled_y).long().to(device)
@@ -125,16 +126,14 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
             ui = torch.randint(0, len(u), (nu,), generator=g, device=device)
             own = predict(model, augment(u[ui], weak, g), device)  # the model's own view of the image, as it would test
             views = torch.cat([augment(u[li], weak, g), augment(u[ui], strong, g)])
-            with autocast_for(device, encoder=model.encoder):
+            with amp.autocast():
                 logits = model(views.contiguous(memory_format=torch.channels_last)).float()
             lab, us = logits[:nb], logits[nb:]
             pseudo, mask = pseudo_labels(z[ui], own, cfg.graph_threshold, cfg.threshold)
             loss_u = (F.cross_entropy(us, pseudo, reduction="none") * mask).mean()
             loss = F.cross_entropy(lab, y[pick]) + cfg.unlabeled_weight * loss_u
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            used.append(mask.mean().item())
+            amp.step(loss, opt)
+            used.append(mask.mean())  # on the device: read once, at the end
             if no_val:
                 best = (None, step, None)
             elif step % cfg.eval_every == 0 or i == per_round:
@@ -144,4 +143,4 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
     if best[2] is not None:
         model.load_state_dict(best[2])
     return model.eval(), {"val_accuracy": best[0], "best_step": best[1], "steps_run": step,
-                          "pseudo_label_share": round(float(np.mean(used)) if used else 0.0, 4)}
+                          "pseudo_label_share": round(float(torch.stack(used).mean()) if used else 0.0, 4)}

@@ -24,6 +24,7 @@ def global_batch(z: Tensor) -> Tensor:
 @METHODS.register("barlowtwins", "Cross-correlation of the two views' embeddings pushed to the identity (Barlow "
                   "Twins, Zbontar et al. 2021)")
 class BarlowTwins(MethodBase):
+    global_batchnorm = True  # the paper's BatchNorm statistics span every process (SyncBN)
     n_views = 2
 
     def __init__(self, backbone: nn.Module, proj_hidden: int = 2048, proj_dim: int = 2048,

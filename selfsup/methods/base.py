@@ -37,8 +37,14 @@ class Method(Protocol):
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Optimizer parameter groups with their weight decay."""
 
+    generator: torch.Generator | None  # this process's random stream for the method's own draws (masks), set by the
+    #                                    loop: different on every process, saved and restored with the run
+    global_batchnorm: bool  # BatchNorm over the global batch (SyncBN) by default on several GPU processes
+    clip_grad: float  # clip gradients at this norm before each step (0: never); the loop clips, unscaled first
+    clip_per_parameter: bool  # clip each parameter's gradient norm rather than their global norm
+
     def before_optimizer_step(self, progress: float) -> None:
-        """After backward, before the step (gradient clipping, freezing a layer for a while)."""
+        """After backward and clipping, before the step (freezing a layer for a while); gradients are unscaled."""
 
     def after_optimizer_step(self, progress: float) -> None:
         """After each step (an EMA target, a schedule); `progress` in [0, 1] of the budget."""
@@ -66,11 +72,18 @@ class MethodBase(nn.Module):
     n_views = 2
     default_augment: str | None = None
     steps_per_epoch = 0  # set by the training loop before the first step (for hooks counted in epochs)
+    clip_grad = 0.0
+    clip_per_parameter = False
+    global_batchnorm = False
+    generator: torch.Generator | None = None
 
     def __init__(self):
         super().__init__()
         self.metrics: dict[str, Tensor] = {}
         self.last_embedding: Tensor | None = None
+        from .ema import move_legacy_keys
+
+        self._register_load_state_dict_pre_hook(move_legacy_keys, with_module=True)
 
     @classmethod
     def input_transform(cls, data_channels: int) -> str | None:

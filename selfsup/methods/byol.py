@@ -1,7 +1,6 @@
 """BYOL: Bootstrap Your Own Latent (Grill et al., NeurIPS 2020)."""
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 
 import torch
@@ -9,36 +8,15 @@ from torch import Tensor, nn
 
 from .. import heads
 from ..losses import byol_loss
-from ..schedule import cosine
 from . import METHODS
 from .base import MethodBase
-
-
-def tau_at(progress: float, tau_base: float) -> float:
-    """The paper's schedule: tau = 1 - (1 - tau_base) * (cos(pi * progress) + 1) / 2, from tau_base up to 1."""
-    return cosine(progress, tau_base, 1.0)
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, tau: float | Tensor) -> None:
-    """target <- tau * target + (1 - tau) * online, for every parameter (tau may be a tensor: no host sync)."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.lerp_(o.detach(), (1 - tau).to(t.dtype) if isinstance(tau, Tensor) else 1 - tau)
-
-
-@torch.no_grad()
-def follow(method: nn.Module, follower: nn.Module, online: nn.Module, progress: float, schedule: bool = True) -> None:
-    """One step of an EMA follower (BYOL's target, MoCo's key encoder, DINO's teacher): follower <- EMA of online at
-    `method.tau`, then tau to its cosine schedule at `progress` (unless fixed) and one more `method.ema_steps`."""
-    ema_update(follower, online, method.tau)
-    if schedule:
-        method.tau.fill_(tau_at(progress, method.tau_base))
-    method.ema_steps += 1
+from .ema import EMAFollower, ema_update, tau_at  # noqa: F401  (re-exported)
 
 
 @METHODS.register("byol", "Online net + predictor chases an EMA target net; symmetric normalized MSE (BYOL, Grill et "
                   "al. 2020)")
 class BYOL(MethodBase):
+    global_batchnorm = True  # the paper's BatchNorm statistics span every process (SyncBN)
     n_views = 2
 
     def __init__(self, backbone: nn.Module, proj_hidden: int = 1024, proj_dim: int = 256, pred_hidden: int = 1024,
@@ -48,10 +26,8 @@ class BYOL(MethodBase):
         self.projector = heads.mlp((backbone.out_dim, proj_hidden, proj_dim))
         self.predictor = heads.mlp((proj_dim, pred_hidden, proj_dim))
         # The target is (backbone, projector) updated only by EMA: no gradients, never in the optimizer.
-        self.target = nn.Sequential(copy.deepcopy(backbone), copy.deepcopy(self.projector)).requires_grad_(False)
-        self.tau_base, self.asymmetric = tau_base, asymmetric
-        self.register_buffer("tau", torch.tensor(tau_base, dtype=torch.float64))  # saved with the checkpoint
-        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+        self.target = EMAFollower(backbone, self.projector, tau_base=tau_base)
+        self.asymmetric = asymmetric
 
     def views(self, base):
         """asymmetric: the paper's two view distributions (always blurred; rarely blurred and sometimes solarized)."""
@@ -71,4 +47,4 @@ class BYOL(MethodBase):
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
-        follow(self, self.target, nn.Sequential(self.backbone, self.projector), progress)
+        self.target.follow(nn.Sequential(self.backbone, self.projector), progress)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import conv_bn
+from ..constants import beside
 from ..colour import lab_to_rgb, rgb_to_lab
 from ..errors import ConfigError
 from . import METHODS
@@ -36,7 +37,7 @@ SIGMA, NEAREST, MIX, ANNEAL = 5.0, 5, 0.5, 0.38
 def soft_bins(ab: Tensor) -> Tensor:
     """(B, 2, h, w) ab -> (B, Q, h, w) soft targets: Gaussian weights on each pixel's NEAREST bins, summing to 1."""
     b, _, h, w = ab.shape
-    d2 = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2).float(), CENTRES.to(ab.device)) ** 2  # (B*h*w, Q)
+    d2 = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2).float(), beside(CENTRES, ab.float())) ** 2  # (B*h*w, Q)
     near, idx = d2.topk(NEAREST, dim=1, largest=False)
     weight = torch.softmax(-near / (2 * SIGMA ** 2), dim=1)
     target = torch.zeros_like(d2).scatter_(1, idx, weight)
@@ -46,7 +47,7 @@ def soft_bins(ab: Tensor) -> Tensor:
 def annealed_mean(logits: Tensor, temperature: float = ANNEAL) -> Tensor:
     """(B, Q, h, w) logits -> (B, 2, h, w) ab: the mean of the distribution sharpened by `temperature`."""
     p = torch.softmax(logits.float() / temperature, dim=1)
-    return torch.einsum("bqhw,qc->bchw", p, CENTRES.to(logits.device))
+    return torch.einsum("bqhw,qc->bchw", p, beside(CENTRES, p))
 
 
 def lab_input(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,7 +120,7 @@ class Colorization(MethodBase):
             err = (self.predict(grey, size).float() - lab[:, 1:] / AB_SCALE).abs()
             self.measure(ab_l1=err.mean() * AB_SCALE)
             return err.mean()
-        hole = square_holes(x)
+        hole = square_holes(x, generator=self.generator)  # this process's stream: other holes on every rank
         pred = self.predict((x * (1 - hole)).contiguous(memory_format=torch.channels_last), size).float()
         loss = ((pred - x.float()).abs() * hole).sum() / hole.sum().clamp_min(1)
         self.measure(hole_l1=loss)

@@ -4,11 +4,11 @@ A student (backbone + DINO head) matches the output distribution of a teacher, a
 only the two global crops. The teacher's outputs are centred (an EMA of their batch mean, averaged over every
 process) and sharpened (a low temperature, warmed up from `teacher_temp_start`); the student sees the global crops
 and `local_crops` small crops. The head's last layer is frozen for the first `freeze_last_layer` epochs and
-gradients are clipped at `clip_grad`, both as step hooks.
+gradients are clipped at `clip_grad` (each parameter's norm, as the paper's code does; by the training loop, after
+unscaling).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 
 import torch
@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..losses import batch_mean, dino_loss
 from . import METHODS
 from .base import MethodBase, local_view
-from .byol import follow
+from .ema import EMAFollower
 
 
 class DINOHead(nn.Module):
@@ -38,11 +38,12 @@ class DINOHead(nn.Module):
 @METHODS.register("dino", "Student matches a centred, sharpened EMA teacher across 2 global + local crops (DINO, "
                   "Caron et al. 2021)")
 class DINO(MethodBase):
+    global_batchnorm = True  # the paper's BatchNorm statistics span every process (SyncBN)
     def __init__(self, backbone: nn.Module, out_dim: int = 4096, hidden: int = 1024, bottleneck: int = 256,
                  head_bn: bool = False, local_crops: int | None = None, local_scale: tuple[float, float] | list[float] = (0.05, 0.4),
                  student_temp: float = 0.1, teacher_temp: float = 0.07, teacher_temp_start: float = 0.04,
                  teacher_temp_warmup: float = 0.3, center_momentum: float = 0.9, tau_base: float = 0.996,
-                 freeze_last_layer: float = 1.0, clip_grad: float = 3.0):
+                 freeze_last_layer: float = 1.0, clip_grad: float = 3.0, clip_per_parameter: bool = True):
         super().__init__()
         side = getattr(backbone, "image_size", None) or 0
         if local_crops is None:  # measured on MNIST validation: at 28 px, local crops cost half the speed and lost
@@ -52,18 +53,14 @@ class DINO(MethodBase):
                               f"got {local_crops} and {local_scale}")
         self.backbone = backbone
         self.head = DINOHead(backbone.out_dim, out_dim, hidden, bottleneck, head_bn)
-        self.teacher = nn.Sequential(copy.deepcopy(backbone), copy.deepcopy(self.head)).requires_grad_(False)
+        self.teacher = EMAFollower(backbone, self.head, tau_base=tau_base)
         self.local_crops, self.local_scale = int(local_crops), (float(local_scale[0]), float(local_scale[1]))
         self.n_views = 2 + self.local_crops
         self.student_temp, self.teacher_temps = student_temp, (teacher_temp_start, teacher_temp, teacher_temp_warmup)
-        self.center_momentum, self.tau_base = center_momentum, tau_base
-        self.freeze_last_layer, self.clip_grad = freeze_last_layer, clip_grad
+        self.center_momentum = center_momentum
+        self.freeze_last_layer, self.clip_grad, self.clip_per_parameter = freeze_last_layer, clip_grad, clip_per_parameter
         self.register_buffer("center", torch.zeros(out_dim))
-        self.register_buffer("tau", torch.tensor(tau_base, dtype=torch.float64))
-        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("temp", torch.tensor(teacher_temp_start if teacher_temp_warmup > 0 else teacher_temp))
-        self.steps_seen = 0  # a host copy of ema_steps (no device read per step), restored with the weights
-        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "steps_seen", int(module.ema_steps)))
 
     def views(self, base):
         if not self.local_crops:
@@ -89,14 +86,11 @@ class DINO(MethodBase):
         return loss
 
     def before_optimizer_step(self, progress: float) -> None:
-        if self.steps_seen < self.freeze_last_layer * max(1, self.steps_per_epoch):
+        if self.teacher.steps_seen < self.freeze_last_layer * max(1, self.steps_per_epoch):
             self.head.last.weight.grad = None  # the fused optimizer leaves a parameter without a gradient alone
-        if self.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.grad is not None], self.clip_grad)
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
-        follow(self, self.teacher, nn.Sequential(self.backbone, self.head), progress)
+        self.teacher.follow(nn.Sequential(self.backbone, self.head), progress)
         self.center.mul_(self.center_momentum).add_(self.pending_center, alpha=1 - self.center_momentum)
-        self.steps_seen += 1
         self.temp.fill_(self.teacher_temp(progress))

@@ -25,10 +25,11 @@ def patchify(x: Tensor, p: int) -> Tensor:
     return F.unfold(x.float(), kernel_size=p, stride=p).transpose(1, 2)
 
 
-def random_masking(batch: int, n: int, keep: int, device, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def random_masking(batch: int, n: int, keep: int, device, noise: Tensor | None = None,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """A uniformly random subset of `keep` of `n` patches per image: (kept indices (B, keep), restore order (B, n),
-    mask (B, n) with 1 where hidden)."""
-    noise = torch.rand(batch, n, device=device) if noise is None else noise
+    mask (B, n) with 1 where hidden). Drawn from `generator` (the process's own stream in training)."""
+    noise = torch.rand(batch, n, device=device, generator=generator) if noise is None else noise
     shuffle = noise.argsort(dim=1)
     restore = shuffle.argsort(dim=1)
     mask = torch.ones(batch, n, device=device)
@@ -80,7 +81,7 @@ class MAE(MethodBase):
         tokens = self.vit.embed(x)  # (B, N, D)
         b, n, d = tokens.shape
         keep = max(1, int(n * (1 - self.mask_ratio)))
-        kept, restore, mask = random_masking(b, n, keep, x.device, noise)
+        kept, restore, mask = random_masking(b, n, keep, x.device, noise, self.generator)
         visible = tokens.gather(1, kept[..., None].expand(-1, -1, d))  # hidden patches never reach a block
         return self.vit.encode(visible), restore, mask
 

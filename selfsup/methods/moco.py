@@ -13,7 +13,6 @@ no communication and no randomness to save for an exact resume.
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,7 @@ from ..errors import ConfigError
 from ..losses import batch_info_nce, gather_detached, info_nce, process_rank
 from . import METHODS
 from .base import MethodBase
-from .byol import follow
+from .ema import EMAFollower
 
 
 class Momentum(MethodBase):
@@ -33,14 +32,11 @@ class Momentum(MethodBase):
     def __init__(self, backbone: nn.Module, projector: nn.Module, tau_base: float, schedule: bool):
         super().__init__()
         self.backbone, self.projector = backbone, projector
-        self.key_encoder = nn.Sequential(copy.deepcopy(backbone), copy.deepcopy(projector)).requires_grad_(False)
-        self.tau_base, self.schedule = tau_base, schedule
-        self.register_buffer("tau", torch.tensor(tau_base, dtype=torch.float64))
-        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+        self.key_encoder = EMAFollower(backbone, projector, tau_base=tau_base, schedule=schedule)
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
-        follow(self, self.key_encoder, nn.Sequential(self.backbone, self.projector), progress, self.schedule)
+        self.key_encoder.follow(nn.Sequential(self.backbone, self.projector), progress)
 
 
 @METHODS.register("mocov2", "Momentum key encoder, a queue of negatives, InfoNCE; key BatchNorm split in groups (MoCo "
@@ -98,6 +94,7 @@ class MoCoV2(Momentum):
 @METHODS.register("mocov3", "Momentum encoder + predictor, symmetric InfoNCE over the global batch, cosine momentum "
                   "(MoCo v3, Chen, Xie & He 2021)")
 class MoCoV3(Momentum):
+    global_batchnorm = True  # the paper's BatchNorm statistics span every process (SyncBN)
     n_views = 2
 
     def __init__(self, backbone: nn.Module, proj_hidden: int = 1024, proj_dim: int = 256, pred_hidden: int = 1024,

@@ -19,6 +19,7 @@ from .base import MethodBase, local_view
 @METHODS.register("simclr", "Two views, MLP projector, NT-Xent against 2N-2 negatives; optional local crops (SimCLR, "
                   "Chen et al. 2020)")
 class SimCLR(MethodBase):
+    global_batchnorm = True  # the paper's BatchNorm statistics span every process (SyncBN)
     n_views = 2
 
     def __init__(self, backbone: nn.Module, proj_hidden: int = 512, proj_dim: int = 128, temperature: float = 0.2,

@@ -12,6 +12,7 @@ from .base import MethodBase
 @METHODS.register("simsiam", "Predictor + stop-gradient, no momentum target; symmetric negative cosine (SimSiam, Chen "
                   "& He 2021)")
 class SimSiam(MethodBase):
+    global_batchnorm = True  # the paper's BatchNorm statistics span every process (SyncBN)
     n_views = 2
 
     def __init__(self, backbone: nn.Module, proj_dim: int = 1024, pred_hidden: int = 256):

@@ -17,6 +17,7 @@ from .base import MethodBase
 @METHODS.register("vicreg", "Invariance + variance hinge + covariance penalty on a wide expander, weights 25/25/1 "
                   "(VICReg, Bardes et al. 2022)")
 class VICReg(MethodBase):
+    global_batchnorm = True  # the paper's BatchNorm statistics span every process (SyncBN)
     n_views = 2
 
     def __init__(self, backbone: nn.Module, proj_hidden: int = 2048, proj_dim: int = 2048, invariance_weight: float = 25.0,
