@@ -211,3 +211,29 @@ def test_a_given_label_set_trains_on_exactly_those_images():
     rows = few_label_rows(enc, train, test, [], "x", ("knn", "linear"), (0, 1), label_sets={"picks": idx})
     assert {r["labels"] for r in rows} == {20} and {r["labels_per_class"] for r in rows} == {"picks"}
     assert len({r["accuracy"] for r in rows if r["eval"] == "knn"}) == 1  # the same set for every seed
+
+
+def test_fp16_evaluation_training_scales_its_loss():
+    """Under fp16 autocast (the choice on GPUs without native bf16) a gradient below fp16's smallest number
+    (6e-8) underflows to 0 unless the loss is scaled first: fine-tuning's and semi-supervised training's step
+    (`TrainStep`) carries a gradient scaler there, and the weights move; a plain backward leaves them."""
+    from selfsup.engine import TrainStep
+
+    def moved(scaled: bool) -> bool:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        before = model[0].weight.detach().clone()
+        amp = TrainStep(torch.device("cpu"), precision="16-mixed")
+        assert amp.scaler is not None
+        with amp.autocast():
+            loss = model(torch.rand(8, 16)).float().sum() * 1e-9
+        if scaled:
+            amp.step(loss, opt)
+        else:
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return not torch.equal(before, model[0].weight.detach())
+
+    assert moved(scaled=True) and not moved(scaled=False)

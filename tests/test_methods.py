@@ -245,7 +245,7 @@ LEARN = {  # a short run per method on digits that should clearly beat random-in
     "simclr": dict(steps=200, batch_size=256, backbone_args={"width": 16}),
     "byol": dict(steps=200, batch_size=256, backbone_args={"width": 16}),
     "simsiam": dict(steps=200, batch_size=256, backbone_args={"width": 16}),
-    "rotation": dict(steps=600, batch_size=128, lr=1e-3, backbone_args={"width": 32}),
+    "rotation": dict(steps=1000, batch_size=128, lr=1e-3, backbone_args={"width": 32}),  # 600: +0.039 on an AMD EPYC
     "colorization": dict(steps=600, batch_size=256, backbone_args={"width": 16}),  # inpainting on 1-channel digits
     "mocov2": dict(steps=200, batch_size=256, backbone_args={"width": 16}),
     "mocov3": dict(steps=200, batch_size=256, backbone_args={"width": 16}),
@@ -297,7 +297,7 @@ def test_method_beats_random_init_on_digits(name, digits, tmp_path):
     encoder, _ = encoder_and_config(pretrain(cfg, train, show_progress=False))
     after = few_label_rows(encoder, train, test, [10], name, ("knn",), seeds=(0, 1, 2))
     gain = mean(r["accuracy"] for r in after) - mean(r["accuracy"] for r in before)
-    assert gain > 0.04, (name, before, after)
+    assert gain > 0.04, (name, gain, before, after)
 
 
 def test_byol_asymmetric_views_are_the_papers_two():
