@@ -107,3 +107,28 @@ def test_augment_args_change_single_fields_and_are_checked():
         preset("auto", 1, changes={"crop_scale": 0.5})
     with pytest.raises(ConfigError, match="rotate must be a non-negative number"):
         preset("auto", 1, changes={"rotate": "lots"})
+
+
+def test_blur_is_the_separable_gaussian_of_its_definition():
+    """Each image blurred with its own sigma: a 1-D Gaussian of k taps (normalised) along rows, then columns, with
+    reflected borders, written here as a loop over pixels."""
+    import math
+
+    x = torch.rand(2, 3, 9, 11, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.7, 1.6])
+    got = gaussian_blur(x, sigma)
+    k = 3  # max(3, int(0.1 * 9) | 1)
+
+    def reflect(i, n):
+        return -i if i < 0 else 2 * (n - 1) - i if i >= n else i
+
+    for b in range(2):
+        w = [math.exp(-(j - k // 2) ** 2 / (2 * float(sigma[b]) ** 2)) for j in range(k)]
+        w = [v / sum(w) for v in w]
+        for c in (0, 2):
+            img = x[b, c].tolist()
+            rows = [[sum(w[j] * img[y][reflect(xx + j - k // 2, 11)] for j in range(k)) for xx in range(11)]
+                    for y in range(9)]
+            want = [[sum(w[j] * rows[reflect(y + j - k // 2, 9)][xx] for j in range(k)) for xx in range(11)]
+                    for y in range(9)]
+            assert torch.allclose(got[b, c], torch.tensor(want), atol=1e-5)
