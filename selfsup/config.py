@@ -42,6 +42,8 @@ class PretrainConfig:
                          "large-batch optimizer of SimCLR, BYOL, Barlow Twins and VICReg)")
     lr: float = opt(2e-3, "peak learning rate (linear warmup, then cosine decay to 0)")
     weight_decay: float = opt(1e-5, "weight decay on weights (never on norms, biases or the method's exceptions)")
+    weight_decay_end: float | None = opt(None, "weight decay at the end of the budget, reached by a cosine from "
+                                         "--weight-decay (DINO: 0.04 to 0.4); None: constant")
     warmup: float = opt(0.05, "fraction of the budget spent warming up the learning rate")
     precision: str = opt("auto", "auto, bf16-mixed, 16-mixed or 32-true; auto: bf16 where the hardware runs it")
     channels_last: bool = opt(True, "channels-last memory layout for convolutions")

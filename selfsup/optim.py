@@ -104,9 +104,12 @@ def clip_unscaled(method, optimizer: torch.optim.Optimizer, scaler=None) -> None
     clip_gradients(method.parameters(), method.clip_grad, method.clip_per_parameter)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
+    """This step's learning rate, and weight decay (where given) on the groups that decay at all."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+        if weight_decay is not None and group["weight_decay"] > 0:
+            group["weight_decay"] = weight_decay
 
 
 class NonFiniteGuard:

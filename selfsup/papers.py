@@ -22,6 +22,7 @@ class PaperSetting:
     lr_per_256: float  # the base learning rate at a global batch of 256
     weight_decay: float
     method_args: dict = field(default_factory=dict)
+    weight_decay_end: float | None = None  # a cosine from weight_decay to this over the budget
 
 
 PAPERS: dict[str, PaperSetting] = {
@@ -35,8 +36,9 @@ PAPERS: dict[str, PaperSetting] = {
     "barlowtwins": PaperSetting("Zbontar et al. 2021, section 4 (lambda 5.1e-3)", "lars", 0.2, 1.5e-6,
                                 {"off_diagonal_weight": 0.0051}),
     "vicreg": PaperSetting("Bardes et al. 2022, section 4.1 (25 / 25 / 1)", "lars", 0.2, 1e-6),
-    "dino": PaperSetting("Caron et al. 2021, ViT-S/16 (weight decay 0.04, its start)", "adamw", 5e-4, 0.04,
-                         {"tau_base": 0.996, "clip_grad": 3.0, "clip_per_parameter": True}),
+    "dino": PaperSetting("Caron et al. 2021, ViT-S/16", "adamw", 5e-4, 0.04,
+                         {"tau_base": 0.996, "clip_grad": 3.0, "clip_per_parameter": True, "head_activation": "gelu",
+                          "asymmetric": True}, weight_decay_end=0.4),
     "mae": PaperSetting("He et al. 2022, appendix A.1 (beta2 0.95 not offered: 0.999)", "adamw", 1.5e-4, 0.05,
                         {"mask_ratio": 0.75}),
     "rotation": PaperSetting("Gidaris et al. 2018 (SGD 0.1 at batch 128)", "sgd", 0.2, 5e-4),
@@ -54,6 +56,7 @@ def paper_config(cfg: PretrainConfig) -> PretrainConfig:
     args = {k: v for k, v in paper.method_args.items() if k in known} | dict(cfg.method_args)
     batch = cfg.batch_size * cfg.devices * cfg.num_nodes
     return PretrainConfig.from_dict(cfg.to_dict() | {"optimizer": paper.optimizer, "weight_decay": paper.weight_decay,
+                                                     "weight_decay_end": paper.weight_decay_end,
                                                      "lr": paper.lr_per_256 * batch / 256, "method_args": args})
 
 

@@ -26,7 +26,7 @@ from .factory import build_method, encoder_spec, load_state_into
 from .monitor import OnlineKNN, method_stats
 from .optim import NonFiniteGuard, clip_unscaled, load_optimizer_state, make_optimizer, set_lr
 from .run import ProgressLine, RandomStreams, RunDir, StopSignals, SyncState
-from .schedule import warmup_cosine
+from .schedule import cosine, warmup_cosine
 
 SYNC_SECONDS = 2.0  # target time between sync points (logging resolution)
 
@@ -131,7 +131,8 @@ def train(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progres
     with StopSignals() as signals:
         for x in p.batches:
             progress = p.budget.progress()
-            set_lr(p.optimizer, warmup_cosine(progress, cfg.lr, cfg.warmup))
+            set_lr(p.optimizer, warmup_cosine(progress, cfg.lr, cfg.warmup), None if cfg.weight_decay_end is None
+                   else cosine(progress, cfg.weight_decay, cfg.weight_decay_end))  # DINO's rising weight decay
             with record_function("selfsup.augment"):  # the ranges name the phases for torch.profiler (bench/)
                 views = [augment(x, v, p.streams.generator).contiguous(memory_format=p.memory) for v in p.views]
             with record_function("selfsup.forward"), fabric.autocast():  # the wrapper alone autocasts under DDP only

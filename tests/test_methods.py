@@ -498,3 +498,47 @@ def test_a_checkpoint_from_before_the_follower_module_loads():
     fresh.load_state_dict(old)
     assert float(fresh.target.tau) == pytest.approx(0.997) and int(fresh.target.steps) == 42
     assert fresh.target.steps_seen == 42
+
+
+def test_multicrop_runs_one_forward_per_crop_size():
+    """DINO's student sees 2 global and 4 local crops in 2 forwards (one per size, as its code does), not 6; the
+    outputs are those of each crop on its own where BatchNorm uses running statistics."""
+    from selfsup.methods.base import by_size
+
+    calls = []
+
+    def f(x):
+        calls.append(x.shape[0])
+        return x.flatten(1).sum(1, keepdim=True)
+
+    views = [torch.rand(3, 1, 8, 8)] * 2 + [torch.rand(3, 1, 4, 4)] * 4
+    out = by_size(f, views)
+    assert calls == [6, 12] and len(out) == 6
+    assert all(torch.allclose(o, v.flatten(1).sum(1, keepdim=True)) for o, v in zip(out, views))
+    cfg = PretrainConfig(method="dino", backbone_args={"width": 4},
+                         method_args={"out_dim": 16, "hidden": 16, "bottleneck": 8, "local_crops": 4})
+    m = build_method(cfg, encoder_spec(cfg, 1, 16)).eval()
+    seen = []
+    m.backbone.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    from selfsup.augment import augment, preset
+
+    with torch.no_grad():
+        m.loss([augment(torch.rand(5, 1, 16, 16), v) for v in m.views(preset("simclr", 1))])
+    assert seen == [10, 20]
+
+
+def test_dino_offers_the_papers_head_and_global_crops():
+    """The paper's head is GELU between its layers, and its two global crops differ: one always blurred, the other
+    rarely blurred and sometimes solarized (`asymmetric`); the GPU recipes take both."""
+    from selfsup.augment import preset
+    from selfsup.papers import PAPERS
+
+    cfg = PretrainConfig(method="dino", backbone_args={"width": 4},
+                         method_args={"out_dim": 16, "hidden": 16, "bottleneck": 8, "local_crops": 2,
+                                      "head_activation": "gelu", "asymmetric": True})
+    m = build_method(cfg, encoder_spec(cfg, 3, 16))
+    assert any(isinstance(layer, torch.nn.GELU) for layer in m.head.mlp)
+    assert not any(isinstance(layer, torch.nn.ReLU) for layer in m.head.mlp)
+    g1, g2, *local = m.views(preset("simclr", 3))
+    assert (g1.blur_p, g1.solarize_p, g2.blur_p, g2.solarize_p) == (1.0, 0.0, 0.1, 0.2) and len(local) == 2
+    assert PAPERS["dino"].method_args["head_activation"] == "gelu" and PAPERS["dino"].weight_decay_end == 0.4

@@ -327,3 +327,15 @@ def test_lars_trains_a_run(tmp_path, digits):
     path = pretrain(small(tmp_path, steps=3, optimizer="lars", lr=0.3, monitor_seconds=0), digits[0],
                     show_progress=False)
     assert path.exists()
+
+
+def test_weight_decay_follows_its_cosine_to_the_end_value(tmp_path, digits):
+    """DINO raises weight decay from 0.04 to 0.4 on a cosine over training: the groups that decay follow it (the
+    last step's value is the cosine at that step's progress), norms and biases stay at 0."""
+    from selfsup.schedule import cosine
+
+    path = pretrain(small(tmp_path, steps=4, weight_decay=0.04, weight_decay_end=0.4, monitor_seconds=0), digits[0],
+                    show_progress=False)
+    groups = torch.load(path, weights_only=False)["optimizer"]["param_groups"]
+    assert groups[0]["weight_decay"] == pytest.approx(cosine(3 / 4, 0.04, 0.4)) and groups[1]["weight_decay"] == 0.0
+    assert cosine(1.0, 0.04, 0.4) == pytest.approx(0.4) and cosine(0.0, 0.04, 0.4) == pytest.approx(0.04)

@@ -53,6 +53,19 @@ class Method(Protocol):
         """Pictures the method offers for the report: caption -> (H, W, 3) uint8."""
 
 
+def by_size(fn, views: list[Tensor]) -> list[Tensor]:
+    """`fn` of each view, with consecutive views of one shape run as one batch (multi-crop: one forward for the
+    global crops and one for the local ones, as DINO's code does, instead of one per crop)."""
+    out, i = [], 0
+    while i < len(views):
+        j = i + 1
+        while j < len(views) and views[j].shape == views[i].shape:
+            j += 1
+        out += list(fn(torch.cat(views[i:j])).chunk(j - i)) if j - i > 1 else [fn(views[i])]
+        i = j
+    return out
+
+
 def local_view(base: "Augment", backbone: nn.Module, fraction: tuple[int, int], scale: tuple[float, float],
                method: str) -> "Augment":
     """Multi-crop's small view: `fraction` (num, den) of the training side (at least 8 px), crops of area `scale`."""

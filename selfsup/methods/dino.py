@@ -19,16 +19,16 @@ from .. import heads
 from ..errors import ConfigError
 from ..losses import batch_mean, dino_loss
 from . import METHODS
-from .base import MethodBase, local_view
+from .base import MethodBase, by_size, local_view
 from .ema import EMAFollower
 
 
 class DINOHead(nn.Module):
     """MLP to a bottleneck, L2-normalised, then a weight-normalised linear layer (rows of unit norm) to `out_dim`."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int, bottleneck: int, bn: bool):
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, bottleneck: int, bn: bool, act: type[nn.Module]):
         super().__init__()
-        self.mlp = heads.mlp((in_dim, hidden, hidden, bottleneck), bn=bn)
+        self.mlp = heads.mlp((in_dim, hidden, hidden, bottleneck), bn=bn, act=act)
         self.last = nn.Linear(bottleneck, out_dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -43,7 +43,8 @@ class DINO(MethodBase):
                  head_bn: bool = False, local_crops: int | None = None, local_scale: tuple[float, float] | list[float] = (0.05, 0.4),
                  student_temp: float = 0.1, teacher_temp: float = 0.07, teacher_temp_start: float = 0.04,
                  teacher_temp_warmup: float = 0.3, center_momentum: float = 0.9, tau_base: float = 0.996,
-                 freeze_last_layer: float = 1.0, clip_grad: float = 3.0, clip_per_parameter: bool = True):
+                 freeze_last_layer: float = 1.0, clip_grad: float = 3.0, clip_per_parameter: bool = True,
+                 head_activation: str = "relu", asymmetric: bool = False):
         super().__init__()
         side = getattr(backbone, "image_size", None) or 0
         if local_crops is None:  # measured on MNIST validation: at 28 px, local crops cost half the speed and lost
@@ -52,7 +53,11 @@ class DINO(MethodBase):
             raise ConfigError(f"dino: local_crops must be 0 or more and local_scale a range in (0, 1], "
                               f"got {local_crops} and {local_scale}")
         self.backbone = backbone
-        self.head = DINOHead(backbone.out_dim, out_dim, hidden, bottleneck, head_bn)
+        if head_activation not in ("relu", "gelu"):
+            raise ConfigError(f"dino: head_activation must be relu or gelu, got {head_activation!r}")
+        self.head = DINOHead(backbone.out_dim, out_dim, hidden, bottleneck, head_bn,
+                             nn.GELU if head_activation == "gelu" else nn.ReLU)
+        self.asymmetric = asymmetric
         self.teacher = EMAFollower(backbone, self.head, tau_base=tau_base)
         self.local_crops, self.local_scale = int(local_crops), (float(local_scale[0]), float(local_scale[1]))
         self.n_views = 2 + self.local_crops
@@ -63,19 +68,24 @@ class DINO(MethodBase):
         self.register_buffer("temp", torch.tensor(teacher_temp_start if teacher_temp_warmup > 0 else teacher_temp))
 
     def views(self, base):
+        """2 global crops (scale from 0.4; with `asymmetric`, the paper's two: always blurred, and rarely blurred and
+        sometimes solarized) and `local_crops` small ones."""
+        first = replace(base, crop_scale=(max(base.crop_scale[0], 0.4), base.crop_scale[1])) if self.local_crops else base
+        globals_ = [replace(first, blur_p=1.0, solarize_p=0.0), replace(first, blur_p=0.1, solarize_p=0.2)] \
+            if self.asymmetric else [first, first]
         if not self.local_crops:
-            return [base, base]
+            return globals_
         local = local_view(base, self.backbone, (3, 7), self.local_scale, "dino")  # 96 of 224 in the paper
-        return [replace(base, crop_scale=(max(base.crop_scale[0], 0.4), base.crop_scale[1]))] * 2 + [local] * self.local_crops
+        return globals_ + [local] * self.local_crops
 
     def teacher_temp(self, progress: float) -> float:
         start, end, warmup = self.teacher_temps
         return end if progress >= warmup or warmup <= 0 else start + (end - start) * progress / warmup
 
     def loss(self, views: list[Tensor]) -> Tensor:
-        student = [self.head(self.backbone(v)) for v in views]  # (n, out_dim) per crop
+        student = by_size(lambda v: self.head(self.backbone(v)), views)  # (n, out_dim) per crop
         with torch.no_grad():
-            teacher = [self.teacher(v) for v in views[:2]]
+            teacher = by_size(self.teacher, views[:2])
         self.last_embedding = student[0].detach()
         temp = self.temp  # a tensor: no host read per step
         loss = dino_loss(student, teacher, self.center, self.student_temp, temp)

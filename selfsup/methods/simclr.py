@@ -13,7 +13,7 @@ from .. import heads
 from ..errors import ConfigError
 from ..losses import gather_with_grad, nt_xent
 from . import METHODS
-from .base import MethodBase, local_view
+from .base import MethodBase, by_size, local_view
 
 
 @METHODS.register("simclr", "Two views, MLP projector, NT-Xent against 2N-2 negatives; optional local crops (SimCLR, "
@@ -57,7 +57,6 @@ class SimCLR(MethodBase):
         loss = self.pair(z1, z2)
         if len(views) == 2:
             return loss
-        for local in views[2:]:
-            z = self.embed(local)
+        for z in by_size(self.embed, views[2:]):  # the local crops in one forward
             loss = loss + self.pair(z, z1) + self.pair(z, z2)
         return loss / (1 + 2 * (len(views) - 2))
