@@ -72,3 +72,18 @@ def test_compare_on_a_class_folder_says_how_it_split(tmp_path, capsys):
     assert results["splits"]["train"] == 64
     assert results["splits"]["layout"] == "class subfolders"
     assert results["splits"]["test"] == 16 and "held out: 20% of each class, seed" in results["splits"]["test_split"]
+
+
+def test_decoding_workers_follow_affinity_and_the_cpu_quota(monkeypatch):
+    """A container limited to 1.5 CPUs on a 64-core host decodes with 2 workers, not 64; without a quota, the cores
+    in the affinity mask."""
+    import os
+
+    from selfsup import threads
+    from selfsup.data.folder import usable_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(threads, "cgroup_quota", lambda: 1.5)
+    assert usable_cores() == 2
+    monkeypatch.setattr(threads, "cgroup_quota", lambda: None)
+    assert usable_cores() == 64

@@ -305,11 +305,18 @@ def _decode_task(task: tuple[list[Path], int, bool]) -> tuple[np.ndarray, list[t
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, which containers and `taskset` narrow)."""
+    """The cores this process may run on: its affinity mask (which containers and `taskset` narrow), and no more
+    than its cgroup's CPU quota (a container limited to 1.5 CPUs gets 2 workers, not one per core it can see)."""
+    import math
+
+    from ..threads import cgroup_quota
+
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
 
 
 def pool_map(fn: Callable, tasks: list, workers: int | None = None) -> Iterator:
