@@ -15,15 +15,20 @@ def epoch_of(b: Batches) -> torch.Tensor:
     return torch.cat([x.flatten() for x in islice(iter(b), b.steps_per_epoch)])
 
 
-def test_each_rank_holds_and_sees_only_its_own_shard():
+def test_each_epoch_deals_the_ranks_disjoint_shards_anew():
+    """Within an epoch the two processes see disjoint images, each once; the next epoch deals other shards, so over
+    epochs each process sees images the other saw before (a fixed shard would keep them apart forever)."""
     ranks = [Batches(IMAGES, 16, torch.device("cpu"), 3, r, 2) for r in range(2)]
-    assert [len(b.images) for b in ranks] == [100, 100]  # only the shard is on the device
-    assert not set(ranks[0].images.flatten().tolist()) & set(ranks[1].images.flatten().tolist())
+    per_epoch = []
     for epoch in range(2):
         seen = [epoch_of(b) for b in ranks]
         assert len(seen[0]) == len(seen[1]) == 6 * 16
         assert not set(seen[0].tolist()) & set(seen[1].tolist())
         assert len(set(seen[0].tolist())) == len(seen[0])
+        assert set(seen[0].tolist()) <= set(ranks[0].shard(epoch).tolist())
+        per_epoch.append(set(seen[0].tolist()))
+    assert per_epoch[0] != per_epoch[1] and per_epoch[1] & set(ranks[1].shard(0).tolist())
+    assert sorted(np.concatenate([b.shard(5) for b in ranks]).tolist()) == list(range(200))
     one = Batches(IMAGES, 16, torch.device("cpu"), 3, 0, 2)
     first = next(iter(one))
     one.epoch, one.epoch_step = 1, 0

@@ -161,8 +161,8 @@ def test_two_processes_read_disjoint_shards_of_a_memory_map(tmp_path):
         seen = pool.map(_rows_seen, [(path, n, 0), (path, n, 1)])
     assert not set(seen[0]) & set(seen[1])  # disjoint
     assert len(set(seen[0])) == len(seen[0]) == 96 and len(set(seen[1])) == 96  # an epoch: each row once
-    shard = Batches(a, 8, torch.device("cpu"), 5, rank=0, world=2).shard
-    assert set(seen[0]) <= set(shard.tolist())  # rank 0 touched only its own shard
+    shard = Batches(a, 8, torch.device("cpu"), 5, rank=0, world=2).shard(0)
+    assert set(seen[0]) <= set(shard.tolist())  # rank 0 touched only its own shard of the epoch
 
 
 def test_prepare_refuses_a_dataset_that_is_not_a_folder(capsys):

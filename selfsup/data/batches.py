@@ -1,4 +1,4 @@
-"""The batch source of a training run: data order, resume position and each process's shard."""
+"""The batch source of a training run: data order, resume position and each process's shard of each epoch."""
 from __future__ import annotations
 
 import warnings
@@ -16,10 +16,12 @@ ON_DEVICE_BYTES = 2**31  # a shard smaller than this is copied to the device onc
 class Batches:
     """Random batches of uint8 images (B, C, H, W) on the device, forever, epoch after epoch.
 
-    Process `rank` of `world` owns a fixed shard of the images (a seeded split into `world` disjoint parts,
-    the same on every process) and holds only that shard: on the device when it is under `on_device_bytes`, else
-    it reads each batch from the array (a memory map stays on disk: a prepared folder's private memory does not
-    grow with its size). Both give the same batches. Each epoch visits the shard in a new order.
+    Every epoch deals the images anew into `world` disjoint shards (a seeded permutation of the epoch, the same on
+    every process), and process `rank` visits its shard of that epoch in a random order: over epochs each process
+    sees every image, and its batches mix with every other. The images are on the device when they are under
+    `on_device_bytes` (each process holds them all), else each batch is read from the array (a memory map stays on
+    disk: a prepared folder's private memory does not grow with its size, and a process reads only its shard's
+    rows of the epoch). Both give the same batches.
     """
 
     def __init__(self, images: np.ndarray, batch_size: int, device: torch.device, seed: int, rank: int = 0,
@@ -34,21 +36,27 @@ class Batches:
             batch_size = self.n // world
         self.batch_size = batch_size
         self.steps_per_epoch = (self.n // world) // batch_size  # equal on every process
-        split = np.arange(self.n) if world == 1 else np.random.default_rng(seed).permutation(self.n)
-        self.shard = np.sort(split[rank::world])  # (n / world,) indices into `images`
         limit = ON_DEVICE_BYTES if on_device_bytes is None else on_device_bytes
-        if len(self.shard) * int(np.prod(images.shape[1:])) < limit:
-            part = images if world == 1 else images[self.shard]
-            self.images = torch.from_numpy(np.require(part, requirements=("C", "W"))).to(device)  # a copy of a map
+        if self.n * int(np.prod(images.shape[1:])) < limit:
+            self.images = torch.from_numpy(np.require(images, requirements=("C", "W"))).to(device)  # a copy of a map
         else:
-            self.images = images  # read per batch: only this shard's rows are ever touched
+            self.images = images  # read per batch: only the rows of this process's shards are ever touched
         self.epoch, self.epoch_step = 0, 0
         self._reader, self._perm = None, (-1, None, None)
 
+    def shard(self, epoch: int) -> np.ndarray:
+        """The images (indices, ascending) process `rank` owns in `epoch`: its part of the epoch's seeded deal."""
+        if self.world == 1:
+            return np.arange(self.n)
+        deal = np.random.default_rng((self.seed, epoch)).permutation(self.n)
+        return np.sort(deal[: (self.n // self.world) * self.world][self.rank::self.world])
+
     def order(self, epoch: int) -> torch.Tensor:
-        """Positions in the shard, in the order epoch `epoch` visits them (the same on every run with this seed)."""
+        """Indices into the images, in the order this process visits them in `epoch` (the same on every run with
+        this seed): its shard of the epoch, shuffled."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(len(self.shard), generator=g)
+        shard = torch.from_numpy(self.shard(epoch))
+        return shard[torch.randperm(len(shard), generator=g)]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         ahead = None  # ((epoch, step), the read of that batch under way) on the disk path
@@ -69,7 +77,7 @@ class Batches:
             self.epoch, self.epoch_step = self.epoch + 1, 0
 
     def positions(self, epoch: int, step: int, on_device: bool = False) -> torch.Tensor:
-        """Positions in the shard of batch `step` of `epoch` (the epoch's order is kept for its next batches, and
+        """Indices of the images of batch `step` of `epoch` (the epoch's order is kept for its next batches, and
         copied to the device once per epoch with `on_device`: no copy per step)."""
         if self._perm[0] != epoch:
             order = self.order(epoch)
@@ -83,7 +91,7 @@ class Batches:
             from concurrent.futures import ThreadPoolExecutor
 
             self._reader = ThreadPoolExecutor(1, thread_name_prefix="selfsup-read")
-        return self._reader.submit(self._staged, self.shard[self.positions(epoch, step).numpy()])
+        return self._reader.submit(self._staged, self.positions(epoch, step).numpy())
 
     def _staged(self, rows: np.ndarray) -> torch.Tensor:
         """The batch at `rows` as a tensor, in page-locked memory when it goes to a GPU (so that its copy there
