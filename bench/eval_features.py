@@ -1,0 +1,89 @@
+"""Evaluation that uses what the features know: frozen features averaged over an image and its mirror image,
+and centred before normalising, for kNN, the linear probe and label propagation; measured on a validation split
+carved out of the training images (no test label is read).
+
+    python bench/eval_features.py --dataset cifar10 --checkpoint RUN --labels-per-class 10 --seeds 3
+
+The last `--val` training images are the validation split; labeled subsets (N per class, per seed) come from the
+rest, and propagation's graph is built over the rest. Writes bench/results/eval-features-<dataset>-<tag>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import device_tag, machine, write  # noqa: E402
+
+from selfsup.data import load  # noqa: E402
+from selfsup.data.splits import few_labels  # noqa: E402
+from selfsup.evaluate import extract_features  # noqa: E402
+from selfsup.evaluate.knn import knn_accuracy  # noqa: E402
+from selfsup.evaluate.linear import linear_accuracy  # noqa: E402
+from selfsup.evaluate.propagate import LabelGraph  # noqa: E402
+from selfsup.factory import encoder_and_config  # noqa: E402
+
+
+def variants(encoder, images: np.ndarray) -> dict[str, torch.Tensor]:
+    plain = extract_features(encoder, images)
+    mirrored = extract_features(encoder, np.ascontiguousarray(images[..., ::-1]))
+    flip = (F.normalize(plain, dim=1) + F.normalize(mirrored, dim=1)) / 2
+    return {"plain": plain, "flip-averaged": flip}
+
+
+def centred(f: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    return F.normalize(F.normalize(f, dim=1) - mean, dim=1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--labels-per-class", type=int, default=10)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--val", type=int, default=5000)
+    args = p.parse_args()
+    encoder, cfg = encoder_and_config(args.checkpoint)
+    train = load(args.dataset, "train")
+    n = len(train) - args.val
+    y = torch.from_numpy(train.labels)
+    t0 = time.perf_counter()
+    feats = variants(encoder, train.images)
+    rows = []
+    for name, f in feats.items():
+        mean = F.normalize(f[:n], dim=1).mean(0)  # from the training images only
+        for centre in (False, True):
+            g = centred(f, mean) if centre else F.normalize(f, dim=1)
+            pool, val = g[:n], g[n:]
+            graph = LabelGraph(pool)
+            for s in range(args.seeds):
+                idx = few_labels(train.labels[:n], args.labels_per_class, s)
+                lab = torch.from_numpy(idx)
+                r = {"features": name, "centred": centre, "seed": s,
+                     "knn": knn_accuracy(pool[lab], y[lab], val, y[n:]),
+                     "linear": linear_accuracy(pool[lab], y[lab], val, y[n:]),
+                     "propagate": float((graph.predict(lab, y[lab], val, int(y.max()) + 1) == y[n:]).float().mean())}
+                rows.append(r)
+                print(r, flush=True)
+    summary = {}
+    for r in rows:
+        key = f"{r['features']}{' centred' if r['centred'] else ''}"
+        for e in ("knn", "linear", "propagate"):
+            summary.setdefault(key, {}).setdefault(e, []).append(r[e])
+    table = {k: {e: round(float(np.mean(v)), 4) for e, v in d.items()} for k, d in summary.items()}
+    for k, d in table.items():
+        print(k, d)
+    write(f"eval-features-{args.dataset}-{device_tag()}.json",
+          {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "checkpoint": args.checkpoint,
+           "config": cfg.to_dict(), "labels_per_class": args.labels_per_class, "validation_images": args.val,
+           "rows": rows, "means": table, "seconds": round(time.perf_counter() - t0, 1)})
+
+
+if __name__ == "__main__":
+    main()
