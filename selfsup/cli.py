@@ -73,11 +73,16 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from(args: argparse.Namespace):
+    """The config the flags and the YAML give; optimisation fields neither set come from the method's own defaults
+    for the device (`papers.method_defaults`: its paper's on a GPU, its measured CPU setting on a CPU)."""
     from .config import PretrainConfig, load_yaml
+    from .papers import OPTIMISATION, method_defaults
 
-    base = PretrainConfig.from_dict(load_yaml(args.config)) if args.config else PretrainConfig()
+    given = load_yaml(args.config) if args.config else {}
+    base = PretrainConfig.from_dict(given) if args.config else PretrainConfig()
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)}
-    return base.override(**changes)
+    cfg = base.override(**changes)
+    return method_defaults(cfg, {k for k in OPTIMISATION if k not in given and changes.get(k) is None})
 
 
 def cmd_pretrain(args) -> None:
@@ -177,7 +182,8 @@ def cmd_compare(args) -> None:
              "seeds": None if args.seeds is None else tuple(range(args.seeds))}
     cc = dataclasses.replace(cc, **{k: v for k, v in given.items() if v is not None})
     if args.config:  # a YAML of PretrainConfig fields replaces the recipe's (or the measured default) base
-        cc = dataclasses.replace(cc, pretrain=PretrainConfig.from_dict(load_yaml(args.config)))
+        given = load_yaml(args.config)
+        cc = dataclasses.replace(cc, pretrain=PretrainConfig.from_dict(given), given=tuple(given))
     labels = args.labels or (args.labeled if (args.dataset or cc.dataset).startswith("folder:") else None)
     changes = {"backbone": args.backbone, "backbone_args": args.backbone_args, "batch_size": args.batch_size,
                "labels": labels}

@@ -54,6 +54,7 @@ class CompareConfig:
     pictures: bool = True  # maps, filters, neighbours, views and colorization samples in the report
     map_points: int = 2000  # test images per embedding map (t-SNE time grows with this)
     out: str = "runs/cmp"
+    given: tuple[str, ...] = ()  # pretraining fields the user set (kept over a method's own settings)
     paper_settings: bool = False  # each method trained as its paper does (selfsup.papers): the GPU recipes
     device: str = "auto"  # where evaluation runs: auto (the pretraining accelerator's device), cpu, cuda, cuda:N
     pretrain: PretrainConfig | None = None  # None: the measured defaults for the data's channels (selfsup.defaults)
@@ -90,7 +91,8 @@ class CompareConfig:
 
     def resolved(self, channels: int) -> "CompareConfig":
         """The same comparison with its pretraining config made concrete for images of `channels` channels."""
-        return replace(self, pretrain=self.base(channels), pretrain_args={})
+        return replace(self, pretrain=self.base(channels), pretrain_args={},
+                       given=self.given + tuple(self.pretrain_args))
 
     def method_config(self, method: str) -> PretrainConfig:
         if self.pretrain is None or self.pretrain_args:
@@ -98,8 +100,9 @@ class CompareConfig:
         d = self.pretrain.to_dict() | {"dataset": self.dataset, "method": method, "out": str(Path(self.out) / "pretrain" / method)}
         if d["split"] == "train" and has_unlabeled_split(self.dataset, d["data_root"], d["labels"]):
             d["split"] = "train+unlabeled"  # unlabeled images join pretraining, never evaluation
-        if method != self.pretrain.method:  # method_args belong to the shared config's own method
-            d["method_args"] = {}
+        if method != self.pretrain.method:  # method_args (and the learning rate) belong to the shared config's own
+            d["method_args"] = {}             # method: another takes its own CPU settings where it has them
+            d |= {k: v for k, v in METHODS.get(method).cpu_settings.items() if k not in self.given}
         cfg = PretrainConfig.from_dict(d).with_budget(minutes=self.minutes_per_method)
         return (paper_config(cfg) if self.paper_settings else cfg).validate()
 

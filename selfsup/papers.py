@@ -60,6 +60,26 @@ def paper_config(cfg: PretrainConfig) -> PretrainConfig:
                                                      "lr": paper.lr_per_256 * batch / 256, "method_args": args})
 
 
+OPTIMISATION = ("optimizer", "lr", "weight_decay", "weight_decay_end")
+
+
+def method_defaults(cfg: PretrainConfig, unset: set[str]) -> PretrainConfig:
+    """`cfg` with the optimisation fields in `unset` (those neither a flag nor a config file gave) taken from the
+    method's own defaults for the device: its paper's on a GPU, its measured CPU setting (`cpu_settings` of the
+    method, e.g. DINO's lr 1e-3) on a CPU. Fields the user set are kept."""
+    from .engine import accelerator_for
+    from .methods import METHODS
+
+    unset = unset & set(OPTIMISATION)
+    if not unset:
+        return cfg
+    if accelerator_for(cfg.accelerator) == "cuda":
+        own = paper_config(cfg).to_dict()
+    else:
+        own = cfg.to_dict() | dict(getattr(METHODS.get(cfg.method), "cpu_settings", {}))
+    return PretrainConfig.from_dict(cfg.to_dict() | {k: own[k] for k in unset})
+
+
 def _accepted(method: str) -> set[str]:
     """The constructor arguments a registered method takes."""
     import inspect

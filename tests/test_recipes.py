@@ -108,3 +108,12 @@ def test_gpu_recipes_train_each_method_as_its_paper_does():
     assert set(PAPERS) == set(METHODS.names())
     for name, paper in PAPERS.items():  # every paper argument is one the method takes
         assert set(paper.method_args) <= _accepted(name), name
+
+
+def test_compare_gives_each_method_its_cpu_rate_unless_the_user_set_one():
+    from selfsup.compare import CompareConfig
+
+    cc = CompareConfig(dataset="cifar10", methods=("simclr", "dino")).resolved(3)
+    assert cc.method_config("simclr").lr == 2e-3 and cc.method_config("dino").lr == 1e-3
+    mine = CompareConfig(dataset="cifar10", methods=("simclr", "dino"), pretrain_args={"lr": 3e-3}).resolved(3)
+    assert mine.method_config("dino").lr == 3e-3

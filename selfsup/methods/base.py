@@ -88,6 +88,7 @@ class MethodBase(nn.Module):
     clip_grad = 0.0
     clip_per_parameter = False
     global_batchnorm = False
+    cpu_settings: dict = {}  # optimisation fields measured for this method on a CPU (papers.method_defaults)
     generator: torch.Generator | None = None
 
     def __init__(self):
