@@ -46,10 +46,17 @@ PAPERS: dict[str, PaperSetting] = {
 }
 
 
+# Where a paper trains a ViT otherwise than a ResNet
+PAPERS_VIT: dict[str, PaperSetting] = {
+    "mocov3": PaperSetting("Chen, Xie & He 2021, ViT: AdamW, temperature 0.2", "adamw", 1.5e-4, 0.1,
+                           {"temperature": 0.2, "tau_base": 0.99}),
+}
+
+
 def paper_config(cfg: PretrainConfig) -> PretrainConfig:
     """`cfg` trained as its method's paper does: its optimizer, weight decay, base learning rate scaled to the
     global batch, and method arguments (those `cfg` sets itself win)."""
-    paper = PAPERS.get(cfg.method)
+    paper = (PAPERS_VIT.get(cfg.method) if cfg.backbone.startswith("vit") else None) or PAPERS.get(cfg.method)
     if paper is None:  # a method registered from outside: its own settings
         return cfg
     known = _accepted(cfg.method)

@@ -117,3 +117,14 @@ def test_compare_gives_each_method_its_cpu_rate_unless_the_user_set_one():
     assert cc.method_config("simclr").lr == 2e-3 and cc.method_config("dino").lr == 1e-3
     mine = CompareConfig(dataset="cifar10", methods=("simclr", "dino"), pretrain_args={"lr": 3e-3}).resolved(3)
     assert mine.method_config("dino").lr == 3e-3
+
+
+def test_mocov3_takes_its_papers_vit_setting_on_a_vit():
+    from selfsup.config import PretrainConfig
+    from selfsup.papers import paper_config
+
+    vit = paper_config(PretrainConfig(method="mocov3", backbone="vit_small", batch_size=512))
+    resnet = paper_config(PretrainConfig(method="mocov3", backbone="resnet18", batch_size=512))
+    assert (vit.optimizer, vit.method_args["temperature"], vit.weight_decay) == ("adamw", 0.2, 0.1)
+    assert vit.lr == pytest.approx(1.5e-4 * 2)
+    assert (resnet.optimizer, resnet.method_args["temperature"]) == ("lars", 1.0)
