@@ -192,7 +192,11 @@ def autocast_for(device: torch.device, precision: str = "auto", encoder=None):
 
     With `encoder` (one that carries its `spec`), 'auto' on a CPU is the measured choice for that encoder."""
     spec = getattr(encoder, "spec", None)
-    chosen = resolve_precision(device.type, precision, spec)["precision"]
+    return _autocast(device, resolve_precision(device.type, precision, spec)["precision"])
+
+
+def _autocast(device: torch.device, chosen: str):
+    """The autocast context of a resolved precision: bf16 or fp16 autocast, or nothing for fp32."""
     if chosen.startswith("bf16"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if chosen.startswith("16"):
@@ -207,12 +211,12 @@ class TrainStep:
     in fp16 without it."""
 
     def __init__(self, device: torch.device, encoder=None, precision: str = "auto"):
-        self.device, self.encoder, self.precision = device, encoder, precision
-        chosen = resolve_precision(device.type, precision, getattr(encoder, "spec", None))["precision"]
-        self.scaler = torch.amp.GradScaler(device.type) if chosen.startswith("16") else None
+        self.device = device  # the precision is resolved once here, not at every step
+        self.chosen = resolve_precision(device.type, precision, getattr(encoder, "spec", None))["precision"]
+        self.scaler = torch.amp.GradScaler(device.type) if self.chosen.startswith("16") else None
 
     def autocast(self):
-        return autocast_for(self.device, self.precision, self.encoder)
+        return _autocast(self.device, self.chosen)
 
     def step(self, loss, optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -233,15 +237,16 @@ def make_fabric(accelerator: str = "auto", devices: int = 1, num_nodes: int = 1,
 
     from . import threads
 
-    if accelerator_for(accelerator) == "cpu":
+    kind = accelerator_for(accelerator)
+    if kind == "cpu":
         threads.start()  # before the engine, which would set torch's threads its own way; a GPU run is left alone
     for name in ("lightning.fabric", "lightning.pytorch"):  # the chosen precision goes into summary.json instead
         logging.getLogger(name).setLevel(logging.WARNING)
     choice = resolve_precision(accelerator, precision, spec, batch)
-    if accelerator_for(accelerator) == "cuda":  # TF32 matmuls and convolutions, cuDNN's autotuner (fixed shapes)
+    if kind == "cuda":  # TF32 matmuls and convolutions, cuDNN's autotuner (fixed shapes)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    fabric = Fabric(accelerator=accelerator_for(accelerator), devices=devices, num_nodes=num_nodes, precision=choice["precision"],
+    fabric = Fabric(accelerator=kind, devices=devices, num_nodes=num_nodes, precision=choice["precision"],
                     strategy=strategy_for(devices, num_nodes))
     fabric.precision_choice = choice
     if launch:

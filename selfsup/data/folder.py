@@ -195,13 +195,9 @@ def has_split(root: Path, kind: str, split: str) -> bool:
 
 
 def on_gpu(accelerator: str = "auto") -> bool:
-    if accelerator in ("cuda", "gpu"):
-        return True
-    if accelerator != "auto":
-        return False
-    import torch
+    from ..engine import accelerator_for
 
-    return torch.cuda.is_available()
+    return accelerator_for(accelerator) == "cuda"
 
 
 def train_side(natural: int, image_size: int | None = None, accelerator: str = "auto") -> int:

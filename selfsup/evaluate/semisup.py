@@ -23,7 +23,7 @@ from torch import nn
 
 from ..augment import augment, preset
 from .. import threads
-from ..engine import TrainStep, autocast_for
+from ..engine import TrainStep
 from ..schedule import cosine
 from .features import extract_features
 from .finetune import Classifier, accuracy
@@ -70,10 +70,10 @@ def pseudo_labels(graph: torch.Tensor, own: torch.Tensor, graph_threshold: float
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, amp: TrainStep) -> torch.Tensor:
     """Class probabilities of float images (B, C, H, W) in eval mode (running BatchNorm statistics), no gradient."""
     model.eval()
-    with autocast_for(device, encoder=model.encoder):
+    with amp.autocast():
         p = model(x.contiguous(memory_format=torch.channels_last)).float().softmax(1)
     model.train()
     return p
@@ -124,7 +124,7 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
             pick = torch.randint(0, len(at), (nb,), generator=g, device=device)
             li = at[pick]
             ui = torch.randint(0, len(u), (nu,), generator=g, device=device)
-            own = predict(model, augment(u[ui], weak, g), device)  # the model's own view of the image, as it would test
+            own = predict(model, augment(u[ui], weak, g), amp)  # the model's own view of the image, as it would test
             views = torch.cat([augment(u[li], weak, g), augment(u[ui], strong, g)])
             with amp.autocast():
                 logits = model(views.contiguous(memory_format=torch.channels_last)).float()
