@@ -166,7 +166,7 @@ def main() -> None:
                 if path.name == "last.pt":  # trained evaluations: each timed on its own, beside the frozen ones
                     point |= trained_scores(encoder, train, test, args, seed, cfg.method, point["pretrain_seconds"])
                     if args.scratch:
-                        fresh = lambda s: random_encoder(encoder_spec(cfg, train.channels, train.size[0]), s)  # noqa: E731
+                        fresh = lambda s: random_encoder(encoder_spec(cfg, train.channels, train.size[0]), s, train.images)  # noqa: E731
                         point |= {f"scratch_{k}": v for k, v in
                                   trained_scores(fresh, train, test, args, seed, "supervised", 0.0, SCRATCH).items()}
                     own = sum(point.get(f"{e}_seconds", 0) for e in ("finetune", "semisup"))  # from scratch aside

@@ -111,7 +111,7 @@ def main() -> None:
         spec = encoder_spec(cfg, train.channels, train.size[0])
         key = json.dumps(spec.to_dict(), sort_keys=True)
         if key not in randoms:  # random weights of each architecture, scored once
-            randoms[key] = scores(few_label_rows(lambda s: random_encoder(spec, s), pool, test, [10], "random",
+            randoms[key] = scores(few_label_rows(lambda s: random_encoder(spec, s, pool.images), pool, test, [10], "random",
                                                  ("knn", "linear"), seeds=seeds))
         random = randoms[key]
         results["methods"][method] = {

@@ -58,7 +58,7 @@ def main() -> None:
                 state = checkpoint.load(ck)
                 encoders.append((m, int(state["budget"]["step"]), method_from(state)[0].backbone))
         spec = encoder_spec(base.override(dataset=args.dataset), train.channels, train.side)
-        encoders.append(("random-init", 0, random_encoder(spec, 0)))
+        encoders.append(("random-init", 0, random_encoder(spec, 0, train.images)))
         rows = []
         for m, step, enc in encoders:
             t0 = time.perf_counter()

@@ -184,6 +184,14 @@ def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
     return y.view(b, c, h, w)
 
 
+def at_side(views: list[Augment], side: int, full: int) -> list[Augment]:
+    """The views with those at the full side (the global crops) made at `side` instead; smaller ones (local crops)
+    as they are. Progressive resolution's views for one step."""
+    if side == full:
+        return views
+    return [dataclasses.replace(v, size=side) if (v.size or full) == full else v for v in views]
+
+
 def augment(x: Tensor, a: Augment, generator: torch.Generator | None = None) -> Tensor:
     """One random view of each image in the batch: (B, C, H, W) uint8/float -> (B, C, S, S) float in [0, 1]."""
     if x.dtype == torch.uint8:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .registry import Registry
@@ -52,8 +54,8 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.forward_features(x))  # (B, out_dim)
 
-    def first_conv(self) -> nn.Conv2d:
-        return next(m for m in self.modules() if isinstance(m, nn.Conv2d))
+    def first_conv(self) -> nn.Module:
+        return next(m for m in self.modules() if isinstance(m, (nn.Conv2d, Whiten)))
 
 
 @BACKBONES.register("small_cnn", "4 conv layers (width, 2w, 4w, 8w), stride 2 from the second; 256-d for width 32")
@@ -61,6 +63,131 @@ def small_cnn(in_channels: int = 1, width: int = 32, image_size: int | None = No
     w = width
     body = nn.Sequential(conv_bn(w, 2 * w, stride=2), conv_bn(2 * w, 4 * w, stride=2), conv_bn(4 * w, 8 * w, stride=2))
     return Encoder(conv_bn(in_channels, w), body, 8 * w, in_channels, image_size)
+
+
+class Whiten(nn.Module):
+    """A frozen first layer that whitens k x k patches: conv filters W = L^-1/2 V^T from the eigendecomposition
+    V L V^T of the patch covariance of the training images (and their negatives, so a ReLU-like activation keeps
+    both signs), with bias -W mean. Fitted from data by `fit` before training (`fit_to_data`); saved as buffers."""
+
+    def __init__(self, in_channels: int, k: int = 2, eps: float = 5e-4):
+        super().__init__()
+        d = in_channels * k * k
+        self.k, self.eps, self.in_channels, self.out_channels = k, eps, in_channels, 2 * d
+        eye = torch.eye(d)  # until fitted: each patch pixel and its negative
+        self.register_buffer("weight", torch.cat([eye, -eye]).view(2 * d, in_channels, k, k))
+        self.register_buffer("bias", torch.zeros(2 * d))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> None:
+        """x: float images (N, C, H, W) in [0, 1] as the encoder sees them."""
+        patches = F.unfold(x.float(), self.k).transpose(1, 2).reshape(-1, self.weight.shape[1] * self.k ** 2)
+        mean = patches.mean(0)
+        centred = patches - mean
+        cov = centred.T.double() @ centred.double() / max(1, len(patches) - 1)
+        eig, vec = torch.linalg.eigh(cov)
+        w = (vec / (eig.clamp(min=0) + self.eps).sqrt()).T.float()  # (d, d): rows are whitening filters
+        w = torch.cat([w, -w])
+        self.weight.copy_(w.view_as(self.weight))
+        self.bias.copy_(-(w @ mean))
+        self.fitted.fill_(True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+
+class _Fitted(Exception):
+    """Raised by the fitting hook: nothing after the fitted layer needs to run."""
+
+
+def fit_to_data(model: nn.Module, images, side: int | None = None, n: int = 2048, seed: int = 0) -> nn.Module:
+    """Fit the data-dependent layer of `model` (a `Whiten`) from up to `n` of `images` (uint8 or float
+    (N, C, H, W)) at `side` px (at most 2^25 pixel values), drawn by a fixed seed so that every process fits the
+    same. It fits from what reaches it in a forward of the encoder (after a method's input transform); copies of
+    the encoder in the model (an EMA follower's) take the same fit."""
+    layers = [m for m in model.modules() if isinstance(m, Whiten)]
+    if not layers:
+        return model
+    encoder = getattr(model, "backbone", model)
+    side = side or getattr(encoder, "image_size", None) or images.shape[-1]
+    n = max(16, min(n, len(images), 2 ** 25 // (images.shape[1] * side * side)))
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    x = torch.as_tensor(images[idx.numpy()]) if not torch.is_tensor(images) else images[idx]
+    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    if x.shape[-1] != side or x.shape[-2] != side:
+        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+
+    def fit(layer, args):
+        layer.fit(args[0])
+        raise _Fitted
+
+    first = next(m for m in encoder.modules() if isinstance(m, Whiten))
+    hook = first.register_forward_pre_hook(fit)
+    try:
+        with torch.no_grad():
+            encoder(x.to(next(encoder.buffers()).device))
+    except _Fitted:
+        pass
+    finally:
+        hook.remove()
+    for copy in (m for m in layers if m is not first):
+        copy.load_state_dict(first.state_dict())
+    return model
+    encoder = getattr(model, "backbone", model)
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    x = torch.as_tensor(images[idx.numpy()]) if not torch.is_tensor(images) else images[idx]
+    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    side = side or getattr(encoder, "image_size", None)
+    if side and x.shape[-1] != side:
+        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    own = [m for m in encoder.modules() if isinstance(m, Whiten)]
+    hooks = [m.register_forward_pre_hook(lambda m, args: m.fit(args[0])) for m in own]
+    device, mode = next(encoder.buffers()).device, encoder.training
+    try:
+        with torch.no_grad():
+            encoder.eval()(x.to(device))
+    finally:
+        encoder.train(mode)
+        for h in hooks:
+            h.remove()
+    for copy in (m for m in layers if not bool(m.fitted)):
+        copy.load_state_dict(own[0].state_dict())
+    return model
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    x = torch.as_tensor(images[idx.numpy()]) if not torch.is_tensor(images) else images[idx]
+    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    side = side or getattr(model, "image_size", None)
+    if side and x.shape[-1] != side:
+        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    for layer in layers:
+        layer.fit(x.to(layer.weight.device))
+    return model
+
+
+def conv_identity(cin: int, cout: int) -> nn.Conv2d:
+    """3x3 conv whose first min(cin, cout) filters start as the identity (the rest at the default init)."""
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[:min(cin, cout)])
+    return conv
+
+
+def conv_pool_block(cin: int, cout: int) -> nn.Sequential:
+    """conv - max-pool 2 - BN - GELU - conv - BN - GELU, as the fastest CIFAR-10 trainers stack them."""
+    return nn.Sequential(conv_identity(cin, cout), nn.MaxPool2d(2), nn.BatchNorm2d(cout), nn.GELU(),
+                         conv_identity(cout, cout), nn.BatchNorm2d(cout), nn.GELU())
+
+
+@BACKBONES.register("whiten_cnn", "frozen patch-whitening layer fitted from the data, then three conv-pool-BN blocks "
+                    "(widths w, 2w, 4w; identity-initialised convs); 4w-d, 256-d for width 64")
+def whiten_cnn(in_channels: int = 3, width: int = 64, image_size: int | None = None) -> Encoder:
+    whiten = Whiten(in_channels)
+    w = width
+    stem = nn.Sequential(whiten, nn.GELU())
+    body = nn.Sequential(conv_pool_block(whiten.out_channels, w), conv_pool_block(w, 2 * w),
+                         conv_pool_block(2 * w, 4 * w))
+    return Encoder(stem, body, 4 * w, in_channels, image_size)
 
 
 class Basic(nn.Module):

@@ -222,7 +222,8 @@ def cmd_embed(args) -> None:
     data = load(dataset, args.split, cfg.data_root, size=cfg.image_size, accelerator=cfg.accelerator,
                 labels=cfg.labels if dataset == cfg.dataset else None)
     if args.random_init:
-        encoder = random_encoder(encoder_spec(cfg.override(dataset=dataset), data.channels, data.side), args.seed)
+        encoder = random_encoder(encoder_spec(cfg.override(dataset=dataset), data.channels, data.side), args.seed,
+                                 data.images)
     if data.channels != encoder.in_channels:
         raise ConfigError(f"{dataset} has {data.channels} channel(s) but the encoder takes {encoder.in_channels}")
     title = f"{'random init' if args.random_init else cfg.method} on {dataset} {args.split}"

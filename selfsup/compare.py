@@ -208,7 +208,7 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
     if fabric is not None and not fabric.is_global_zero:
         return {}
     spec = encoder_spec(cc.pretrain.override(dataset=cc.dataset), train.channels, train.side)
-    fresh = lambda seed: random_encoder(spec, seed)  # noqa: E731
+    fresh = lambda seed: random_encoder(spec, seed, train.images)  # noqa: E731
     arch = {"backbone": cc.pretrain.backbone, "backbone_args": cc.pretrain.backbone_args, "method": cc.pretrain.method}
     if "random" in cc.baselines:
         subjects[BASELINES["random"]] = (fresh, tuple(e for e in cc.evals if EVALS.get(e).kind in ("frozen", "graph")), {}, arch)
@@ -377,7 +377,7 @@ def label_free_compare(cc: CompareConfig, configs: dict, train: ImageSet, test: 
         return {}
     if "random" in cc.baselines:
         spec = encoder_spec(cc.pretrain.override(dataset=cc.dataset), train.channels, train.side)
-        table[BASELINES["random"]] = signals(random_encoder(spec, cc.seeds[0]), train.images)
+        table[BASELINES["random"]] = signals(random_encoder(spec, cc.seeds[0], train.images), train.images)
     best, why = best_of(table)
     results = {"dataset": cc.dataset, "labels": "none: the folder has no labels yet, so no accuracy can be measured",
                "label_free": table, "higher_is_better": HIGHER_IS_BETTER, "best": best, "why": why,

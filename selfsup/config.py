@@ -45,6 +45,9 @@ class PretrainConfig:
     weight_decay_end: float | None = opt(None, "weight decay at the end of the budget, reached by a cosine from "
                                          "--weight-decay (DINO: 0.04 to 0.4); None: constant")
     warmup: float = opt(0.05, "fraction of the budget spent warming up the learning rate")
+    side_start: float = opt(1.0, "progressive resolution: the views' side at the start, as a fraction of the full "
+                            "side, growing linearly to it over --side-ramp of the budget (1: off)")
+    side_ramp: float = opt(0.5, "fraction of the budget over which the side grows to full (with --side-start)")
     precision: str = opt("auto", "auto, bf16-mixed, 16-mixed or 32-true; auto: bf16 where the hardware runs it")
     channels_last: bool = opt(True, "channels-last memory layout for convolutions")
     accelerator: str = opt("auto", "auto, cpu or cuda; auto: a GPU where torch sees one")
@@ -77,6 +80,9 @@ class PretrainConfig:
             raise ConfigError(f"checkpoint_steps must be at least 1, got {self.checkpoint_steps}")
         if self.skip_nonfinite < 0:
             raise ConfigError(f"skip_nonfinite must be 0 or more, got {self.skip_nonfinite}")
+        if not (0 < self.side_start <= 1 and 0 <= self.side_ramp <= 1):
+            raise ConfigError(f"side_start must be in (0, 1] and side_ramp in [0, 1], got {self.side_start} and "
+                              f"{self.side_ramp}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         from .augment import check_changes

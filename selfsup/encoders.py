@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .backbones import BACKBONES
+from .backbones import BACKBONES, fit_to_data
 from .colour import Lightness
 from .errors import ConfigError, SelfsupError
 from .files import read_json
@@ -70,10 +70,12 @@ def build_encoder(spec: EncoderSpec) -> nn.Module:
     return encoder
 
 
-def random_encoder(spec: EncoderSpec, seed: int) -> nn.Module:
-    """The random-init baseline: an encoder of the same architecture, initialised from `seed`."""
+def random_encoder(spec: EncoderSpec, seed: int, images=None) -> nn.Module:
+    """The random-init baseline: an encoder of the same architecture, initialised from `seed`, with its
+    data-fitted layers (a whitening layer) fitted from `images` as pretraining would have fitted them."""
     torch.manual_seed(seed)
-    return build_encoder(spec)
+    encoder = build_encoder(spec)
+    return encoder if images is None else fit_to_data(encoder, images, spec.image_size)
 
 
 def load_exported(folder: str | Path) -> tuple[nn.Module, dict]:

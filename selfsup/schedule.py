@@ -15,3 +15,12 @@ def warmup_cosine(progress: float, base: float, warmup: float) -> float:
     if progress < warmup:
         return base * progress / warmup
     return cosine((progress - warmup) / max(1e-8, 1 - warmup), base, 0.0)
+
+
+def side_at(progress: float, full: int, start: float, ramp: float, multiple: int = 4) -> int:
+    """Progressive resolution: the side of a step's views, from `start` x `full` at progress 0 growing linearly to
+    `full` at progress `ramp`, in multiples of `multiple` px (a few shapes, each a fraction of the full step's cost)."""
+    if start >= 1 or progress >= ramp:
+        return full
+    side = full * (start + (1 - start) * progress / ramp)
+    return max(multiple, min(full, round(side / multiple) * multiple))

@@ -15,7 +15,8 @@ import torch
 from torch.profiler import record_function
 
 from . import threads
-from .augment import augment, view_for
+from .augment import at_side, augment, view_for
+from .backbones import fit_to_data
 from .budget import Budget
 from .config import PretrainConfig
 from .data import ImageSet, load_for, with_data_side
@@ -26,7 +27,7 @@ from .factory import build_method, encoder_spec, load_state_into
 from .monitor import OnlineKNN, method_stats
 from .optim import NonFiniteGuard, clip_unscaled, load_optimizer_state, make_optimizer, set_lr
 from .run import ProgressLine, RandomStreams, RunDir, StopSignals, SyncState
-from .schedule import cosine, warmup_cosine
+from .schedule import cosine, side_at, warmup_cosine
 
 SYNC_SECONDS = 2.0  # target time between sync points (logging resolution)
 
@@ -46,6 +47,7 @@ class Parts:
     guard: NonFiniteGuard
     streams: RandomStreams
     views: list
+    side: int  # the views' full side; progressive resolution (cfg.side_start) grows towards it
     memory: torch.memory_format
     monitor: OnlineKNN | None
     bar: ProgressLine
@@ -78,6 +80,8 @@ def build(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progres
         raise ConfigError(f"checkpoint {run.resumed_from} was trained on {run.saved['encoder']['in_channels']}-channel "
                           f"images but {cfg.dataset} has {data.channels}; resume on the same data")
     method = build_method(cfg, spec)
+    if run.saved is None:
+        fit_to_data(method, data.images, spec.image_size)  # whitening, from a fixed sample: the same on every process
     memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
     sync_bn = sync_batchnorm(cfg.sync_batchnorm, method, fabric.world_size, fabric.device.type)
     model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method) if sync_bn else method
@@ -91,7 +95,7 @@ def build(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progres
         batches=batches, budget=Budget(cfg, batches.steps_per_epoch), memory=memory,
         guard=NonFiniteGuard(optimizer, fabric.device, cfg.skip_nonfinite, getattr(fabric.strategy.precision, "scaler", None)),
         streams=RandomStreams(torch.Generator(fabric.device).manual_seed(cfg.seed * 7919 + fabric.global_rank), fabric),
-        views=method.views(view_for(cfg, data.channels, method)), bar=ProgressLine(show_progress and fabric.is_global_zero),
+        views=method.views(view_for(cfg, data.channels, method)), side=spec.image_size, bar=ProgressLine(show_progress and fabric.is_global_zero),
         monitor=OnlineKNN(data.images, data.labels, cfg.monitor_per_class, cfg.seed)
         if cfg.monitor_seconds > 0 and fabric.is_global_zero else None)
     method.generator = parts.streams.generator  # masks and holes differ across processes, and resume exactly
@@ -134,7 +138,8 @@ def train(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progres
             set_lr(p.optimizer, warmup_cosine(progress, cfg.lr, cfg.warmup), None if cfg.weight_decay_end is None
                    else cosine(progress, cfg.weight_decay, cfg.weight_decay_end))  # DINO's rising weight decay
             with record_function("selfsup.augment"):  # the ranges name the phases for torch.profiler (bench/)
-                views = [augment(x, v, p.streams.generator).contiguous(memory_format=p.memory) for v in p.views]
+                views = [augment(x, v, p.streams.generator).contiguous(memory_format=p.memory)  # progressive side
+                         for v in at_side(p.views, side_at(progress, p.side, cfg.side_start, cfg.side_ramp), p.side)]
             with record_function("selfsup.forward"), fabric.autocast():  # the wrapper alone autocasts under DDP only
                 loss = p.model.loss(views)
             p.optimizer.zero_grad(set_to_none=True)

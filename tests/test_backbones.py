@@ -55,3 +55,58 @@ def test_the_precision_probe_never_runs_more_images_than_the_step():
 
     t = probe_seconds(EncoderSpec("small_cnn", {"width": 4}, 1, 8), batch=4, rounds=1)
     assert t["batch"] <= 4
+
+
+def correlated_images(n=400, side=16, seed=0):
+    """Colour images with strongly correlated neighbouring pixels and channels (blurred noise, shared grey)."""
+    g = torch.Generator().manual_seed(seed)
+    grey = torch.nn.functional.avg_pool2d(torch.rand(n, 1, side, side, generator=g), 3, 1, 1)
+    return (0.7 * grey + 0.3 * torch.rand(n, 3, side, side, generator=g)).clamp(0, 1)
+
+
+def test_the_whitening_layer_whitens_patches():
+    """After fitting, the layer's first 12 outputs over the 2x2 patches of the images have zero mean and identity
+    covariance (the definition of whitening, written from the covariance, not the layer's code); the other 12 are
+    their negatives. Before fitting they are the patch pixels themselves."""
+    from selfsup.backbones import Whiten
+
+    x = correlated_images()
+    layer = Whiten(3, k=2, eps=1e-9)
+    raw = layer(x)
+    assert torch.allclose(raw[:, [0, 4, 8]], x[:, :, :-1, :-1], atol=1e-6)  # unfitted: each channel's top-left pixel
+    patches = torch.nn.functional.unfold(x, 2).transpose(1, 2).reshape(-1, 12)
+    assert torch.cov(patches.T).abs().min() > 1e-3  # the input is far from white
+    layer.fit(x)
+    y = layer(x)
+    feats = y[:, :12].permute(0, 2, 3, 1).reshape(-1, 12).double()
+    assert feats.mean(0).abs().max() < 1e-3
+    assert torch.allclose(torch.cov(feats.T), torch.eye(12, dtype=torch.float64), atol=2e-3)
+    assert torch.equal(y[:, 12:], -y[:, :12])
+
+
+def test_whiten_cnn_fits_from_data_the_same_way_everywhere():
+    """fit_to_data draws a fixed sample, so two processes (two calls) fit the same layer; an EMA follower's copy
+    (BYOL's target) takes the online encoder's fit; the fit is saved with the weights and no optimizer holds it."""
+    from selfsup.backbones import Whiten, fit_to_data
+    from selfsup.config import PretrainConfig
+    from selfsup.factory import build_method, encoder_spec
+
+    images = (correlated_images(300) * 255).to(torch.uint8)
+    cfg = PretrainConfig(dataset="digits", method="byol", backbone="whiten_cnn", backbone_args={"width": 8})
+    a, b = (build_method(cfg, encoder_spec(cfg, 3, 16)) for _ in range(2))
+    fit_to_data(a, images), fit_to_data(b, images)
+    wa = [m for m in a.modules() if isinstance(m, Whiten)]
+    assert len(wa) == 2 and all(bool(m.fitted) for m in wa)  # the online encoder's and the target's
+    assert torch.equal(wa[0].weight, wa[1].weight)
+    assert torch.equal(wa[0].weight, next(m for m in b.modules() if isinstance(m, Whiten)).weight)
+    assert "backbone.stem.0.weight" in a.state_dict()
+    trained = {id(p) for g in a.param_groups(0.1) for p in g["params"]}
+    assert id(wa[0].weight) not in trained
+
+
+def test_identity_initialised_convolutions_pass_their_input_through():
+    from selfsup.backbones import conv_identity
+
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.allclose(conv_identity(4, 6)(x)[:, :4], x, atol=1e-6)
+    assert torch.allclose(conv_identity(4, 4)(x), x, atol=1e-6)

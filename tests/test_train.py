@@ -75,6 +75,21 @@ def test_epoch_budget_counts_steps(tmp_path, digits):
     assert summary["steps"] == len(digits[0]) // 64
 
 
+def test_a_time_budget_spends_its_learning_rate_exactly_when_the_time_ends(tmp_path, digits):
+    """Budgeted training: under --minutes the cosine's progress is the agreed wall clock, so the rate falls to
+    (nearly) zero at the last step, and the last step comes when the time is spent, not an extrapolated step count
+    later or earlier."""
+    seconds = 6.0
+    pretrain(small(tmp_path, minutes=seconds / 60, lr=1e-3, warmup=0.05), digits[0], show_progress=False)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [h for h in history if "lr" in h]
+    assert len(logged) >= 2 and logged[-1]["progress"] == 1.0
+    assert logged[-1]["lr"] < 0.01 * 1e-3
+    assert max(h["lr"] for h in logged) > 0.3 * 1e-3  # it did train at the rate in between
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert seconds <= summary["seconds"] < seconds + 2.5  # at most one sync interval over
+
+
 def test_simclr_learns_on_digits(tmp_path, digits):
     """After ~5 s of SimCLR, kNN at 10 labels per class clearly beats random-init features."""
     train, test = digits
@@ -339,3 +354,29 @@ def test_weight_decay_follows_its_cosine_to_the_end_value(tmp_path, digits):
     groups = torch.load(path, weights_only=False)["optimizer"]["param_groups"]
     assert groups[0]["weight_decay"] == pytest.approx(cosine(3 / 4, 0.04, 0.4)) and groups[1]["weight_decay"] == 0.0
     assert cosine(1.0, 0.04, 0.4) == pytest.approx(0.4) and cosine(0.0, 0.04, 0.4) == pytest.approx(0.04)
+
+
+def test_progressive_resolution_grows_the_global_views_to_the_full_side():
+    """side_start 0.5 over the first half: 16 px at the start of a 32 px run, full from the ramp's end on, never
+    smaller than the rounding step; local crops (smaller than the full side) keep their size."""
+    from selfsup.augment import Augment, at_side
+    from selfsup.schedule import side_at
+
+    sides = [side_at(p / 100, 32, 0.5, 0.5) for p in range(101)]
+    assert sides[0] == 16 and sides[25] == 24 and all(s == 32 for s in sides[50:])
+    assert sides == sorted(sides) and all(s % 4 == 0 for s in sides)
+    assert all(side_at(p / 10, 32, 1.0, 0.5) == 32 for p in range(11))  # off
+    assert side_at(0.0, 32, 0.01, 0.5) == 4
+    views = [Augment(), Augment(size=32), Augment(size=12)]
+    assert [v.size for v in at_side(views, 20, 32)] == [20, 20, 12]
+    assert at_side(views, 32, 32) is views
+
+
+def test_progressive_resolution_trains_at_the_smaller_side_first(tmp_path, digits, monkeypatch):
+    import selfsup.train as train_module
+
+    seen = []
+    real = train_module.augment
+    monkeypatch.setattr(train_module, "augment", lambda x, v, g: seen.append(real(x, v, g).shape[-1]) or real(x, v, g))
+    pretrain(small(tmp_path, steps=8, side_start=0.5, side_ramp=0.5), digits[0], show_progress=False)
+    assert seen[0] == 4 and seen[-1] == 8 and seen == sorted(seen)  # digits are 8 px

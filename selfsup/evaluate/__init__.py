@@ -5,6 +5,7 @@ for early stopping, and per-seed label subsets drawn from the rest. The test spl
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from statistics import mean, stdev
 from typing import Callable
@@ -188,7 +189,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
             pos = {int(i): r for r, i in enumerate(needed)}
         for n, idx in subsets.items():
             for e in evals:
-                row = {"method": name, "eval": e, "labels_per_class": n, "seed": s, "labels": len(idx)}
+                row, t0 = {"method": name, "eval": e, "labels_per_class": n, "seed": s, "labels": len(idx)}, time.perf_counter()
                 v = val_of.get(n, val_idx)  # a given set's validation images come out of that set
                 kind = EVALS.get(e).kind
                 if kind in ("graph", "semi"):
@@ -219,7 +220,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                                             "steps_run": info["steps_run"]}
                     if keep:
                         keep(row, model)
-                rows.append(row)
+                rows.append(row | {"seconds": round(time.perf_counter() - t0, 2)})  # embedding not counted
     return rows
 
 
