@@ -39,9 +39,9 @@ def split(data: ImageSet, n_val: int) -> tuple[ImageSet, ImageSet]:
 
 def summarise(rows: list[dict]) -> dict:
     out = {}
-    for e in sorted({r["eval"] for r in rows}):
-        acc = [r["accuracy"] for r in rows if r["eval"] == e]
-        out[e] = {"mean": round(float(np.mean(acc)), 4), "std": round(float(np.std(acc)), 4)}
+    for e, n in sorted({(r["eval"], r["labels_per_class"]) for r in rows}):
+        acc = [r["accuracy"] for r in rows if r["eval"] == e and r["labels_per_class"] == n]
+        out[e if n == 10 else f"{e}@{n}"] = {"mean": round(float(np.mean(acc)), 4), "std": round(float(np.std(acc)), 4)}
     return out
 
 
@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/bench-backbones", help="folder of the run folders")
     ap.add_argument("--evals", default="knn,linear,propagate")
     ap.add_argument("--seeds", type=int, default=3, help="label draws per encoder")
+    ap.add_argument("--labels-per-class", default="10", help="comma-separated label counts")
     ap.add_argument("--val", type=int, default=10000)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="a pretraining config field for every run (e.g. side_start=0.5); in the run's name")
@@ -73,17 +74,18 @@ def main() -> None:
             pretrain(cfg, data, show_progress=False, overwrite=True)
         summary = json.loads((out / "summary.json").read_text())
         encoder, _ = encoder_and_config(out / "checkpoints" / "last.pt")
-        rows = few_label_rows(encoder, labeled, val, [10], text, evals, seeds)
+        counts = [int(n) for n in a.labels_per_class.split(",")]
+        rows = few_label_rows(encoder, labeled, val, counts, text, evals, seeds)
         spec = encoder_spec(cfg, data.channels, data.images.shape[-1])
         fresh = lambda seed: random_encoder(spec, seed, data.images)  # noqa: E731
-        random_rows = few_label_rows(fresh, labeled, val, [10], f"random {text}", ("knn", "linear"), seeds)
+        random_rows = few_label_rows(fresh, labeled, val, counts, f"random {text}", ("knn", "linear"), seeds)
         result = {"backbone": name, "backbone_args": args, "changes": changes, "minutes": a.minutes, "steps": summary["steps"],
                   "img_per_s": summary["img_per_s"], "epochs": summary["epochs"], "precision": summary.get("precision"),
                   "val": summarise(rows), "random_init_val": summarise(random_rows), "rows": rows + random_rows}
         print(json.dumps({k: v for k, v in result.items() if k != "rows"}), flush=True)
         results.append(result)
     write(f"backbones-{a.dataset}{a.tag}-{device_tag()}.json",
-          {"machine": machine(), "command": " ".join(sys.argv), "labels_per_class": 10, "val_images": a.val,
+          {"machine": machine(), "command": " ".join(sys.argv), "labels_per_class": counts, "val_images": a.val,
            "results": results})
 
 

@@ -87,7 +87,7 @@ class CompareConfig:
 
         if self.pretrain is None and channels is None:
             return PretrainConfig().override(**self.pretrain_args)  # before the data is read: engine and data fields
-        return (self.pretrain or for_channels(channels)).override(**self.pretrain_args)
+        return (self.pretrain or for_channels(channels, self.methods)).override(**self.pretrain_args)
 
     def resolved(self, channels: int) -> "CompareConfig":
         """The same comparison with its pretraining config made concrete for images of `channels` channels."""

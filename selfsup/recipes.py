@@ -14,7 +14,7 @@ from typing import Callable
 
 from .compare import CompareConfig
 from .config import PretrainConfig
-from .defaults import COLOUR, GREY
+from .defaults import COLOUR, COLOUR_SMALL_CNN, GREY
 from .errors import ConfigError
 from .evaluate import FinetuneConfig
 from .registry import Registry
@@ -93,7 +93,7 @@ _add(Recipe(
     "21% against 11.2% for the same network trained from scratch.",
     {"colorization finetune@10": 0.21, "supervised finetune@10": 0.112},
     lambda size: _cc("cifar10", ("colorization",), ("knn", "linear", "finetune"), (10, 100), size,
-                     COLOUR.override(method="colorization", method_args={}), cpu_minutes=8, gpu_epochs=100)))
+                     COLOUR_SMALL_CNN.override(method="colorization", method_args={}), cpu_minutes=8, gpu_epochs=100)))
 
 _add(Recipe(
     "byol-stl10", "stl10",
@@ -102,7 +102,7 @@ _add(Recipe(
     "the source reported 48.1% against 50.4% for supervised training, after one epoch.",
     {"byol finetune": 0.481, "supervised finetune": 0.504},
     lambda size: _cc("stl10", ("byol",), ("knn", "linear", "finetune"), (10, 100), size,
-                     COLOUR.override(method="byol", method_args={}, image_size=48 if size == "cpu" else None),
+                     COLOUR_SMALL_CNN.override(method="byol", method_args={}, image_size=48 if size == "cpu" else None),
                      cpu_minutes=8, gpu_epochs=100)))
 
 _add(Recipe(
@@ -112,4 +112,4 @@ _add(Recipe(
     "evaluation and interactive embedding maps; the source reported 59.1% / 31.6% / 24.3% / 16.1%.",
     {"supervised": 0.591, "byol linear": 0.316, "simsiam linear": 0.243, "random-init linear": 0.161},
     lambda size: _cc("cifar100", ("byol", "simsiam"), ("knn", "linear", "finetune"), (10, 100), size,
-                     COLOUR.override(method_args={}), cpu_minutes=4, gpu_epochs=200)))
+                     COLOUR_SMALL_CNN.override(method_args={}), cpu_minutes=4, gpu_epochs=200)))

@@ -128,3 +128,20 @@ def test_mocov3_takes_its_papers_vit_setting_on_a_vit():
     assert (vit.optimizer, vit.method_args["temperature"], vit.weight_decay) == ("adamw", 0.2, 0.1)
     assert vit.lr == pytest.approx(1.5e-4 * 2)
     assert (resnet.optimizer, resnet.method_args["temperature"]) == ("lars", 1.0)
+
+
+def test_the_whitening_backbone_is_the_colour_default_only_where_it_was_measured_to_win():
+    """SimCLR on colour images starts from whiten_cnn with progressive resolution; a comparison that includes a
+    method it was not measured to help (BYOL fell to near random weights on it) shares the small CNN; grey images
+    keep theirs; the GPU recipes train at full size."""
+    from selfsup.compare import CompareConfig
+    from selfsup.defaults import COLOUR, COLOUR_SMALL_CNN, GREY, for_channels
+    from selfsup.recipes import get
+
+    assert for_channels(3) is COLOUR and COLOUR.backbone == "whiten_cnn" and COLOUR.side_start < 1
+    assert for_channels(3, ("simclr", "byol")) is COLOUR_SMALL_CNN and COLOUR_SMALL_CNN.side_start == 1
+    assert for_channels(1, ("byol",)) is GREY
+    assert CompareConfig(dataset="cifar10", methods=("byol",)).resolved(3).pretrain.backbone == "small_cnn"
+    assert get("simclr-cifar10").config("cpu").pretrain.backbone == "whiten_cnn"
+    assert get("cifar100-compare").config("cpu").pretrain.backbone == "small_cnn"
+    assert get("simclr-cifar10").config("gpu").pretrain.side_start == 1.0
