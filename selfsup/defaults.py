@@ -19,8 +19,9 @@ COLOUR_SMALL_CNN = PretrainConfig(method="simclr", method_args={"temperature": 0
                                   backbone_args={"width": 32}, lr=2e-3)
 
 
-def for_channels(channels: int, methods: tuple[str, ...] = ("simclr",)) -> PretrainConfig:
-    """The measured starting point for images with `channels` channels, shared by every method in `methods`."""
+def for_channels(channels: int, methods: tuple[str, ...] | None = None) -> PretrainConfig:
+    """The measured starting point for images with `channels` channels, shared by every method in `methods`
+    (None: the setup's own method alone)."""
     if channels != 3:
         return GREY
-    return COLOUR if set(methods) <= {"simclr"} else COLOUR_SMALL_CNN
+    return COLOUR if methods is None or set(methods) <= {COLOUR.method} else COLOUR_SMALL_CNN
