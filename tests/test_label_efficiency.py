@@ -82,40 +82,6 @@ def test_pseudo_labels_match_a_loop():
     assert torch.equal(classes[mask > 0], want_classes[mask > 0])
 
 
-def test_the_models_own_view_is_read_only_where_the_graph_gives_no_label(digits):
-    """On a CPU the weak-view prediction runs only on the images the graph leaves unlabeled; the targets are the
-    ones the full prediction gives, because where the graph decides the model's view is never read."""
-    from selfsup.augment import preset
-    from selfsup.engine import TrainStep
-    from selfsup.evaluate.semisup import own_view, predict
-
-    train, _ = digits
-    model = Classifier(encoder(), 10).train()
-    x = torch.from_numpy(train.images[:64])
-    weak, amp = preset("supervised-grey", 1), TrainStep(torch.device("cpu"))
-    gen = torch.Generator().manual_seed(0)
-    graph = torch.rand(64, 10, generator=gen) ** 4
-    graph /= graph.sum(1, keepdim=True)
-    needed = graph.max(1).values < 0.5
-    assert 0 < needed.sum() < 64
-    calls = []
-    model.register_forward_pre_hook(lambda m, a: calls.append(len(a[0])))
-    part = own_view(model, x, weak, torch.Generator().manual_seed(1), amp, needed, 10)
-    assert calls == [int(needed.sum())] and torch.all(part[~needed] == 0)
-    want = predict(model, augment_rows(x, needed, weak, 1), amp)
-    assert torch.allclose(part[needed], want, atol=1e-6)
-    full = torch.zeros(64, 10)
-    full[needed], full[~needed] = want, torch.rand(int((~needed).sum()), 10).softmax(1)  # anything: never read
-    for a, b in zip(pseudo_labels(graph, part, 0.5, 0.6), pseudo_labels(graph, full, 0.5, 0.6)):
-        assert torch.equal(a, b)
-
-
-def augment_rows(x, rows, view, seed):
-    from selfsup.augment import augment
-
-    return augment(x[rows], view, torch.Generator().manual_seed(seed))
-
-
 def test_graph_scores_are_propagation_from_the_given_labels_alone(digits):
     train, _ = digits
     pool = train.images[:300]

@@ -79,20 +79,6 @@ def predict(model: nn.Module, x: torch.Tensor, amp: TrainStep) -> torch.Tensor:
     return p
 
 
-def own_view(model: nn.Module, x: torch.Tensor, weak, g: torch.Generator, amp: TrainStep, needed: torch.Tensor,
-             n_classes: int) -> torch.Tensor:
-    """The model's class probabilities of weak views of uint8 images `x`, as it would test. Only rows where the
-    graph gives no label (`needed`) are read; on a CPU only those are computed (on MNIST the graph labels about
-    nine in ten, and this prediction was a fifth of a step), on a GPU the whole batch (no host sync to size it)."""
-    if x.device.type != "cpu":
-        return predict(model, augment(x, weak, g), amp)
-    rows = needed.nonzero().squeeze(1)
-    own = torch.zeros(len(x), n_classes, device=x.device)
-    if len(rows):
-        own[rows] = predict(model, augment(x[rows], weak, g), amp)
-    return own
-
-
 def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray, labeled_y: np.ndarray,
                   val_x: np.ndarray, val_y: np.ndarray, n_classes: int, cfg: SemisupConfig, seed: int = 0,
                   encoder_lr_scale: float | None = None, device: str | torch.device = "cpu",
@@ -138,7 +124,7 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
             pick = torch.randint(0, len(at), (nb,), generator=g, device=device)
             li = at[pick]
             ui = torch.randint(0, len(u), (nu,), generator=g, device=device)
-            own = own_view(model, u[ui], weak, g, amp, z[ui].max(1).values < cfg.graph_threshold, n_classes)
+            own = predict(model, augment(u[ui], weak, g), amp)  # the model's own view of the image, as it would test
             views = torch.cat([augment(u[li], weak, g), augment(u[ui], strong, g)])
             with amp.autocast():
                 logits = model(views.contiguous(memory_format=torch.channels_last)).float()
