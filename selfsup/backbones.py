@@ -134,35 +134,6 @@ def fit_to_data(model: nn.Module, images, side: int | None = None, n: int = 2048
     for copy in (m for m in layers if m is not first):
         copy.load_state_dict(first.state_dict())
     return model
-    encoder = getattr(model, "backbone", model)
-    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    x = torch.as_tensor(images[idx.numpy()]) if not torch.is_tensor(images) else images[idx]
-    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-    side = side or getattr(encoder, "image_size", None)
-    if side and x.shape[-1] != side:
-        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-    own = [m for m in encoder.modules() if isinstance(m, Whiten)]
-    hooks = [m.register_forward_pre_hook(lambda m, args: m.fit(args[0])) for m in own]
-    device, mode = next(encoder.buffers()).device, encoder.training
-    try:
-        with torch.no_grad():
-            encoder.eval()(x.to(device))
-    finally:
-        encoder.train(mode)
-        for h in hooks:
-            h.remove()
-    for copy in (m for m in layers if not bool(m.fitted)):
-        copy.load_state_dict(own[0].state_dict())
-    return model
-    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    x = torch.as_tensor(images[idx.numpy()]) if not torch.is_tensor(images) else images[idx]
-    x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-    side = side or getattr(model, "image_size", None)
-    if side and x.shape[-1] != side:
-        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-    for layer in layers:
-        layer.fit(x.to(layer.weight.device))
-    return model
 
 
 def conv_identity(cin: int, cout: int) -> nn.Conv2d:
