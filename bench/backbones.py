@@ -33,8 +33,7 @@ def parse_backbone(text: str) -> tuple[str, dict]:
 
 def split(data: ImageSet, n_val: int) -> tuple[ImageSet, ImageSet]:
     cut = len(data) - n_val
-    part = lambda s: ImageSet(data.name, data.images[s], data.labels[s], data.classes)  # noqa: E731
-    return part(slice(0, cut)), part(slice(cut, None))
+    return data.subset(np.arange(cut)), data.subset(np.arange(cut, len(data)))
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -101,16 +101,16 @@ class _Fitted(Exception):
     """Raised by the fitting hook: nothing after the fitted layer needs to run."""
 
 
-def fit_to_data(model: nn.Module, images, side: int | None = None, n: int = 2048, seed: int = 0) -> nn.Module:
+def fit_to_data(model: nn.Module, images, n: int = 2048, seed: int = 0) -> nn.Module:
     """Fit the data-dependent layer of `model` (a `Whiten`) from up to `n` of `images` (uint8 or float
-    (N, C, H, W)) at `side` px (at most 2^25 pixel values), drawn by a fixed seed so that every process fits the
-    same. It fits from what reaches it in a forward of the encoder (after a method's input transform); copies of
+    (N, C, H, W)) at the encoder's side (at most 2^25 pixel values), drawn by a fixed seed so that every process
+    fits the same. It fits from what reaches it in a forward of the encoder (after a method's input transform); copies of
     the encoder in the model (an EMA follower's) take the same fit."""
     layers = [m for m in model.modules() if isinstance(m, Whiten)]
     if not layers:
         return model
     encoder = getattr(model, "backbone", model)
-    side = side or getattr(encoder, "image_size", None) or images.shape[-1]
+    side = getattr(encoder, "image_size", None) or images.shape[-1]
     n = max(16, min(n, len(images), 2 ** 25 // (images.shape[1] * side * side)))
     idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     x = torch.as_tensor(images[idx.numpy()]) if not torch.is_tensor(images) else images[idx]

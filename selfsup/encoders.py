@@ -75,7 +75,7 @@ def random_encoder(spec: EncoderSpec, seed: int, images=None) -> nn.Module:
     data-fitted layers (a whitening layer) fitted from `images` as pretraining would have fitted them."""
     torch.manual_seed(seed)
     encoder = build_encoder(spec)
-    return encoder if images is None else fit_to_data(encoder, images, spec.image_size)
+    return encoder if images is None else fit_to_data(encoder, images)
 
 
 def load_exported(folder: str | Path) -> tuple[nn.Module, dict]:

@@ -81,7 +81,7 @@ def build(cfg: PretrainConfig, data: ImageSet, fabric, run: RunDir, show_progres
                           f"images but {cfg.dataset} has {data.channels}; resume on the same data")
     method = build_method(cfg, spec)
     if run.saved is None:
-        fit_to_data(method, data.images, spec.image_size)  # whitening, from a fixed sample: the same on every process
+        fit_to_data(method, data.images)  # whitening, from a fixed sample: the same on every process
     memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
     sync_bn = sync_batchnorm(cfg.sync_batchnorm, method, fabric.world_size, fabric.device.type)
     model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method) if sync_bn else method
