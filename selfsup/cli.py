@@ -154,9 +154,10 @@ def cmd_eval(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .demo import run_demo
+    from .demo import DEMO_MINUTES, run_demo
 
-    run_demo(args.out, tuple(args.methods.split(",")), args.minutes, tuple(args.labels_per_class), args.dataset,
+    minutes = DEMO_MINUTES if args.minutes is None else args.minutes
+    run_demo(args.out, tuple(args.methods.split(",")), minutes, tuple(args.labels_per_class), args.dataset,
              seed=args.seed)
 
 
@@ -437,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dataset", default="mnist", help="dataset name or folder:PATH; colour images get the measured "
                    "colour setup (see `selfsup recipes`)")
     d.add_argument("--methods", default="simclr", help="comma-separated methods (see `selfsup methods`)")
-    d.add_argument("--minutes", type=float, default=4.0, help="pretraining minutes per method")
+    d.add_argument("--minutes", type=float, default=None, help="pretraining minutes per method (default: the demo's "
+                   "3, selfsup.demo.DEMO_MINUTES)")
     d.add_argument("--labels-per-class", type=_csv_ints, default=[1, 10, 100], help="comma-separated label counts")
     d.add_argument("--seed", type=int, default=0, help="seed for pretraining, label subsets and baselines")
     d.set_defaults(run=cmd_demo)

@@ -60,6 +60,18 @@ def test_lists(capsys):
     assert "folder:PATH" in run(capsys, "datasets")[1]
 
 
+def test_the_demo_command_runs_the_demo_preset(monkeypatch, capsys):
+    """`selfsup demo` with no flags pretrains for DEMO_MINUTES (the CLI once kept a default of its own) and trains
+    semi-supervised with the demo's own settings."""
+    import selfsup.demo as demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: seen.update(config=demo.demo_config(*a, **k)))
+    assert run(capsys, "demo")[0] == 0
+    assert seen["config"].minutes_per_method == demo.DEMO_MINUTES
+    assert seen["config"].semisup == demo.DEMO_SEMISUP and demo.DEMO_SEMISUP.unlabeled_ratio == 2
+
+
 def test_demo_results_shape(tmp_path, capsys):
     from selfsup.evaluate import FinetuneConfig, SemisupConfig
 
