@@ -47,16 +47,19 @@ def typiclust(feats: torch.Tensor, budget: int, seed: int, candidates: np.ndarra
     return np.sort(np.array(out, np.int64))
 
 
-def picks(strategy: str, budget: int, seed: int, labels: np.ndarray, feats, head_feats, keep: np.ndarray) -> np.ndarray:
+def picks(strategy: str, budget: int, seed: int, labels: np.ndarray, feats, head_feats, keep: np.ndarray
+          ) -> tuple[np.ndarray, str]:
+    """The picks, and the rule that chose them (selfsup's first round: coverage or spectral)."""
     n_classes = int(labels.max()) + 1
     if strategy == "random":
-        return random_picks(len(labels), budget, seed)
+        return random_picks(len(labels), budget, seed), strategy
     if strategy == "balanced":
-        return few_labels(labels, max(1, budget // n_classes), seed)
+        return few_labels(labels, max(1, budget // n_classes), seed), strategy
     if strategy == "typiclust":
-        return typiclust(feats, budget, seed, np.flatnonzero(keep))
+        return typiclust(feats, budget, seed, np.flatnonzero(keep)), strategy
     space = feats if strategy == "selfsup-backbone" else head_feats
-    return np.sort(np.array([p.index for p in select(space, budget, seed, np.flatnonzero(keep))], np.int64))
+    chosen = select(space, budget, seed, np.flatnonzero(keep))
+    return np.sort(np.array([p.index for p in chosen], np.int64)), chosen[0].rule if chosen else "none"
 
 
 def main() -> None:
@@ -85,9 +88,10 @@ def main() -> None:
         for b in budgets:
             for strategy in args.strategies.split(","):
                 t = time.perf_counter()
-                idx = picks(strategy, b, s, train.labels, feats, head_feats, keep)
+                idx, rule = picks(strategy, b, s, train.labels, feats, head_feats, keep)
                 sets[f"{strategy}@{b}"] = idx
-                chosen[f"{strategy}@{b}/seed{s}"] = {"index": idx.tolist(), "seconds": round(time.perf_counter() - t, 1),
+                chosen[f"{strategy}@{b}/seed{s}"] = {"index": idx.tolist(), "rule": rule,
+                                                     "seconds": round(time.perf_counter() - t, 1),
                                                      "classes_covered": int(len(np.unique(train.labels[idx])))}
         # one call per seed: the features and the graph are made once for every strategy and budget
         for r in few_label_rows(encoder, train, test, [], "", tuple(args.evals.split(",")), (s,), label_sets=sets,

@@ -403,7 +403,8 @@ def _data_command(add) -> None:
 def _photo_commands(add) -> None:
     """`select` and `similar`: the commands that work on a person's own images with a pretrained encoder."""
     se = add("select", "pick the images worth labeling: near-duplicates dropped, then density-weighted coverage of a "
-                       "pretrained encoder's features; writes to_label.csv, a contact sheet and a map")
+                       "pretrained encoder's features (or its spectral clusters, where they cut its neighbour graph "
+                       "less); writes to_label.csv, a contact sheet and a map")
     se.add_argument("--checkpoint", required=True, help="a pretraining run directory or .pt file")
     se.add_argument("--budget", type=int, required=True, help="how many images to pick")
     se.add_argument("--dataset", help="default: the checkpoint's dataset")

@@ -114,3 +114,25 @@ def test_picks_of_a_built_in_dataset_are_evaluated_with_their_own_labels(tmp_pat
     per_class = np.bincount(load("digits").labels[[int(r["index"]) for r in rows]], minlength=10)
     held = sum(min(res["labels"]["validation"]["per_class"], c // 4) if c >= 4 else 0 for c in per_class if c)
     assert used == {40 - held}  # the picks, less the validation images drawn from them
+
+
+def test_a_first_round_finds_a_small_cluster_that_coverage_alone_misses():
+    """A long chain of 240 images and a tight clump of 20 beside its middle. Density x coverage puts its third pick
+    at the chain's far end (the largest distance), so the clump gets no label; the chain's two halves and the clump
+    are the graph's three clusters, and their picks cut the graph less, so the first round takes those."""
+    from selfsup.select import coverage_picks, density
+
+    g = torch.Generator().manual_seed(0)
+    chain = torch.zeros(240, 8)
+    chain[:, 0] = torch.linspace(-6, 6, 240)
+    clump = torch.zeros(20, 8)
+    clump[:, 1] = 2.0
+    x = torch.cat([chain, clump])
+    x[:, 5] = 20  # away from the origin: cosine distance is about Euclidean distance here
+    x += 0.15 * torch.randn(x.shape, generator=g)
+    u = torch.nn.functional.normalize(x, dim=1)
+    dens = density(u)
+    assert max(coverage_picks(u, dens / dens.max(), np.full(len(u), np.inf), 3)) < 240  # coverage: the chain only
+    picks = select(x, 3, seed=0)
+    assert sum(p.index >= 240 for p in picks) == 1 and sum(p.index < 120 for p in picks) == 1
+    assert sorted(int(p.reason.split()[1]) for p in picks)[0] == 20  # the clump's pick covers the clump
