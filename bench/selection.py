@@ -58,7 +58,7 @@ def picks(strategy: str, budget: int, seed: int, labels: np.ndarray, feats, head
     if strategy == "typiclust":
         return typiclust(feats, budget, seed, np.flatnonzero(keep)), strategy
     space = feats if strategy == "selfsup-backbone" else head_feats
-    chosen = select(space, budget, seed, np.flatnonzero(keep))
+    chosen = select(space, budget, seed, np.flatnonzero(keep), spectral=strategy != "selfsup-coverage")
     return np.sort(np.array([p.index for p in chosen], np.int64)), chosen[0].rule if chosen else "none"
 
 
@@ -68,7 +68,8 @@ def main() -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--budgets", default="10,100")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--strategies", default="random,balanced,typiclust,selfsup")
+    p.add_argument("--strategies", default="random,balanced,typiclust,selfsup",
+                   help="also selfsup-backbone (the encoder's features) and selfsup-coverage (no spectral option)")
     p.add_argument("--evals", default="knn,linear,propagate,finetune,semisup")
     p.add_argument("--semisup-steps", type=int, default=500)
     p.add_argument("--tag", default="")

@@ -72,10 +72,10 @@ def propagation_margin(features: torch.Tensor, labeled: np.ndarray, labels: np.n
 
 
 def select(features: torch.Tensor, budget: int, seed: int = 0, candidates: np.ndarray | None = None,
-           labeled: np.ndarray | None = None, labeled_y: np.ndarray | None = None) -> list[Pick]:
+           labeled: np.ndarray | None = None, labeled_y: np.ndarray | None = None, spectral: bool = True) -> list[Pick]:
     """`budget` images to label, as indices into `features` (N, D), chosen among `candidates` (default: all).
     `labeled`/`labeled_y`: images already labeled and their labels (a later round). `seed` breaks exact ties only:
-    the picks are a function of the features."""
+    the picks are a function of the features. `spectral`: let a first round try spectral clusters (`first_round`)."""
     f = F.normalize(features.float(), dim=1)
     pool = np.arange(len(f)) if candidates is None else np.asarray(candidates)
     done = np.array([], np.int64) if labeled is None else np.asarray(labeled, np.int64)
@@ -99,7 +99,7 @@ def select(features: torch.Tensor, budget: int, seed: int = 0, candidates: np.nd
     chosen = coverage_picks(u, weight, nearest, budget)
     owner = torch.cdist(u, u[chosen]).argmin(1).numpy()  # the region each pick covers: images nearest to it
     how, rule = "images nearest to it", "coverage"
-    if not len(done) and budget <= SPECTRAL_MAX and len(pool) > 2 * budget + GRAPH_K_SELECT:
+    if spectral and not len(done) and budget <= SPECTRAL_MAX and len(pool) > 2 * budget + GRAPH_K_SELECT:
         chosen, owner, how, rule = first_round(u, dens, budget, chosen, owner)
     sizes = np.bincount(owner, minlength=len(chosen))
     rank = np.argsort(np.argsort(-dens))
