@@ -120,8 +120,6 @@ def test_a_first_round_finds_a_small_cluster_that_coverage_alone_misses():
     """A long chain of 240 images and a tight clump of 20 beside its middle. Density x coverage puts its third pick
     at the chain's far end (the largest distance), so the clump gets no label; the chain's two halves and the clump
     are the graph's three clusters, and their picks cut the graph less, so the first round takes those."""
-    from selfsup.select import coverage_picks, density
-
     g = torch.Generator().manual_seed(0)
     chain = torch.zeros(240, 8)
     chain[:, 0] = torch.linspace(-6, 6, 240)
@@ -130,9 +128,8 @@ def test_a_first_round_finds_a_small_cluster_that_coverage_alone_misses():
     x = torch.cat([chain, clump])
     x[:, 5] = 20  # away from the origin: cosine distance is about Euclidean distance here
     x += 0.15 * torch.randn(x.shape, generator=g)
-    u = torch.nn.functional.normalize(x, dim=1)
-    dens = density(u)
-    assert max(coverage_picks(u, dens / dens.max(), np.full(len(u), np.inf), 3)) < 240  # coverage: the chain only
+    assert max(p.index for p in select(x, 3, seed=0, spectral=False)) < 240  # coverage alone: the chain only
     picks = select(x, 3, seed=0)
+    assert {p.rule for p in picks} == {"spectral"}
     assert sum(p.index >= 240 for p in picks) == 1 and sum(p.index < 120 for p in picks) == 1
     assert sorted(int(p.reason.split()[1]) for p in picks)[0] == 20  # the clump's pick covers the clump
