@@ -7,7 +7,7 @@ with the largest density x distance to the nearest pick so far (greedy k-centre,
 typical image of the region the picks cover worst. The features are the method's projection head's where it has
 one (the space its loss shaped), else the encoder's.
 
-A first round of up to SPECTRAL_MAX picks also tries spectral clustering of the images' 10-NN graph (Ng, Jordan &
+A first round of up to SPECTRAL_MAX picks (among at most SPECTRAL_MAX_IMAGES images) also tries spectral clustering of the images' 10-NN graph (Ng, Jordan &
 Weiss 2001; one cluster per pick, three k-means seeds), each cluster's densest image, and keeps whichever set's
 regions (label propagation from the picks, each pick its own class) have the lowest normalised cut (Shi & Malik
 2000). No label is read: the cut says which set follows the graph's clusters. Coverage alone can spend two picks on
@@ -36,6 +36,7 @@ from .neighbours import search
 
 TYPICALITY_K = 20
 SPECTRAL_MAX = 100  # first rounds up to this budget also try spectral clusters (one eigenvector per pick)
+SPECTRAL_MAX_IMAGES = 200_000  # and up to this many images (the eigenvectors take N x budget floats, several times)
 SPECTRAL_SEEDS = (0, 1, 2)  # k-means seeds of the spectral embedding: three candidate sets
 GRAPH_K_SELECT = 10  # neighbours per image in the graph the first round clusters and cuts
 RULES = {"coverage": "In order: each the most typical image of the region the picks before it cover worst.",
@@ -99,7 +100,8 @@ def select(features: torch.Tensor, budget: int, seed: int = 0, candidates: np.nd
     chosen = coverage_picks(u, weight, nearest, budget)
     owner = torch.cdist(u, u[chosen]).argmin(1).numpy()  # the region each pick covers: images nearest to it
     how, rule = "images nearest to it", "coverage"
-    if spectral and not len(done) and budget <= SPECTRAL_MAX and len(pool) > 2 * budget + GRAPH_K_SELECT:
+    if spectral and not len(done) and budget <= SPECTRAL_MAX and 2 * budget + GRAPH_K_SELECT < len(pool) <= \
+            SPECTRAL_MAX_IMAGES:
         chosen, owner, how, rule = first_round(u, dens, budget, chosen, owner)
     sizes = np.bincount(owner, minlength=len(chosen))
     rank = np.argsort(np.argsort(-dens))
@@ -296,13 +298,15 @@ def run_select(encoder, data, budget: int, out, seed: int = 0, labeled: str | No
     contact_sheet(np.ascontiguousarray(data.images[np.array(idx, np.int64)]) if idx else data.images[:0],
                   [names[i] for i in idx], [[f"pick {p.cluster + 1}", p.reason] for p in picks], out / "picks.html",
                   f"{len(picks)} images to label", f"Picked from {int(keep.sum()):,} of {len(data):,} images "
-                  f"({len(data) - int(keep.sum()):,} near-duplicates left out). {RULES[picks[0].rule if picks else 'coverage']} "
-                  f"Label them in to_label.csv's label column.")
+                  f"({len(data) - int(keep.sum()):,} near-duplicates left out). "
+                  f"{RULES[picks[0].rule if picks else 'coverage']} Label them in to_label.csv's label column.")
     marked = {p.index: f"pick {r + 1}: {p.reason}" for r, p in enumerate(picks)}
     written = write_embedding(encoder, data, [out / "map.html"], f"{len(picks)} picks to label", "tsne", map_points,
                               seed, marked=marked)
-    say(f"select: {len(picks)} picks ({picks[0].rule if picks else 'none'}) in {out / 'to_label.csv'}; contact sheet {out / 'picks.html'}; map {written['html']}")
-    return {"picks": picks, "rule": picks[0].rule if picks else None, "csv": out / "to_label.csv", "sheet": out / "picks.html", "map": written["html"],
-            "duplicates_dropped": int(len(data) - keep.sum())}
+    rule = picks[0].rule if picks else None
+    say(f"select: {len(picks)} picks ({rule}) in {out / 'to_label.csv'}; contact sheet {out / 'picks.html'}; "
+        f"map {written['html']}")
+    return {"picks": picks, "rule": rule, "csv": out / "to_label.csv", "sheet": out / "picks.html",
+            "map": written["html"], "duplicates_dropped": int(len(data) - keep.sum())}
 
 
