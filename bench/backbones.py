@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_tag, machine, write  # noqa: E402
+from common import device_tag, machine, split, write  # noqa: E402
 
-from selfsup.data import ImageSet, load  # noqa: E402
+from selfsup.data import load  # noqa: E402
 from selfsup.defaults import for_channels  # noqa: E402
 from selfsup.evaluate import few_label_rows  # noqa: E402
 from selfsup.factory import encoder_and_config, encoder_spec, random_encoder  # noqa: E402
@@ -29,11 +29,6 @@ from selfsup.train import pretrain  # noqa: E402
 def parse_backbone(text: str) -> tuple[str, dict]:
     name, _, args = text.partition(":")
     return name, {k: int(v) if v.isdigit() else v for k, v in (a.split("=") for a in args.split(";") if a)}
-
-
-def split(data: ImageSet, n_val: int) -> tuple[ImageSet, ImageSet]:
-    cut = len(data) - n_val
-    return data.subset(np.arange(cut)), data.subset(np.arange(cut, len(data)))
 
 
 def summarise(rows: list[dict]) -> dict:

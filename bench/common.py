@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
@@ -44,6 +45,12 @@ def matmul_peak(dtype: torch.dtype, device: str = "cpu", n: int = 2048, seconds:
     if device == "cuda":
         torch.cuda.synchronize()
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+
+
+def split(data, n_val: int):
+    """(first N - n_val images, last n_val images) of an ImageSet: a validation split carved from the training images."""
+    cut = len(data) - n_val
+    return data.subset(np.arange(cut)), data.subset(np.arange(cut, len(data)))
 
 
 def write(name: str, payload: dict) -> Path:

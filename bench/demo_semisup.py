@@ -15,10 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_tag, machine, write  # noqa: E402
+from common import device_tag, machine, split, write  # noqa: E402
 
 from selfsup import load_encoder  # noqa: E402
 from selfsup.data import load  # noqa: E402
@@ -35,8 +34,7 @@ def main() -> None:
     args = ap.parse_args()
     encoder = load_encoder(args.checkpoint)
     full = load("mnist", "train")
-    n = len(full) - 10_000
-    train, held = full.subset(np.arange(n)), full.subset(np.arange(n, len(full)))
+    train, held = split(full, 10_000)
     trials = []
     for variant in args.variants:
         name, fields = variant.split("=", 1)

@@ -39,6 +39,7 @@ SPECTRAL_MAX = 100  # first rounds up to this budget also try spectral clusters 
 SPECTRAL_MAX_IMAGES = 200_000  # and up to this many images (the eigenvectors take N x budget floats, several times)
 SPECTRAL_SEEDS = (0, 1, 2)  # k-means seeds of the spectral embedding: three candidate sets
 GRAPH_K_SELECT = 10  # neighbours per image in the graph the first round clusters and cuts
+COVERS = {"coverage": "images nearest to it", "spectral": "images of its graph cluster"}  # a pick's region
 RULES = {"coverage": "In order: each the most typical image of the region the picks before it cover worst.",
          "spectral": "Each the most typical image of one cluster of the images' neighbour graph (spectral "
                      "clustering), which cut the graph more cleanly than density-weighted coverage here."}
@@ -99,13 +100,13 @@ def select(features: torch.Tensor, budget: int, seed: int = 0, candidates: np.nd
             nearest = np.minimum(nearest, d)
     chosen = coverage_picks(u, weight, nearest, budget)
     owner = torch.cdist(u, u[chosen]).argmin(1).numpy()  # the region each pick covers: images nearest to it
-    how, rule = "images nearest to it", "coverage"
+    rule = "coverage"
     if spectral and not len(done) and budget <= SPECTRAL_MAX and 2 * budget + GRAPH_K_SELECT < len(pool) <= \
             SPECTRAL_MAX_IMAGES:
-        chosen, owner, how, rule = first_round(u, dens, budget, chosen, owner)
+        chosen, owner, rule = first_round(u, dens, budget, chosen, owner)
     sizes = np.bincount(owner, minlength=len(chosen))
     rank = np.argsort(np.argsort(-dens))
-    return [Pick(int(pool[i]), r, f"covers {sizes[r]} {how}; density rank {rank[i] + 1} of {len(pool)}"
+    return [Pick(int(pool[i]), r, f"covers {sizes[r]} {COVERS[rule]}; density rank {rank[i] + 1} of {len(pool)}"
                  + (" among those propagation is least sure of" if len(done) else ""), rule)
             for r, i in enumerate(chosen)]
 
@@ -124,14 +125,13 @@ def coverage_picks(u: torch.Tensor, weight: np.ndarray, nearest: np.ndarray, bud
     return chosen
 
 
-def affinity(u: torch.Tensor, k: int = 10):
-    """The symmetric kNN graph of unit rows (scipy CSR), weighted by cosine similarity (at least 0)."""
+def affinity(neighbours: tuple[torch.Tensor, torch.Tensor]):
+    """The symmetric kNN graph (scipy CSR) of `knn_graph`'s (indices, similarities), weighted by cosine similarity
+    (at least 0)."""
     import scipy.sparse as sp
 
-    from .evaluate.propagate import knn_graph
-
-    j, sim = knn_graph(u, k)
-    n = len(u)
+    j, sim = neighbours
+    n = len(j)
     w = sp.csr_matrix((sim.flatten().double().numpy(), (np.repeat(np.arange(n), j.shape[1]), j.flatten().numpy())),
                       shape=(n, n))
     return (w + w.T).tocsr()
@@ -163,27 +163,27 @@ def normalised_cut(w, regions: np.ndarray, n_regions: int) -> float:
 
 
 def first_round(u: torch.Tensor, dens: np.ndarray, budget: int, cover: list[int], cover_owner: np.ndarray
-                ) -> tuple[list[int], np.ndarray, str, str]:
+                ) -> tuple[list[int], np.ndarray, str]:
     """The first round's picks: density x coverage (`cover`, with the images nearest to each), or the densest image
     of each spectral cluster of the kNN graph (one clustering per k-means seed), whichever set's regions cut the
     graph least. A region is what label propagation from the picks gives each pick, each pick its own class; the
     normalised cut of those regions is low where every pick sits in its own cluster of the graph. Coverage alone
     leaves a small cluster out where a large one is spread thin (a digit missing from 10 MNIST picks); spectral
     clusters follow the graph's clusters, where it has them."""
-    from .evaluate.propagate import LabelGraph
+    from .evaluate.propagate import LabelGraph, knn_graph
 
-    w = affinity(u, GRAPH_K_SELECT)
-    graph = LabelGraph(u)
+    neighbours = knn_graph(u, GRAPH_K_SELECT)  # one search: the graph that is cut, and propagation's (its nearest 5)
+    w = affinity(neighbours)
+    graph = LabelGraph(u, neighbours=neighbours)
 
     def regions(picks: list[int]) -> np.ndarray:
         return graph.spread(torch.tensor(picks), torch.arange(len(picks)), len(picks)).argmax(1).numpy()
 
-    options = [(cover, cover_owner, "images nearest to it", "coverage")]
+    options = [(cover, cover_owner, "coverage")]
     for ids in spectral_clusters(w, budget, SPECTRAL_SEEDS):
         members = [np.flatnonzero(ids == c) for c in range(budget)]
         if all(len(m) for m in members):
-            options.append(([int(m[np.argmax(dens[m])]) for m in members], ids, "images of its graph cluster",
-                            "spectral"))
+            options.append(([int(m[np.argmax(dens[m])]) for m in members], ids, "spectral"))
     cuts = [normalised_cut(w, regions(picks), budget) for picks, *_ in options]
     return options[int(np.argmin(cuts))]
 
