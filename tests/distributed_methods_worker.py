@@ -13,7 +13,8 @@ import torch
 from lightning.fabric import Fabric
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_common import COUPLED, GLOBAL_BATCH, coupled_views, make_coupled, method_state  # noqa: E402
+from distributed_common import (COUPLED, GLOBAL_BATCH, coupled_views, leave, make_coupled,  # noqa: E402
+                                method_state)
 from selfsup.engine import strategy_for  # noqa: E402
 
 
@@ -54,8 +55,7 @@ def main(out: Path) -> None:
         results[name]["follower_grads"] = [p.grad for p in getattr(method, follower).parameters() if p.grad is not None]
     if rank == 0:
         torch.save({"world": world, "results": results}, out / "methods.pt")
-    fabric.barrier()
-    torch.distributed.destroy_process_group()
+    leave(fabric)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import torch
 from lightning.fabric import Fabric
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_common import (GLOBAL_BATCH, SGD_CONFIG, frozen_bn, global_views, make_byol,  # noqa: E402
-                                make_simclr)
+from distributed_common import (GLOBAL_BATCH, SGD_CONFIG, frozen_bn, global_views, leave,  # noqa: E402
+                                make_byol, make_simclr)
 from selfsup.engine import strategy_for  # noqa: E402
 from selfsup.optim import NonFiniteGuard, make_optimizer  # noqa: E402
 
@@ -58,8 +58,7 @@ def main(out: Path) -> None:
     if rank == 0:
         torch.save({"targets": targets.cpu(), "onlines": onlines.cpu(), "tau": float(byol.target.tau),
                     "ema_steps": int(byol.target.steps)}, out / "byol.pt")
-    fabric.barrier()
-    torch.distributed.destroy_process_group()  # gloo's threads stopped before exit, not torn down under it (SIGABRT)
+    leave(fabric)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Data-parallel training on 2 CPU processes (gloo) through the engine, against one process on the same global batch."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,13 +28,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch(cmd: list[str], env: dict, timeout: float = 150) -> subprocess.CompletedProcess:
+    """Run a multi-process launch; on a timeout, kill the launcher and every process it started (they share its new
+    session) and fail with what they printed, instead of leaving workers behind."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the multi-process launch did not finish in {timeout:.0f} s:\n{(out + err)[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
     """SimCLR's negatives are gathered with gradients: DDP's averaged gradients equal one process's on the whole
     batch. A gather without backward (or one that does not sum over ranks) gives a wrong gradient scale here."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(HERE / "distributed_worker.py"), str(tmp_path)]
     env = os.environ | {"PYTHONPATH": str(HERE.parent)}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    r = launch(cmd, env)
     assert r.returncode == 0, r.stderr[-3000:]
 
     single = frozen_bn(make_simclr())
@@ -64,7 +79,7 @@ def test_coupled_losses_on_two_processes_match_one_process(tmp_path):
     the EMA followers (DINO's teacher, MoCo's key encoders) are identical on every rank and never get a gradient."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(HERE / "distributed_methods_worker.py"), str(tmp_path)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": str(HERE.parent)})
+    r = launch(cmd, os.environ | {"PYTHONPATH": str(HERE.parent)})
     assert r.returncode == 0, r.stderr[-3000:]
     got = torch.load(tmp_path / "methods.pt")
     assert got["world"] == 2
@@ -98,7 +113,7 @@ def two_processes(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "selfsup", "pretrain", "--dataset", "digits", "--accelerator", "cpu", "--devices", "2",
            "--batch-size", "32", "--monitor-seconds", "0", "--backbone-args", "width=8", *args]
     env = os.environ | {"MASTER_PORT": str(free_port()), "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    r = launch(cmd, env)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
