@@ -133,3 +133,23 @@ def test_a_first_round_finds_a_small_cluster_that_coverage_alone_misses():
     assert {p.rule for p in picks} == {"spectral"}
     assert sum(p.index >= 240 for p in picks) == 1 and sum(p.index < 120 for p in picks) == 1
     assert sorted(int(p.reason.split()[1]) for p in picks)[0] == 20  # the clump's pick covers the clump
+
+
+def test_a_spectral_clusters_pick_comes_from_its_core_not_its_densest_edge():
+    """A cluster of 30 images around one direction of the spectral embedding and 10 on its edge, toward a
+    neighbouring cluster's. The edge image beside that denser cluster is the densest member; the pick must be the
+    densest image of the cluster's core (image 0, at its centre, here)."""
+    from selfsup.select import cluster_pick
+
+    g = torch.Generator().manual_seed(0)
+    core, edge = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.5, 0.85, 0.0])
+    rows = torch.cat([core + 0.05 * torch.randn(30, 3, generator=g), edge + 0.05 * torch.randn(10, 3, generator=g)])
+    embedding = torch.nn.functional.normalize(rows, dim=1)
+    embedding[0] = torch.nn.functional.normalize(embedding[1:].mean(0), dim=0)  # image 0 at the cluster's centre
+    embedding = embedding.numpy()
+    dens = np.ones(40)
+    dens[0], dens[35] = 5.0, 10.0
+    members = np.arange(40)
+    assert members[np.argmax(dens)] == 35  # the densest member overall: on the edge
+    assert cluster_pick(members, embedding, dens) == 0
+    assert cluster_pick(members[::-1].copy(), embedding, dens) == 0  # whatever the members' order
