@@ -301,6 +301,7 @@ def run_select(encoder, data, budget: int, out, seed: int = 0, labeled: str | No
             if p.b in labeled:
                 keep[p.a] = False
     picks = select(selection_features(feats, head), budget, seed, np.flatnonzero(keep), done, done_y)
+    rule = picks[0].rule if picks else None  # the first round's rule (every pick of a round shares it)
     names, key = data.names(), "path" if data.paths is not None else "index"
     with open(out / "to_label.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -312,11 +313,10 @@ def run_select(encoder, data, budget: int, out, seed: int = 0, labeled: str | No
                   [names[i] for i in idx], [[f"pick {p.cluster + 1}", p.reason] for p in picks], out / "picks.html",
                   f"{len(picks)} images to label", f"Picked from {int(keep.sum()):,} of {len(data):,} images "
                   f"({len(data) - int(keep.sum()):,} near-duplicates left out). "
-                  f"{RULES[picks[0].rule if picks else 'coverage']} Label them in to_label.csv's label column.")
+                  f"{RULES[rule or 'coverage']} Label them in to_label.csv's label column.")
     marked = {p.index: f"pick {r + 1}: {p.reason}" for r, p in enumerate(picks)}
     written = write_embedding(encoder, data, [out / "map.html"], f"{len(picks)} picks to label", "tsne", map_points,
                               seed, marked=marked)
-    rule = picks[0].rule if picks else None
     say(f"select: {len(picks)} picks ({rule}) in {out / 'to_label.csv'}; contact sheet {out / 'picks.html'}; "
         f"map {written['html']}")
     return {"picks": picks, "rule": rule, "csv": out / "to_label.csv", "sheet": out / "picks.html",
