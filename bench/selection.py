@@ -71,7 +71,7 @@ def main() -> None:
     p.add_argument("--strategies", default="random,balanced,typiclust,selfsup",
                    help="also selfsup-backbone (the encoder's features) and selfsup-coverage (no spectral option)")
     p.add_argument("--evals", default="knn,linear,propagate,finetune,semisup")
-    p.add_argument("--semisup-steps", type=int, default=500)
+    p.add_argument("--semisup-steps", type=int, default=None, help="default: semisup's own for the kind of image")
     p.add_argument("--tag", default="")
     args = p.parse_args()
     encoder, cfg = encoder_and_config(args.checkpoint)

@@ -121,13 +121,16 @@ def cmd_eval(args) -> None:
     from .checkpoint import read
     from .data import load
     from .engine import eval_device
-    from .evaluate import aggregate, few_label_rows
+    from .evaluate import FinetuneConfig, SemisupConfig, aggregate, few_label_rows
     from .evaluate.labels import label_plan
     from .factory import encoder_from
     from .files import write_json
     from .audit import leakage_report
     from .report import format_table
 
+    trained = {"finetune": FinetuneConfig(**_steps(args.finetune_steps, "--finetune-steps")),
+               "semisup": SemisupConfig(steps=args.semisup_steps)}
+    trained["semisup"].resolved(1)  # its budget, checked before any work
     path, state = read(args.checkpoint)
     encoder, cfg = encoder_from(state)
     dataset = args.dataset or cfg.dataset
@@ -143,7 +146,8 @@ def cmd_eval(args) -> None:
         load(dataset, cfg.split, cfg.data_root, size=cfg.image_size, labels=labels, accelerator=cfg.accelerator)
     leak = leakage_report(encoder, seen, test)  # before any score, which it qualifies
     rows = few_label_rows(encoder, train, test, list(plan.counts), cfg.method, evals, tuple(range(args.seeds)),
-                          device=eval_device(args.device, cfg.accelerator), validation=plan.validation, label_sets=plan.sets, leaked=np.array(leak["leaked_index"]))
+                          device=eval_device(args.device, cfg.accelerator), validation=plan.validation,
+                          label_sets=plan.sets, leaked=np.array(leak["leaked_index"]), **trained)
     out = Path(args.out) if args.out else path.parent.parent / "eval.json"
     write_json(out, {"dataset": dataset, "rows": aggregate(rows), "rows_per_seed": rows, "labels": plan.to_dict(),
                      "leakage": {k: v for k, v in leak.items() if k != "leaked_index"}, "checkpoint": str(path),
@@ -151,6 +155,13 @@ def cmd_eval(args) -> None:
     print(format_table(rows))
     print(leak["text"])
     print(f"results: {out}")
+
+
+def _steps(steps: int | None, flag: str) -> dict:
+    """A trained evaluation's step budget from its flag: {} for its default."""
+    if steps is not None and steps < 1:
+        raise ConfigError(f"{flag} must be at least 1, got {steps}")
+    return {} if steps is None else {"steps": steps}
 
 
 def cmd_demo(args) -> None:
@@ -368,7 +379,7 @@ def _compare_flags(c: argparse.ArgumentParser) -> None:
                    "index column for a built-in dataset, path,label for a folder")
     c.add_argument("--finetune-steps", type=int, help="step budget of fine-tuning and supervised training (default: 300)")
     c.add_argument("--semisup-steps", type=int, help="step budget of semi-supervised training, from the pretrained "
-                   "encoder and from scratch alike (default: 500)")
+                   "encoder and from scratch alike (default: 500 for 1-channel images, 1,000 for colour)")
     c.add_argument("--backbone", default=None, help="encoder for every method (default: the measured one for the "
                    "data: small_cnn width 16 for grey images, width 32 for colour)")
     c.add_argument("--backbone-args", type=_kv, default=None, metavar="K=V,...", help="the backbone's arguments")
@@ -467,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "stopping (default: 10, or what the labels allow)")
     e.add_argument("--evals", default="knn,linear", help="comma-separated; see `selfsup evals`")
     e.add_argument("--seeds", type=_count, default=1, help="how many seeds (label subsets): 0..N-1")
+    e.add_argument("--finetune-steps", type=int, help="step budget of fine-tuning (default: 300)")
+    e.add_argument("--semisup-steps", type=int, help="step budget of semi-supervised training (default: 500 for "
+                   "1-channel images, 1,000 for colour)")
     e.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     e.add_argument("--out", help="JSON path (default: RUN/eval.json)")
     e.add_argument("--device", default="auto", help="where evaluation runs: auto (a GPU where torch sees one), cpu, cuda "

@@ -72,11 +72,10 @@ class CompareConfig:
             raise ConfigError("nothing to compare: give --methods and/or --baselines")
         if any(n < 1 for n in self.labels_per_class or ()):
             raise ConfigError("--labels-per-class values must be at least 1")
-        for flag, steps in (("--finetune-steps", self.finetune.steps), ("--semisup-steps", self.semisup.steps)):
-            if steps < 1:
-                raise ConfigError(f"{flag} must be at least 1, got {steps}")
-        if not 1 <= self.semisup.rounds <= self.semisup.steps:
-            raise ConfigError(f"semisup rounds must be between 1 and its steps ({self.semisup.steps}), got {self.semisup.rounds}")
+        if self.finetune.steps < 1:
+            raise ConfigError(f"--finetune-steps must be at least 1, got {self.finetune.steps}")
+        for channels in (1, 3):  # semisup's settings, for either kind of image
+            self.semisup.resolved(channels)
         if self.minutes_per_method is not None and not self.minutes_per_method > 0:
             raise ConfigError(f"--minutes-per-method must be positive, got {self.minutes_per_method}")
         return self
@@ -92,7 +91,7 @@ class CompareConfig:
     def resolved(self, channels: int) -> "CompareConfig":
         """The same comparison with its pretraining config made concrete for images of `channels` channels."""
         return replace(self, pretrain=self.base(channels), pretrain_args={},
-                       given=self.given + tuple(self.pretrain_args))
+                       given=self.given + tuple(self.pretrain_args), semisup=self.semisup.resolved(channels))
 
     def method_config(self, method: str) -> PretrainConfig:
         if self.pretrain is None or self.pretrain_args:

@@ -39,6 +39,12 @@ def test_too_many_labels_per_class(capsys, tmp_path):
     assert code == 0 and "knn@2" in out
     rows = json.loads((tmp_path / "r" / "eval.json").read_text())["rows"]
     assert {(r["eval"], r["labels_per_class"]) for r in rows} == {("knn", 1), ("knn", 2), ("linear", 1), ("linear", 2)}
+    code, _, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "r"), "--semisup-steps", "0")
+    assert code == 2 and "--semisup-steps must be at least 1" in one_line_error(err)
+    code, _, _ = run(capsys, "eval", "--checkpoint", str(tmp_path / "r"), "--labels-per-class", "2", "--evals",
+                     "finetune,semisup", "--finetune-steps", "3", "--semisup-steps", "4")
+    rows = json.loads((tmp_path / "r" / "eval.json").read_text())["rows_per_seed"]
+    assert code == 0 and [r["steps_run"] for r in rows] == [3, 4]  # the budgets given, not the defaults
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -10,7 +10,8 @@ from selfsup.evaluate import (FinetuneConfig, SemisupConfig, extract_features, f
 from selfsup.evaluate.finetune import Classifier, accuracy, train_classifier
 from selfsup.evaluate.linear import fit_linear, predict_linear
 from selfsup.evaluate.propagate import LabelGraph
-from selfsup.evaluate.semisup import graph_scores, pseudo_labels, train_semisup
+from selfsup.errors import ConfigError
+from selfsup.evaluate.semisup import balanced, confident, graph_scores, pseudo_labels, train_semisup
 
 FAST_SEMI = SemisupConfig(steps=12, rounds=2, batch_size=16, unlabeled_ratio=2, eval_every=4)
 
@@ -76,10 +77,52 @@ def test_pseudo_labels_match_a_loop():
     graph = torch.rand(200, 5, generator=gen) ** 4
     graph /= graph.sum(1, keepdim=True)
     own = (torch.randn(200, 5, generator=gen) * 3).softmax(1)
-    classes, mask = pseudo_labels(graph, own, 0.5, 0.9)
+    classes, mask = pseudo_labels(confident(graph, 0.5), own, 0.9)
     want_classes, want_mask = naive_pseudo_labels(graph, own, 0.5, 0.9)
     assert torch.equal(mask, want_mask) and 0 < mask.mean() < 1
     assert torch.equal(classes[mask > 0], want_classes[mask > 0])
+
+
+def test_balanced_targets_take_each_classs_most_certain_share():
+    gen = torch.Generator().manual_seed(1)
+    scores = (torch.randn(300, 3, generator=gen) + torch.tensor([2.0, 0.0, -1.0])).softmax(1)  # class 0 dominates
+    classes, given = balanced(scores, 0.3)  # 0.3 * 300 / 3 = 30 per class
+    conf, argmax = scores.max(1)
+    assert torch.equal(classes, argmax)
+    for c in range(3):  # a naive reference: sort each class's rows by their score, take the first 30
+        rows = sorted((r for r in range(300) if argmax[r] == c), key=lambda r: -float(conf[r]))
+        assert set(torch.nonzero(given & (argmax == c)).flatten().tolist()) == set(rows[:30])
+    assert (argmax == 0).sum() > 100  # class 0 has most rows, and still gets only its 30
+    assert int(given.sum()) == sum(min(30, int((argmax == c).sum())) for c in range(3))
+
+
+def test_semisup_settings_follow_the_kind_of_image_unless_given():
+    grey, colour = SemisupConfig().resolved(1), SemisupConfig().resolved(3)
+    assert (grey.targets, grey.steps, grey.rounds, grey.encoder_lr_scale, grey.keep) == ("graph", 500, 2, 1.0, "best")
+    assert (colour.targets, colour.steps, colour.rounds, colour.encoder_lr_scale, colour.keep) == (
+        "balanced", 1000, 1, 0.3, "last")
+    given = SemisupConfig(targets="graph", steps=40, rounds=3, encoder_lr_scale=0.5).resolved(3)
+    assert (given.targets, given.steps, given.rounds, given.encoder_lr_scale) == ("graph", 40, 3, 0.5)
+    for wrong, message in (({"targets": "probe"}, "targets"), ({"steps": 0}, "at least 1"), ({"rounds": 0}, "rounds")):
+        with pytest.raises(ConfigError, match=message):
+            SemisupConfig(**wrong).resolved(3)
+
+
+@pytest.mark.parametrize("keep, scores, kept", [
+    ("best", [0.5, 0.6, 0.55], 2),  # the best on validation
+    ("last", [0.5, 0.6, 0.55], 4),  # the last, which validation scores at least as the start
+    ("last", [0.5, 0.6, 0.45], 2),  # the last falls below the start: the best instead
+])
+def test_semisup_keeps_the_weights_its_rule_names(digits, monkeypatch, keep, scores, kept):
+    import selfsup.evaluate.semisup as semisup
+
+    train, _ = digits
+    said = iter(scores)
+    monkeypatch.setattr(semisup, "accuracy", lambda *a, **k: next(said))  # validation's scores, scripted
+    cfg = SemisupConfig(steps=4, rounds=1, eval_every=2, batch_size=8, unlabeled_ratio=1, keep=keep)
+    _, info = train_semisup(encoder(), train.images[:200], np.arange(10), train.labels[:10], train.images[200:210],
+                            train.labels[200:210], 10, cfg)
+    assert (info["best_step"], info["val_accuracy"]) == (kept, scores[kept // 2])
 
 
 def test_graph_scores_are_propagation_from_the_given_labels_alone(digits):
@@ -125,9 +168,10 @@ def test_semisup_reads_no_label_outside_the_subset_and_validation(digits, monkey
     assert a["accuracy"] != b["accuracy"]  # the test labels did change: only the score moved
 
 
-def test_semisup_beats_its_labels_alone(digits):
+@pytest.mark.parametrize("targets", ["graph", "balanced"])
+def test_semisup_beats_its_labels_alone(digits, targets):
     """With 2 labels per class, training on the unlabeled images too beats fine-tuning the same encoder on the
-    labels alone (digits: 1,437 training images, an 8x8 small CNN)."""
+    labels alone (digits: 1,437 training images, an 8x8 small CNN), with either kind of targets."""
     train, test = digits
     val = validation_split(train.labels, 10)
     idx = label_subset(train.labels, 2, 0, val)
@@ -135,7 +179,7 @@ def test_semisup_beats_its_labels_alone(digits):
     pos = {int(i): r for r, i in enumerate(pool)}
     at = np.array([pos[int(i)] for i in idx])
     enc = encoder(0, 16)
-    cfg = SemisupConfig(steps=200, eval_every=20, batch_size=32)
+    cfg = SemisupConfig(steps=200, eval_every=20, batch_size=32, targets=targets)
     model, info = train_semisup(enc, train.images[pool], at, train.labels[idx], train.images[val], train.labels[val],
                                 10, cfg, 0, 1.0)
     alone, _ = train_classifier(enc, train.images[idx], train.labels[idx], train.images[val], train.labels[val], 10,

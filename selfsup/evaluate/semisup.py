@@ -1,14 +1,19 @@
 """Semi-supervised fine-tuning: the few labels, plus every unlabeled training image with a pseudo-label.
 
-The pseudo-labels start as label propagation's class scores over the frozen encoder's kNN graph (`propagate`,
+The pseudo-labels start from label propagation's class scores over the frozen encoder's kNN graph (`propagate`,
 which reads only the few labels). Encoder and head (started as the linear probe, as in LP-FT) then train on
   - the labeled images under a weak view, with their labels, and
-  - the unlabeled images under a strong view (the pretraining's augmentation), towards the graph's class where
-    its score is confident, else the model's own prediction on a weak view of the same image where that is
-    confident (FixMatch's consistency with a confidence threshold, Sohn et al. 2020), else nothing.
-The step budget is split into rounds; each round after the first rebuilds the graph on the encoder being
-trained (Iscen et al. 2019), whose features by then follow the classes more closely than the pretrained ones.
-Validation accuracy is checked before the first step and every `eval_every` steps; the best weights are kept.
+  - the unlabeled images under a strong view (the pretraining's augmentation), towards the round's target where it
+    gives one, else the model's own prediction on a weak view of the same image where that is confident
+    (FixMatch's consistency with a confidence threshold, Sohn et al. 2020), else nothing.
+A round's targets are either the graph's class where its score is confident (`graph`, the default for 1 channel:
+on digits the graph is far better than the probe), or class-balanced self-training's (`balanced`, Zou et al.
+2018, the default for colour): the class of the product of the graph's scores and the model's probabilities, for
+the same number of most certain images in each class, so that neither a weak graph nor a dominant class floods
+the pseudo-labels. The step budget is split into rounds; each round after the first rebuilds the graph on the
+encoder being trained (Iscen et al. 2019) and the targets with it.
+Validation accuracy is checked before the first step and every `eval_every` steps; the best weights are kept, or
+(`keep="last"`, with balanced targets) the last ones unless validation scores them below the start.
 The result is one encoder and head, with no graph needed at test time. No label outside the subset is read.
 """
 from __future__ import annotations
@@ -24,30 +29,62 @@ from torch import nn
 from ..augment import augment, preset
 from .. import threads
 from ..engine import TrainStep
+from ..errors import ConfigError
 from ..schedule import cosine
-from .features import extract_features
+from .features import extract_features, prepare
 from .finetune import Classifier, accuracy
 from .propagate import LabelGraph
 
 
 @dataclass
 class SemisupConfig:
-    steps: int = 500  # the step budget over all rounds; supervised-from-scratch gets the same
-    rounds: int = 2  # the graph is rebuilt on the encoder being trained at the start of every round after the first
+    steps: int | None = None  # the step budget over all rounds, supervised-from-scratch's too; None: 500 with graph
+    # targets, 1,000 with balanced ones
+    rounds: int | None = None  # the graph is rebuilt on the encoder being trained at the start of every round after
+    # the first; None: 2 with graph targets, 1 with balanced ones
     batch_size: int = 64  # labeled images per step
     unlabeled_ratio: int = 4  # unlabeled images per labeled one in a step (FixMatch's mu)
-    graph_threshold: float = 0.5  # the graph's label is the target where its score reaches this
+    targets: str = "auto"  # graph: the graph's confident labels; balanced: per class, the `share` of the pool most
+    # surely of it by graph x model (class-balanced self-training); auto: graph for 1 channel, balanced for colour
+    graph_threshold: float = 0.5  # targets "graph": the graph's label is the target where its score reaches this
+    share: float = 0.2  # targets "balanced": the share of the pool that gets a round's target, split evenly by class
     threshold: float = 0.95  # elsewhere, the model's own weak-view prediction where its confidence reaches this
     unlabeled_weight: float = 1.0
     lr: float = 3e-3  # head; AdamW, cosine decay within each round
-    encoder_lr_scale: float = 1.0
+    encoder_lr_scale: float | None = None  # the encoder's lr over the head's; None: 1.0 with graph targets, 0.3 with
+    # balanced ones
     weight_decay: float = 0.0
     eval_every: int = 100
+    keep: str = "auto"  # best: the weights validation scores best; last: the schedule's last weights unless validation
+    # scores them below the start (the probe); auto: best with graph targets, last with balanced ones
     weak: str = "auto"  # auto: `supervised` for colour, `supervised-grey` for 1 channel
     strong: str = "auto"  # auto: the pretraining views, `simclr` for colour and `greyscale` for 1 channel
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def resolved(self, channels: int) -> "SemisupConfig":
+        """The same config with every `auto` and None made concrete for images of `channels` channels. Chosen on
+        validation splits (bench/README.md, "Semi-supervised targets by kind of image"): on digits the graph's
+        labels are right far more often than the probe's, and two rounds at the full encoder rate won; on CIFAR-10
+        the graph is no better than the probe, and class-balanced targets from both, one round and a gentler
+        encoder rate won."""
+        if self.targets not in ("auto", "graph", "balanced"):
+            raise ConfigError(f"semisup targets must be auto, graph or balanced, got {self.targets!r}")
+        targets = ("graph" if channels == 1 else "balanced") if self.targets == "auto" else self.targets
+        graph = targets == "graph"
+        steps = self.steps if self.steps is not None else (500 if graph else 1000)
+        rounds = self.rounds if self.rounds is not None else (2 if graph else 1)
+        if steps < 1:
+            raise ConfigError(f"--semisup-steps must be at least 1, got {steps}")
+        if not 1 <= rounds <= steps:
+            raise ConfigError(f"semisup rounds must be between 1 and its steps ({steps}), got {rounds}")
+        if self.keep not in ("auto", "best", "last"):
+            raise ConfigError(f"semisup keep must be auto, best or last, got {self.keep!r}")
+        return replace(self, targets=targets, steps=steps, rounds=rounds,
+                       keep=("best" if graph else "last") if self.keep == "auto" else self.keep,
+                       encoder_lr_scale=self.encoder_lr_scale if self.encoder_lr_scale is not None else
+                       (1.0 if graph else 0.3))
 
 
 def graph_scores(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray, labeled_y: np.ndarray,
@@ -58,15 +95,51 @@ def graph_scores(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray,
     return graph.spread(torch.as_tensor(labeled_at), torch.from_numpy(labeled_y), n_classes)
 
 
-def pseudo_labels(graph: torch.Tensor, own: torch.Tensor, graph_threshold: float, threshold: float
+def confident(scores: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's class, and whether its score reaches `threshold`."""
+    conf, cls = scores.max(1)
+    return cls, conf >= threshold
+
+
+def balanced(scores: torch.Tensor, share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-balanced self-training's targets (Zou et al. 2018): each row's class, and whether the row is among the
+    `share * N / C` rows of its class with the highest score, so that no class floods the pseudo-labels."""
+    conf, cls = scores.max(1)
+    per_class = max(1, int(share * len(scores) / scores.shape[1]))
+    keep = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    for c in range(scores.shape[1]):
+        rows = torch.nonzero(cls == c).flatten()
+        keep[rows[conf[rows].argsort(descending=True)[:per_class]]] = True
+    return cls, keep
+
+
+def pseudo_labels(target: tuple[torch.Tensor, torch.Tensor], own: torch.Tensor, threshold: float
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets of unlabeled images from the graph's class scores and the model's weak-view probabilities (both
-    (B, C)): the graph's class where its score reaches `graph_threshold`, else the model's where its probability
-    reaches `threshold`. Returns (classes, mask), mask 1.0 where a target was given."""
-    graph_conf, graph_label = graph.max(1)
+    """Targets of unlabeled images from the round's (classes, given) and the model's weak-view probabilities (B, C):
+    the round's class where it gives one, else the model's where its probability reaches `threshold`. Returns
+    (classes, mask), mask 1.0 where a target was given."""
+    cls, given = target
     own_conf, own_label = own.max(1)
-    from_graph = graph_conf >= graph_threshold
-    return torch.where(from_graph, graph_label, own_label), (from_graph | (own_conf >= threshold)).float()
+    return torch.where(given, cls, own_label), (given | (own_conf >= threshold)).float()
+
+
+@torch.no_grad()
+def pool_probabilities(model: nn.Module, pool_x: np.ndarray, amp: TrainStep, batch_size: int = 1024) -> torch.Tensor:
+    """The model's class probabilities (N, C) of every pool image, unaugmented, in eval mode."""
+    device = next(model.parameters()).device
+    out = [predict(model, prepare(torch.from_numpy(pool_x[i:i + batch_size]).to(device), model.encoder), amp)
+           for i in range(0, len(pool_x), batch_size)]
+    return torch.cat(out)
+
+
+def round_targets(cfg: SemisupConfig, scores: torch.Tensor, model: nn.Module, pool_x: np.ndarray, amp: TrainStep
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A round's (classes, given) over the pool: the graph's confident labels, or the class-balanced most certain
+    by the product of the graph's scores and the model's probabilities (two views that err differently)."""
+    if cfg.targets == "graph":
+        return confident(scores, cfg.graph_threshold)
+    joint = scores * pool_probabilities(model, pool_x, amp).to(scores.device)
+    return balanced(joint / joint.sum(1, keepdim=True).clamp(min=1e-30), cfg.share)
 
 
 @torch.no_grad()
@@ -93,6 +166,7 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
     model = Classifier(copy.deepcopy(encoder), n_classes).to(device).to(memory_format=torch.channels_last)
     model.init_head(pool_x[labeled_at], labeled_y)
     channels, size = pool_x.shape[1], getattr(encoder, "image_size", None)
+    cfg = cfg.resolved(channels)
     weak = replace(preset(cfg.weak, channels, method_default="supervised" if channels == 3 else "supervised-grey"), size=size)
     strong = replace(preset(cfg.strong, channels), size=size)
     g = torch.Generator(device).manual_seed(seed)
@@ -103,6 +177,7 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
     vx, vy = torch.from_numpy(np.ascontiguousarray(val_x)), torch.from_numpy(val_y)
     no_val = len(vy) == 0  # nothing to choose by: the last weights are kept
     best = (None, 0, None) if no_val else (accuracy(model, vx, vy), 0, copy.deepcopy(model.state_dict()))
+    start = val = best[0]
     nb, nu = min(cfg.batch_size, len(at)), cfg.batch_size * cfg.unlabeled_ratio
     scale = cfg.encoder_lr_scale if encoder_lr_scale is None else encoder_lr_scale
     per_round = max(1, cfg.steps // cfg.rounds)
@@ -111,7 +186,7 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
     for r in range(cfg.rounds):
         if r > 0 or scores is None:
             scores = graph_scores(model.encoder, pool_x, labeled_at, labeled_y, n_classes)
-        z = scores.float().to(device)
+        target = [t.to(device) for t in round_targets(cfg, scores.float(), model, pool_x, amp)]
         opt = torch.optim.AdamW([{"params": model.head.parameters(), "lr": cfg.lr},
                                  {"params": model.encoder.parameters(), "lr": cfg.lr * scale}],
                                 weight_decay=cfg.weight_decay)
@@ -129,7 +204,7 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
             with amp.autocast():
                 logits = model(views.contiguous(memory_format=torch.channels_last)).float()
             lab, us = logits[:nb], logits[nb:]
-            pseudo, mask = pseudo_labels(z[ui], own, cfg.graph_threshold, cfg.threshold)
+            pseudo, mask = pseudo_labels((target[0][ui], target[1][ui]), own, cfg.threshold)
             loss_u = (F.cross_entropy(us, pseudo, reduction="none") * mask).mean()
             loss = F.cross_entropy(lab, y[pick]) + cfg.unlabeled_weight * loss_u
             amp.step(loss, opt)
@@ -140,6 +215,8 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
                 val = accuracy(model, vx, vy)
                 if val >= best[0]:  # ties go to the later, better-trained weights
                     best = (val, step, copy.deepcopy(model.state_dict()))
+    if cfg.keep == "last" and not no_val and val >= start:  # 100 images cannot rank checkpoints a few points apart
+        best = (val, step, None)
     if best[2] is not None:
         model.load_state_dict(best[2])
     return model.eval(), {"val_accuracy": best[0], "best_step": best[1], "steps_run": step,

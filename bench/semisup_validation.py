@@ -1,0 +1,79 @@
+"""Semi-supervised training's settings on a validation split, with every checkpoint's accuracy on it.
+
+    python bench/semisup_validation.py --dataset cifar10 --checkpoint RUN --held 5000 --tag=-c10 \
+        --variants 'base={"steps": 2000, "eval_every": 250}' 'enc03={"steps": 2000, "eval_every": 250, "encoder_lr_scale": 0.3}'
+
+The labels (10 per class by default, seed 0, with the evaluations' own 10-per-class validation) come from the
+training images outside the last `--held`, which are the scored set: no test label is read. Each variant
+(SemisupConfig fields as JSON) trains from the checkpoint's encoder. Besides the accuracy of the weights the
+evaluation keeps (chosen, as always, on its own small validation), it records, at every check, that validation's
+accuracy and the held-out images' accuracy: the trajectory shows whether the small validation could see what
+the held-out images see. Writes bench/results/semisup-validation<tag>-<device_tag>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import device_tag, machine, split, write  # noqa: E402
+
+from selfsup import load_encoder  # noqa: E402
+from selfsup.data import load  # noqa: E402
+from selfsup.evaluate import SemisupConfig, few_label_rows  # noqa: E402
+from selfsup.evaluate import semisup as semisup_module  # noqa: E402
+from selfsup.evaluate.finetune import accuracy  # noqa: E402
+
+
+def watched(trajectory: list, held_x: torch.Tensor, held_y: torch.Tensor):
+    """semisup's validation accuracy, recording the held-out images' accuracy of the same weights beside it."""
+    def check(model, x, y, batch_size=1024):
+        val = accuracy(model, x, y, batch_size)
+        trajectory.append({"validation": round(val, 4), "held_out": round(accuracy(model, held_x, held_y), 4)})
+        return val
+    return check
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="cifar10")
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--held", type=int, default=5_000, help="the last N training images: the scored set")
+    ap.add_argument("--labels-per-class", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", nargs="+", required=True, help="NAME=JSON of SemisupConfig fields")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    encoder = load_encoder(args.checkpoint)
+    train, held = split(load(args.dataset, "train"), args.held)
+    held_x, held_y = torch.from_numpy(held.images), torch.from_numpy(held.labels)
+    frozen = few_label_rows(encoder, train, held, [args.labels_per_class], "frozen", ("knn", "linear", "propagate"),
+                            seeds=(args.seed,))
+    print(json.dumps({r["eval"]: r["accuracy"] for r in frozen}), flush=True)
+    trials = []
+    for variant in args.variants:
+        name, fields = variant.split("=", 1)
+        cfg, trajectory, t0 = SemisupConfig(**json.loads(fields)), [], time.perf_counter()
+        semisup_module.accuracy = watched(trajectory, held_x, held_y)
+        row = few_label_rows(encoder, train, held, [args.labels_per_class], name, ("semisup",), seeds=(args.seed,),
+                             semisup=cfg)[0]
+        trial = {"variant": name, "config": cfg.to_dict(), "accuracy": row["accuracy"], "best_step": row["best_step"],
+                 "pseudo_label_share": row["pseudo_label_share"], "checks_every": cfg.eval_every,
+                 "trajectory": trajectory, "seconds": round(time.perf_counter() - t0, 1)}
+        print(json.dumps({k: trial[k] for k in ("variant", "accuracy", "best_step", "seconds")}), flush=True)
+        print("  held out at each check:", [t["held_out"] for t in trajectory], flush=True)
+        trials.append(trial)
+    write(f"semisup-validation{args.tag}-{device_tag()}.json", {
+        "machine": machine(), "dataset": args.dataset, "checkpoint": args.checkpoint,
+        "labels_per_class": args.labels_per_class, "seed": args.seed,
+        "scored_on": f"the last {args.held:,} training images", "frozen": {r["eval"]: r["accuracy"] for r in frozen},
+        "trials": trials})
+
+
+if __name__ == "__main__":
+    main()
