@@ -2,7 +2,8 @@
 
     python bench/pseudo_labels.py --dataset cifar10 --checkpoint RUN --held 5000
 
-The pool is the training images outside the last `--held`; 10 labels per class are drawn from it (seed 0). The
+The pool is the training images outside the last `--held`; 10 labels per class are drawn from it as the evaluations
+draw theirs (`few_labels`, seed 0). The
 frozen encoder's features give label propagation's scores (the graph) and the linear probe's probabilities; each
 source (graph, probe, their mean, their product) is scored on the unlabeled pool: all of it, where its top score is
 at least 0.5, and on the `share` of N/C images per class it is surest of (class-balanced selection). Writes
@@ -14,7 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -22,6 +22,7 @@ from common import device_tag, machine, split, write  # noqa: E402
 
 from selfsup import load_encoder  # noqa: E402
 from selfsup.data import load  # noqa: E402
+from selfsup.data.splits import few_labels  # noqa: E402
 from selfsup.evaluate import extract_features  # noqa: E402
 from selfsup.evaluate.linear import fit_linear, probe_logits  # noqa: E402
 from selfsup.evaluate.propagate import LabelGraph  # noqa: E402
@@ -32,7 +33,7 @@ SHARES = (0.1, 0.2, 0.3, 0.5)
 
 def scored(scores: torch.Tensor, truth: torch.Tensor, unlabeled: torch.Tensor) -> dict:
     right = lambda given: round(float((scores.argmax(1) == truth)[given & unlabeled].float().mean()), 4)  # noqa: E731
-    cls, sure = confident(scores, 0.5)
+    _, sure = confident(scores, 0.5)
     out = {"all": right(torch.ones_like(sure)), "score_0.5": {"share": round(float(sure[unlabeled].float().mean()), 4),
                                                                "right": right(sure)}}
     return out | {f"balanced_{s}": right(balanced(scores, s)[1]) for s in SHARES}
@@ -48,9 +49,7 @@ def main() -> None:
     pool, _ = split(load(args.dataset, "train"), args.held)
     truth = torch.from_numpy(pool.labels).long()
     n_classes = int(truth.max()) + 1
-    rng = np.random.default_rng(0)
-    at = torch.from_numpy(np.concatenate([rng.choice(np.flatnonzero(pool.labels == c), args.labels_per_class,
-                                                     replace=False) for c in range(n_classes)]))
+    at = torch.from_numpy(few_labels(pool.labels, args.labels_per_class, 0)).long()
     unlabeled = torch.ones(len(pool), dtype=torch.bool)
     unlabeled[at] = False
     f = extract_features(load_encoder(args.checkpoint), pool.images)

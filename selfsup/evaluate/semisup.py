@@ -158,8 +158,8 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
                   scores: torch.Tensor | None = None) -> tuple[nn.Module, dict]:
     """Train encoder + head on the pool of training images, of which those at `labeled_at` carry `labeled_y`;
     keep the weights that `cfg.keep` names (the last ones when there are no validation images). `scores`: the first
-    round's graph scores, when the caller has them (see `graph_scores`). The head starts as the linear probe, from random weights too (0.956
-    against 0.934 for `nn.Linear`'s init at 10 MNIST labels per class)."""
+    round's graph scores, when the caller has them (see `graph_scores`). The head starts as the linear probe, from
+    random weights too (0.956 against 0.934 for `nn.Linear`'s init at 10 MNIST labels per class)."""
     torch.manual_seed(seed)
     device = torch.device(device)
     labeled_at = np.asarray(labeled_at)
