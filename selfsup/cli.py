@@ -128,8 +128,8 @@ def cmd_eval(args) -> None:
     from .audit import leakage_report
     from .report import format_table
 
-    trained = {"finetune": FinetuneConfig(**_steps(args.finetune_steps, "--finetune-steps")),
-               "semisup": SemisupConfig(steps=args.semisup_steps)}
+    finetune = FinetuneConfig() if args.finetune_steps is None else FinetuneConfig(steps=args.finetune_steps)
+    trained = {"finetune": finetune.checked(), "semisup": SemisupConfig(steps=args.semisup_steps)}
     trained["semisup"].resolved(1)  # its budget, checked before any work
     path, state = read(args.checkpoint)
     encoder, cfg = encoder_from(state)
@@ -155,13 +155,6 @@ def cmd_eval(args) -> None:
     print(format_table(rows))
     print(leak["text"])
     print(f"results: {out}")
-
-
-def _steps(steps: int | None, flag: str) -> dict:
-    """A trained evaluation's step budget from its flag: {} for its default."""
-    if steps is not None and steps < 1:
-        raise ConfigError(f"{flag} must be at least 1, got {steps}")
-    return {} if steps is None else {"steps": steps}
 
 
 def cmd_demo(args) -> None:

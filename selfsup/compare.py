@@ -72,8 +72,7 @@ class CompareConfig:
             raise ConfigError("nothing to compare: give --methods and/or --baselines")
         if any(n < 1 for n in self.labels_per_class or ()):
             raise ConfigError("--labels-per-class values must be at least 1")
-        if self.finetune.steps < 1:
-            raise ConfigError(f"--finetune-steps must be at least 1, got {self.finetune.steps}")
+        self.finetune.checked()
         for channels in (1, 3):  # semisup's settings, for either kind of image
             self.semisup.resolved(channels)
         if self.minutes_per_method is not None and not self.minutes_per_method > 0:

@@ -20,6 +20,7 @@ from torch import nn
 from ..augment import augment, preset
 from .. import threads
 from ..engine import TrainStep, autocast_for
+from ..errors import ConfigError
 from ..schedule import cosine
 from .features import extract_features, prepare
 from .linear import fit_linear, probe_logits
@@ -39,6 +40,12 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def checked(self) -> "FinetuneConfig":
+        """This config, or a one-line ConfigError where a setting cannot run."""
+        if self.steps < 1:
+            raise ConfigError(f"--finetune-steps must be at least 1, got {self.steps}")
+        return self
 
 
 class ProbeHead(nn.Module):

@@ -12,8 +12,8 @@ on digits the graph is far better than the probe), or class-balanced self-traini
 the same number of most certain images in each class, so that neither a weak graph nor a dominant class floods
 the pseudo-labels. The step budget is split into rounds; each round after the first rebuilds the graph on the
 encoder being trained (Iscen et al. 2019) and the targets with it.
-Validation accuracy is checked before the first step and every `eval_every` steps; the best weights are kept, or
-(`keep="last"`, with balanced targets) the last ones unless validation scores them below the start.
+Validation accuracy is checked before the first step and every `eval_every` steps; the last weights are kept
+unless validation scores them below the start (`keep="last"`), or the best-scored ones (`keep="best"`).
 The result is one encoder and head, with no graph needed at test time. No label outside the subset is read.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ class SemisupConfig:
     steps: int | None = None  # the step budget over all rounds, supervised-from-scratch's too; None: 500 with graph
     # targets, 1,000 with balanced ones
     rounds: int | None = None  # the graph is rebuilt on the encoder being trained at the start of every round after
-    # the first; None: 2 with graph targets, 1 with balanced ones
+    # the first; None: with graph targets one round per 500 steps, at least 2; with balanced ones, 1
     batch_size: int = 64  # labeled images per step
     unlabeled_ratio: int = 4  # unlabeled images per labeled one in a step (FixMatch's mu)
     targets: str = "auto"  # graph: the graph's confident labels; balanced: per class, the `share` of the pool most
@@ -55,8 +55,8 @@ class SemisupConfig:
     # balanced ones
     weight_decay: float = 0.0
     eval_every: int = 100
-    keep: str = "auto"  # best: the weights validation scores best; last: the schedule's last weights unless validation
-    # scores them below the start (the probe); auto: best with graph targets, last with balanced ones
+    keep: str = "last"  # last: the schedule's last weights unless validation scores them below the start (the
+    # probe); best: the weights validation scores best (100 validation images cannot rank weights a point apart)
     weak: str = "auto"  # auto: `supervised` for colour, `supervised-grey` for 1 channel
     strong: str = "auto"  # auto: the pretraining views, `simclr` for colour and `greyscale` for 1 channel
 
@@ -66,7 +66,8 @@ class SemisupConfig:
     def resolved(self, channels: int) -> "SemisupConfig":
         """The same config with every `auto` and None made concrete for images of `channels` channels. Chosen on
         validation splits (bench/README.md, "Semi-supervised targets by kind of image"): on digits the graph's
-        labels are right far more often than the probe's, and two rounds at the full encoder rate won; on CIFAR-10
+        labels are right far more often than the probe's, and a graph rebuilt every 500 steps at the full encoder rate
+        won; on CIFAR-10
         the graph is no better than the probe, and class-balanced targets from both, one round and a gentler
         encoder rate won."""
         if self.targets not in ("auto", "graph", "balanced"):
@@ -74,16 +75,14 @@ class SemisupConfig:
         targets = ("graph" if channels == 1 else "balanced") if self.targets == "auto" else self.targets
         graph = targets == "graph"
         steps = self.steps if self.steps is not None else (500 if graph else 1000)
-        rounds = self.rounds if self.rounds is not None else (2 if graph else 1)
+        rounds = self.rounds if self.rounds is not None else (max(2, steps // 500) if graph else 1)
         if steps < 1:
             raise ConfigError(f"--semisup-steps must be at least 1, got {steps}")
         if not 1 <= rounds <= steps:
             raise ConfigError(f"semisup rounds must be between 1 and its steps ({steps}), got {rounds}")
-        if self.keep not in ("auto", "best", "last"):
-            raise ConfigError(f"semisup keep must be auto, best or last, got {self.keep!r}")
-        return replace(self, targets=targets, steps=steps, rounds=rounds,
-                       keep=("best" if graph else "last") if self.keep == "auto" else self.keep,
-                       encoder_lr_scale=self.encoder_lr_scale if self.encoder_lr_scale is not None else
+        if self.keep not in ("best", "last"):
+            raise ConfigError(f"semisup keep must be best or last, got {self.keep!r}")
+        return replace(self, targets=targets, steps=steps, rounds=rounds, encoder_lr_scale=self.encoder_lr_scale if self.encoder_lr_scale is not None else
                        (1.0 if graph else 0.3))
 
 
