@@ -66,10 +66,9 @@ class SemisupConfig:
     def resolved(self, channels: int) -> "SemisupConfig":
         """The same config with every `auto` and None made concrete for images of `channels` channels. Chosen on
         validation splits (bench/README.md, "Semi-supervised targets by kind of image"): on digits the graph's
-        labels are right far more often than the probe's, and a graph rebuilt every 500 steps at the full encoder rate
-        won; on CIFAR-10
-        the graph is no better than the probe, and class-balanced targets from both, one round and a gentler
-        encoder rate won."""
+        labels are right far more often than the probe's, and a graph rebuilt every 500 steps at the full encoder
+        rate won; on CIFAR-10 the graph is no better than the probe, and class-balanced targets from both, one
+        round and a gentler encoder rate won."""
         if self.targets not in ("auto", "graph", "balanced"):
             raise ConfigError(f"semisup targets must be auto, graph or balanced, got {self.targets!r}")
         targets = ("graph" if channels == 1 else "balanced") if self.targets == "auto" else self.targets
