@@ -26,7 +26,7 @@ from selfsup.data.splits import few_labels  # noqa: E402
 from selfsup.evaluate import extract_features  # noqa: E402
 from selfsup.evaluate.linear import fit_linear, probe_logits  # noqa: E402
 from selfsup.evaluate.propagate import LabelGraph  # noqa: E402
-from selfsup.evaluate.semisup import balanced, confident  # noqa: E402
+from selfsup.evaluate.semisup import balanced, confident, product  # noqa: E402
 
 SHARES = (0.1, 0.2, 0.3, 0.5)
 
@@ -55,9 +55,7 @@ def main() -> None:
     f = extract_features(load_encoder(args.checkpoint), pool.images)
     graph = LabelGraph(f).spread(at, truth[at], n_classes)
     probe = probe_logits(fit_linear(f[at], truth[at], n_classes), f).softmax(1)
-    joint = graph * probe
-    sources = {"graph": graph, "probe": probe, "mean": (graph + probe) / 2,
-               "product": joint / joint.sum(1, keepdim=True).clamp(min=1e-30)}
+    sources = {"graph": graph, "probe": probe, "mean": (graph + probe) / 2, "product": product(graph, probe)}
     results = {name: scored(s, truth, unlabeled) for name, s in sources.items()}
     for name, r in results.items():
         print(name, r, flush=True)

@@ -129,8 +129,8 @@ def cmd_eval(args) -> None:
     from .report import format_table
 
     finetune = FinetuneConfig() if args.finetune_steps is None else FinetuneConfig(steps=args.finetune_steps)
-    trained = {"finetune": finetune.checked(), "semisup": SemisupConfig(steps=args.semisup_steps)}
-    trained["semisup"].resolved(1)  # its budget, checked before any work
+    # the budgets, checked before any work
+    trained = {"finetune": finetune.checked(), "semisup": SemisupConfig(steps=args.semisup_steps).checked()}
     path, state = read(args.checkpoint)
     encoder, cfg = encoder_from(state)
     dataset = args.dataset or cfg.dataset

@@ -73,8 +73,7 @@ class CompareConfig:
         if any(n < 1 for n in self.labels_per_class or ()):
             raise ConfigError("--labels-per-class values must be at least 1")
         self.finetune.checked()
-        for channels in (1, 3):  # semisup's settings, for either kind of image
-            self.semisup.resolved(channels)
+        self.semisup.checked()
         if self.minutes_per_method is not None and not self.minutes_per_method > 0:
             raise ConfigError(f"--minutes-per-method must be positive, got {self.minutes_per_method}")
         return self

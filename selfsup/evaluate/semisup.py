@@ -81,8 +81,14 @@ class SemisupConfig:
             raise ConfigError(f"semisup rounds must be between 1 and its steps ({steps}), got {rounds}")
         if self.keep not in ("best", "last"):
             raise ConfigError(f"semisup keep must be best or last, got {self.keep!r}")
-        return replace(self, targets=targets, steps=steps, rounds=rounds, encoder_lr_scale=self.encoder_lr_scale if self.encoder_lr_scale is not None else
-                       (1.0 if graph else 0.3))
+        scale = self.encoder_lr_scale if self.encoder_lr_scale is not None else (1.0 if graph else 0.3)
+        return replace(self, targets=targets, steps=steps, rounds=rounds, encoder_lr_scale=scale)
+
+    def checked(self) -> "SemisupConfig":
+        """This config, or a one-line ConfigError where it cannot run on either kind of image."""
+        for channels in (1, 3):
+            self.resolved(channels)
+        return self
 
 
 def graph_scores(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray, labeled_y: np.ndarray,
@@ -121,6 +127,12 @@ def pseudo_labels(target: tuple[torch.Tensor, torch.Tensor], own: torch.Tensor, 
     return torch.where(given, cls, own_label), (given | (own_conf >= threshold)).float()
 
 
+def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two sources' class scores (N, C) multiplied and renormalised per row: high where both agree."""
+    joint = a * b
+    return joint / joint.sum(1, keepdim=True).clamp(min=1e-30)
+
+
 @torch.no_grad()
 def pool_probabilities(model: nn.Module, pool_x: np.ndarray, amp: TrainStep, batch_size: int = 1024) -> torch.Tensor:
     """The model's class probabilities (N, C) of every pool image, unaugmented, in eval mode."""
@@ -136,8 +148,7 @@ def round_targets(cfg: SemisupConfig, scores: torch.Tensor, model: nn.Module, po
     by the product of the graph's scores and the model's probabilities (two views that err differently)."""
     if cfg.targets == "graph":
         return confident(scores, cfg.graph_threshold)
-    joint = scores * pool_probabilities(model, pool_x, amp).to(scores.device)
-    return balanced(joint / joint.sum(1, keepdim=True).clamp(min=1e-30), cfg.share)
+    return balanced(product(scores, pool_probabilities(model, pool_x, amp).to(scores.device)), cfg.share)
 
 
 @torch.no_grad()
