@@ -24,17 +24,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import device_tag, machine, split, write  # noqa: E402
 
 from selfsup import load_encoder  # noqa: E402
+from selfsup.augment import PRESETS, Augment  # noqa: E402
 from selfsup.data import load  # noqa: E402
 from selfsup.evaluate import SemisupConfig, few_label_rows  # noqa: E402
 from selfsup.evaluate import semisup as semisup_module  # noqa: E402
 from selfsup.evaluate.finetune import accuracy  # noqa: E402
 
 
-def watched(trajectory: list, held_x: torch.Tensor, held_y: torch.Tensor):
-    """semisup's validation accuracy, recording the held-out images' accuracy of the same weights beside it."""
+def watched(trajectory: list, held_x: torch.Tensor, held_y: torch.Tensor, mirror: bool):
+    """semisup's validation accuracy, recording the held-out images' accuracy of the same weights beside it (and
+    that of the mean over each image and its mirror image, with `mirror`)."""
     def check(model, x, y, batch_size=1024):
         val = accuracy(model, x, y, batch_size)
         trajectory.append({"validation": round(val, 4), "held_out": round(accuracy(model, held_x, held_y), 4)})
+        if mirror:
+            trajectory[-1]["held_out_mirrored"] = round(accuracy(model, held_x, held_y, mirror=True), 4)
         return val
     return check
 
@@ -48,7 +52,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", nargs="+", required=True, help="NAME=JSON of SemisupConfig fields")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--mirror", action="store_true", help="also score the held-out images averaged with their mirror")
+    ap.add_argument("--preset", nargs="*", default=[], help="NAME=JSON: an augmentation preset (Augment fields) that "
+                    "variants can name as weak or strong, for this run only")
     args = ap.parse_args()
+    for spec in args.preset:
+        name, fields = spec.split("=", 1)
+        PRESETS[name] = Augment(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(fields).items()})
     encoder = load_encoder(args.checkpoint)
     train, held = split(load(args.dataset, "train"), args.held)
     held_x, held_y = torch.from_numpy(held.images), torch.from_numpy(held.labels)
@@ -59,7 +69,7 @@ def main() -> None:
     for variant in args.variants:
         name, fields = variant.split("=", 1)
         cfg, trajectory, t0 = SemisupConfig(**json.loads(fields)), [], time.perf_counter()
-        semisup_module.accuracy = watched(trajectory, held_x, held_y)
+        semisup_module.accuracy = watched(trajectory, held_x, held_y, args.mirror)
         row = few_label_rows(encoder, train, held, [args.labels_per_class], name, ("semisup",), seeds=(args.seed,),
                              semisup=cfg)[0]
         trial = {"variant": name, "config": cfg.to_dict(), "accuracy": row["accuracy"], "best_step": row["best_step"],
@@ -67,6 +77,8 @@ def main() -> None:
                  "trajectory": trajectory, "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps({k: trial[k] for k in ("variant", "accuracy", "best_step", "seconds")}), flush=True)
         print("  held out at each check:", [t["held_out"] for t in trajectory], flush=True)
+        if args.mirror:
+            print("  mirrored:", [t["held_out_mirrored"] for t in trajectory], flush=True)
         trials.append(trial)
     write(f"semisup-validation{args.tag}-{device_tag()}.json", {
         "machine": machine(), "dataset": args.dataset, "checkpoint": args.checkpoint,

@@ -7,11 +7,12 @@ from selfsup.backbones import BACKBONES
 from selfsup.data import ImageSet, load
 from selfsup.evaluate import (FinetuneConfig, SemisupConfig, extract_features, few_label_rows, label_subset,
                               unlabeled_pool, validation_split)
-from selfsup.evaluate.finetune import Classifier, accuracy, train_classifier
+from selfsup.evaluate.finetune import Classifier, accuracy, probabilities, train_classifier
 from selfsup.evaluate.linear import fit_linear, predict_linear
 from selfsup.evaluate.propagate import LabelGraph
 from selfsup.errors import ConfigError
-from selfsup.evaluate.semisup import balanced, confident, graph_scores, pseudo_labels, train_semisup
+from selfsup.evaluate.semisup import (aligned, balanced, clearly_below, confident, flex_thresholds, graph_scores, pseudo_labels,
+                                     train_semisup)
 
 FAST_SEMI = SemisupConfig(steps=12, rounds=2, batch_size=16, unlabeled_ratio=2, eval_every=4)
 
@@ -96,6 +97,31 @@ def test_balanced_targets_take_each_classs_most_certain_share():
     assert int(given.sum()) == sum(min(30, int((argmax == c).sum())) for c in range(3))
 
 
+def test_distribution_alignment_damps_the_class_the_model_over_predicts():
+    own = torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.9, 0.1]])  # the batch's mean: (0.7, 0.3)
+    out, mean = aligned(own, None)
+    assert torch.allclose(mean, torch.tensor([0.7, 0.3]))
+    # worked by hand: (0.6 / 0.7, 0.4 / 0.3) = (0.857, 1.333), over their sum 2.190: (0.391, 0.609)
+    assert torch.allclose(out[0], torch.tensor([0.3913, 0.6087]), atol=1e-4)
+    assert out[0].argmax() == 1 and out[2].argmax() == 0  # the ambiguous rows change class, the sure one does not
+    _, mean = aligned(torch.tensor([[0.0, 1.0]]), mean, momentum=0.9)  # a running mean: 0.9 old, 0.1 new
+    assert torch.allclose(mean, torch.tensor([0.63, 0.37]))
+
+
+def test_flexmatch_thresholds_follow_each_classs_learning_effect():
+    # 50 images with no confident class yet, 30 of class 0, 10 of class 1, none of class 2: with the warm-up the
+    # largest count is the 50 unused, so the effects are 0.6, 0.2 and 0, mapped by x / (2 - x), times 0.95
+    learned = torch.tensor([-1] * 50 + [0] * 30 + [1] * 10)
+    want = [0.95 * 0.6 / 1.4, 0.95 * 0.2 / 1.8, 0.0]
+    assert torch.allclose(flex_thresholds(learned, 3, 0.95), torch.tensor(want))
+    learned = torch.tensor([-1] * 5 + [0] * 30 + [1] * 10 + [2] * 20)  # class 0 leads: its threshold is the full one
+    want = [0.95, 0.95 * (1 / 3) / (5 / 3), 0.95 * (2 / 3) / (4 / 3)]
+    assert torch.allclose(flex_thresholds(learned, 3, 0.95), torch.tensor(want))
+    classes, mask = pseudo_labels(confident(torch.zeros(3, 3), 0.5), torch.tensor([[0.3, 0.3, 0.4]] * 3),
+                                  torch.tensor([0.95, 0.5, 0.35]))  # one threshold per row
+    assert mask.tolist() == [0.0, 0.0, 1.0] and classes.tolist() == [2, 2, 2]
+
+
 def test_semisup_settings_follow_the_kind_of_image_unless_given():
     grey, colour = SemisupConfig().resolved(1), SemisupConfig().resolved(3)
     assert (grey.targets, grey.steps, grey.rounds, grey.encoder_lr_scale, grey.keep) == ("graph", 500, 2, 1.0, "last")
@@ -113,7 +139,8 @@ def test_semisup_settings_follow_the_kind_of_image_unless_given():
 @pytest.mark.parametrize("keep, scores, kept", [
     ("best", [0.5, 0.6, 0.55], 2),  # the best on validation
     ("last", [0.5, 0.6, 0.55], 4),  # the last, which validation scores at least as the start
-    ("last", [0.5, 0.6, 0.45], 2),  # the last falls below the start: the best instead
+    ("last", [0.5, 0.6, 0.3], 4),  # below the start on 10 images, within two standard errors (0.32): still the last
+    ("last", [0.5, 0.6, 0.1], 2),  # clearly below the start: the best instead
 ])
 def test_semisup_keeps_the_weights_its_rule_names(digits, monkeypatch, keep, scores, kept):
     import selfsup.evaluate.semisup as semisup
@@ -125,6 +152,27 @@ def test_semisup_keeps_the_weights_its_rule_names(digits, monkeypatch, keep, sco
     _, info = train_semisup(encoder(), train.images[:200], np.arange(10), train.labels[:10], train.images[200:210],
                             train.labels[200:210], 10, cfg)
     assert (info["best_step"], info["val_accuracy"]) == (kept, scores[kept // 2])
+
+
+def test_colour_predictions_average_the_image_and_its_mirror():
+    torch.manual_seed(0)
+    colour = Classifier(BACKBONES.build("small_cnn", in_channels=3, width=8), 4).eval()
+    with torch.no_grad():
+        colour.head.weight.normal_()  # the probe's head starts at zero
+    x = torch.rand(6, 3, 16, 16)
+    assert not torch.allclose(colour(x), colour(x.flip(3)), atol=1e-5)  # the network is not flip-invariant
+    assert torch.allclose(probabilities(colour, x), probabilities(colour, x.flip(3)), atol=1e-6)  # its scores are
+    assert torch.allclose(probabilities(colour, x), (colour(x).softmax(1) + colour(x.flip(3)).softmax(1)) / 2)
+    grey = Classifier(encoder(), 4).eval()  # a mirrored digit is another digit: scored as it is
+    with torch.no_grad():
+        grey.head.weight.normal_()
+    x = torch.rand(6, 1, 16, 16)
+    assert torch.equal(probabilities(grey, x), grey(x).softmax(1))
+
+
+def test_clearly_below_is_two_standard_errors_of_the_start():
+    assert clearly_below(0.38, 0.5, 100) and not clearly_below(0.41, 0.5, 100)  # sqrt(0.25 / 100) = 0.05
+    assert clearly_below(0.97, 1.0, 100) and not clearly_below(0.99, 1.0, 100)  # at least one image's: 0.01
 
 
 def test_graph_scores_are_propagation_from_the_given_labels_alone(digits):

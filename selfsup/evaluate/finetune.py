@@ -85,14 +85,26 @@ class Classifier(nn.Module):
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+def probabilities(model: nn.Module, x: torch.Tensor, mirror: bool | None = None) -> torch.Tensor:
+    """Class probabilities (B, C) of a prepared batch (B, C, H, W); with `mirror`, the mean over each image and its
+    mirror image (None: for colour images, whose training views were flipped; digits are not mirrored)."""
+    p = model(x).float().softmax(1)
+    if mirror if mirror is not None else x.shape[1] == 3:
+        p = (p + model(x.flip(3)).float().softmax(1)) / 2
+    return p
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
+             mirror: bool | None = None) -> float:
+    """The trained classifier's accuracy on uint8 images (N, C, H, W), scored as `probabilities` says."""
     model.eval()
     device = next(model.parameters()).device
     hits = 0
     with autocast_for(device, encoder=model.encoder):
         for i in range(0, len(x), batch_size):
             xb = prepare(x[i:i + batch_size].to(device), model.encoder)
-            hits += (model(xb).argmax(1).cpu() == y[i:i + batch_size]).sum().item()
+            hits += (probabilities(model, xb, mirror).argmax(1).cpu() == y[i:i + batch_size]).sum().item()
     model.train()
     return hits / max(1, len(x))
 

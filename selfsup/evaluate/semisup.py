@@ -5,7 +5,9 @@ which reads only the few labels). Encoder and head (started as the linear probe,
   - the labeled images under a weak view, with their labels, and
   - the unlabeled images under a strong view (the pretraining's augmentation), towards the round's target where it
     gives one, else the model's own prediction on a weak view of the same image where that is confident
-    (FixMatch's consistency with a confidence threshold, Sohn et al. 2020), else nothing.
+    (FixMatch's consistency with a confidence threshold, Sohn et al. 2020), else nothing. That prediction is
+    divided by the running mean of the model's predictions (distribution alignment, Berthelot et al. 2020), and each
+    class's threshold follows how far the model has learned that class (FlexMatch, Zhang et al. 2021).
 A round's targets are either the graph's class where its score is confident (`graph`, the default for 1 channel:
 on digits the graph is far better than the probe), or class-balanced self-training's (`balanced`, Zou et al.
 2018, the default for colour): the class of the product of the graph's scores and the model's probabilities, for
@@ -13,12 +15,14 @@ the same number of most certain images in each class, so that neither a weak gra
 the pseudo-labels. The step budget is split into rounds; each round after the first rebuilds the graph on the
 encoder being trained (Iscen et al. 2019) and the targets with it.
 Validation accuracy is checked before the first step and every `eval_every` steps; the last weights are kept
-unless validation scores them below the start (`keep="last"`), or the best-scored ones (`keep="best"`).
+unless validation scores them clearly below the start (`keep="last"`: by more than two standard errors of the start's
+accuracy on those images), or the best-scored ones (`keep="best"`).
 The result is one encoder and head, with no graph needed at test time. No label outside the subset is read.
 """
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -49,13 +53,18 @@ class SemisupConfig:
     graph_threshold: float = 0.5  # targets "graph": the graph's label is the target where its score reaches this
     share: float = 0.2  # targets "balanced": the share of the pool that gets a round's target, split evenly by class
     threshold: float = 0.95  # elsewhere, the model's own weak-view prediction where its confidence reaches this
+    flex: bool = True  # FlexMatch's curriculum: each class's threshold scaled by how many pool images the model
+    # already predicts into it with confidence `threshold` (Zhang et al. 2021)
     unlabeled_weight: float = 1.0
+    align: bool = True  # distribution alignment (ReMixMatch): the model's own probabilities over the running mean
+    # of its predictions, renormalised, before the threshold (both kinds of image: bench/README.md, "Alignment,
+    # FlexMatch's thresholds and mirrored scoring")
     lr: float = 3e-3  # head; AdamW, cosine decay within each round
     encoder_lr_scale: float | None = None  # the encoder's lr over the head's; None: 1.0 with graph targets, 0.3 with
     # balanced ones
     weight_decay: float = 0.0
     eval_every: int = 100
-    keep: str = "last"  # last: the schedule's last weights unless validation scores them below the start (the
+    keep: str = "last"  # last: the schedule's last weights unless validation scores them clearly below the start (the
     # probe); best: the weights validation scores best (100 validation images cannot rank weights a point apart)
     weak: str = "auto"  # auto: `supervised` for colour, `supervised-grey` for 1 channel
     strong: str = "auto"  # auto: the pretraining views, `simclr` for colour and `greyscale` for 1 channel
@@ -117,11 +126,21 @@ def balanced(scores: torch.Tensor, share: float) -> tuple[torch.Tensor, torch.Te
     return cls, keep
 
 
-def pseudo_labels(target: tuple[torch.Tensor, torch.Tensor], own: torch.Tensor, threshold: float
+def flex_thresholds(learned: torch.Tensor, n_classes: int, threshold: float) -> torch.Tensor:
+    """FlexMatch's per-class thresholds (C,) from each pool image's last confident class (-1: none yet): a class's
+    learning effect is its count over the largest count, the images with none counted as one more class (the
+    warm-up), mapped through x / (2 - x) and scaled by `threshold`. Classes the model rarely predicts with
+    confidence get low thresholds, so that they gather pseudo-labels early."""
+    counts = torch.bincount(learned + 1, minlength=n_classes + 1).float()  # counts[0]: images with no class yet
+    effect = counts[1:] / counts.max()
+    return threshold * effect / (2 - effect)
+
+
+def pseudo_labels(target: tuple[torch.Tensor, torch.Tensor], own: torch.Tensor, threshold: float | torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets of unlabeled images from the round's (classes, given) and the model's weak-view probabilities (B, C):
-    the round's class where it gives one, else the model's where its probability reaches `threshold`. Returns
-    (classes, mask), mask 1.0 where a target was given."""
+    the round's class where it gives one, else the model's where its probability reaches `threshold` (one number, or
+    one per row). Returns (classes, mask), mask 1.0 where a target was given."""
     cls, given = target
     own_conf, own_label = own.max(1)
     return torch.where(given, cls, own_label), (given | (own_conf >= threshold)).float()
@@ -131,6 +150,17 @@ def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Two sources' class scores (N, C) multiplied and renormalised per row: high where both agree."""
     joint = a * b
     return joint / joint.sum(1, keepdim=True).clamp(min=1e-30)
+
+
+def aligned(own: torch.Tensor, mean: torch.Tensor | None, momentum: float = 0.99
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distribution alignment (Berthelot et al. 2020, ReMixMatch) towards uniform classes: the probabilities (B, C)
+    divided by the running mean of the predictions, renormalised per row, and that running mean updated with this
+    batch's. A class the model over-predicts is damped before the confidence threshold, one it neglects lifted."""
+    batch = own.mean(0)
+    mean = batch if mean is None else momentum * mean + (1 - momentum) * batch
+    out = own / mean.clamp(min=1e-6)
+    return out / out.sum(1, keepdim=True), mean
 
 
 @torch.no_grad()
@@ -159,6 +189,12 @@ def predict(model: nn.Module, x: torch.Tensor, amp: TrainStep) -> torch.Tensor:
         p = model(x.contiguous(memory_format=torch.channels_last)).float().softmax(1)
     model.train()
     return p
+
+
+def clearly_below(accuracy: float, start: float, n: int) -> bool:
+    """Whether `accuracy` on `n` images is below `start` by more than two binomial standard errors of `start` (at
+    least those of one image in n): on 100 validation images, about 10 points from 0.5 and 2 from 1.0."""
+    return accuracy < start - 2 * math.sqrt(max(start * (1 - start), 1 / n) / n)
 
 
 def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray, labeled_y: np.ndarray,
@@ -190,7 +226,8 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
     nb, nu = min(cfg.batch_size, len(at)), cfg.batch_size * cfg.unlabeled_ratio
     scale = cfg.encoder_lr_scale if encoder_lr_scale is None else encoder_lr_scale
     per_round = max(1, cfg.steps // cfg.rounds)
-    step, used = 0, []
+    step, used, mean_own = 0, [], None
+    learned = torch.full((len(u),), -1, dtype=torch.long, device=device)  # each pool image's last confident class
     model.train()
     for r in range(cfg.rounds):
         if r > 0 or scores is None:
@@ -209,11 +246,18 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
             li = at[pick]
             ui = torch.randint(0, len(u), (nu,), generator=g, device=device)
             own = predict(model, augment(u[ui], weak, g), amp)  # the model's own view of the image, as it would test
+            if cfg.align:
+                own, mean_own = aligned(own, mean_own)
             views = torch.cat([augment(u[li], weak, g), augment(u[ui], strong, g)])
             with amp.autocast():
                 logits = model(views.contiguous(memory_format=torch.channels_last)).float()
             lab, us = logits[:nb], logits[nb:]
-            pseudo, mask = pseudo_labels((target[0][ui], target[1][ui]), own, cfg.threshold)
+            threshold = cfg.threshold
+            if cfg.flex:
+                conf, cls = own.max(1)
+                learned[ui[conf >= cfg.threshold]] = cls[conf >= cfg.threshold]
+                threshold = flex_thresholds(learned, n_classes, cfg.threshold)[cls]
+            pseudo, mask = pseudo_labels((target[0][ui], target[1][ui]), own, threshold)
             loss_u = (F.cross_entropy(us, pseudo, reduction="none") * mask).mean()
             loss = F.cross_entropy(lab, y[pick]) + cfg.unlabeled_weight * loss_u
             amp.step(loss, opt)
@@ -224,7 +268,8 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
                 val = accuracy(model, vx, vy)
                 if val >= best[0]:  # ties go to the later, better-trained weights
                     best = (val, step, copy.deepcopy(model.state_dict()))
-    if cfg.keep == "last" and not no_val and val >= start:  # 100 images cannot rank checkpoints a few points apart
+    # 100 validation images cannot rank checkpoints a few points apart, only catch a run that went clearly wrong
+    if cfg.keep == "last" and not no_val and not clearly_below(val, start, len(vy)):
         best = (val, step, None)
     if best[2] is not None:
         model.load_state_dict(best[2])
