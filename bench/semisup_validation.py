@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import device_tag, machine, split, write  # noqa: E402
 
 from selfsup import load_encoder  # noqa: E402
-from selfsup.augment import PRESETS, Augment  # noqa: E402
+from selfsup.augment import PRESETS, Augment, check_changes  # noqa: E402
 from selfsup.data import load  # noqa: E402
 from selfsup.evaluate import SemisupConfig, few_label_rows  # noqa: E402
 from selfsup.evaluate import semisup as semisup_module  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     for spec in args.preset:
         name, fields = spec.split("=", 1)
-        PRESETS[name] = Augment(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(fields).items()})
+        PRESETS[name] = Augment(**check_changes(json.loads(fields)))  # validated as --augment-args are
     encoder = load_encoder(args.checkpoint)
     train, held = split(load(args.dataset, "train"), args.held)
     held_x, held_y = torch.from_numpy(held.images), torch.from_numpy(held.labels)

@@ -11,8 +11,8 @@ from selfsup.evaluate.finetune import Classifier, accuracy, probabilities, train
 from selfsup.evaluate.linear import fit_linear, predict_linear
 from selfsup.evaluate.propagate import LabelGraph
 from selfsup.errors import ConfigError
-from selfsup.evaluate.semisup import (aligned, balanced, clearly_below, confident, flex_thresholds, graph_scores, pseudo_labels,
-                                     train_semisup)
+from selfsup.evaluate.semisup import (aligned, balanced, clearly_below, confident, flex_thresholds, graph_scores,
+                                     pseudo_labels, train_semisup)
 
 FAST_SEMI = SemisupConfig(steps=12, rounds=2, batch_size=16, unlabeled_ratio=2, eval_every=4)
 

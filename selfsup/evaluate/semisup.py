@@ -255,7 +255,8 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
             threshold = cfg.threshold
             if cfg.flex:
                 conf, cls = own.max(1)
-                learned[ui[conf >= cfg.threshold]] = cls[conf >= cfg.threshold]
+                sure = conf >= cfg.threshold
+                learned[ui[sure]] = cls[sure]
                 threshold = flex_thresholds(learned, n_classes, cfg.threshold)[cls]
             pseudo, mask = pseudo_labels((target[0][ui], target[1][ui]), own, threshold)
             loss_u = (F.cross_entropy(us, pseudo, reduction="none") * mask).mean()
