@@ -41,6 +41,20 @@ def assert_same_run(a: dict, b: dict, steps: int) -> None:
 
 
 @pytest.fixture
+def fixed_threads(monkeypatch):
+    """One thread count for the whole test, for tests that compare two runs bit for bit: selfsup's thread governor
+    revises the count every few seconds from the cores' load, and a reduction over 1 thread and over 2 rounds
+    differently (weights a few 1e-6 apart after 4 steps)."""
+    from selfsup import threads
+
+    n = torch.get_num_threads()
+    monkeypatch.setenv("SELFSUP_THREADS", str(n))
+    monkeypatch.setattr(threads, "THREADS", threads.Threads())
+    yield n
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

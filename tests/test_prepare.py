@@ -173,7 +173,8 @@ def test_prepare_refuses_a_dataset_that_is_not_a_folder(capsys):
 
 
 @pytest.mark.parametrize("from_disk", [False, True])
-def test_training_from_a_prepared_copy_equals_training_in_memory(folder, tmp_path, monkeypatch, from_disk):
+def test_training_from_a_prepared_copy_equals_training_in_memory(folder, tmp_path, monkeypatch, from_disk,
+                                                                 fixed_threads):
     """Same seed, same steps: the same weights, from the decoded folder in memory and from its prepared copy (on the
     device, and read batch by batch from the memory map)."""
     from selfsup.config import PretrainConfig

@@ -162,7 +162,7 @@ def run_and_resume(tmp_path, digits, make_fabric, **kw):
 
 
 @pytest.mark.parametrize("method", METHODS.names())
-def test_resume_in_process_is_bit_identical(tmp_path, digits, method):
+def test_resume_in_process_is_bit_identical(tmp_path, digits, method, fixed_threads):
     """Every method's state (EMA targets, MoCo's queue, DINO's centre and temperature, MAE's masks) resumes exactly."""
     from selfsup.engine import make_fabric
 
@@ -170,7 +170,7 @@ def test_resume_in_process_is_bit_identical(tmp_path, digits, method):
     assert_same_run(whole, resumed, 8)
 
 
-def test_resume_under_fp16_restores_the_gradient_scaler(tmp_path, digits):
+def test_resume_under_fp16_restores_the_gradient_scaler(tmp_path, digits, fixed_threads):
     """16-bit mixed precision with a gradient scaler whose scale moves every step: resuming without the scaler's
     state would start again from the initial scale, skip other steps, and end elsewhere."""
     from lightning.fabric import Fabric
