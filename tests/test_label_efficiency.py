@@ -127,7 +127,7 @@ def test_semisup_settings_follow_the_kind_of_image_unless_given():
     assert (grey.targets, grey.steps, grey.rounds, grey.encoder_lr_scale, grey.keep) == ("graph", 500, 2, 1.0, "last")
     assert [SemisupConfig(steps=n).resolved(1).rounds for n in (100, 1000, 1500, 2600)] == [2, 2, 3, 5]  # every 500
     assert (colour.targets, colour.steps, colour.rounds, colour.encoder_lr_scale, colour.keep) == (
-        "balanced", 1000, 1, 0.3, "last")
+        "balanced", 1000, 1, 1.0, "last")
     given = SemisupConfig(targets="graph", steps=40, rounds=3, encoder_lr_scale=0.5).resolved(3)
     assert (given.targets, given.steps, given.rounds, given.encoder_lr_scale) == ("graph", 40, 3, 0.5)
     for wrong, message in (({"targets": "probe"}, "targets"), ({"steps": 0}, "at least 1"), ({"rounds": 0}, "rounds"),
