@@ -32,13 +32,14 @@ from selfsup.evaluate.finetune import accuracy  # noqa: E402
 
 
 def watched(trajectory: list, held_x: torch.Tensor, held_y: torch.Tensor, mirror: bool):
-    """semisup's validation accuracy, recording the held-out images' accuracy of the same weights beside it (and
-    that of the mean over each image and its mirror image, with `mirror`)."""
+    """semisup's validation accuracy, recording the held-out images' accuracy of the same weights beside it, scored
+    as the evaluation scores them (colour over each image and its mirror image), and with `mirror` that of each
+    image alone besides (`held_out_alone`)."""
     def check(model, x, y, batch_size=1024):
         val = accuracy(model, x, y, batch_size)
         trajectory.append({"validation": round(val, 4), "held_out": round(accuracy(model, held_x, held_y), 4)})
         if mirror:
-            trajectory[-1]["held_out_mirrored"] = round(accuracy(model, held_x, held_y, mirror=True), 4)
+            trajectory[-1]["held_out_alone"] = round(accuracy(model, held_x, held_y, mirror=False), 4)
         return val
     return check
 
@@ -52,7 +53,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", nargs="+", required=True, help="NAME=JSON of SemisupConfig fields")
     ap.add_argument("--tag", default="")
-    ap.add_argument("--mirror", action="store_true", help="also score the held-out images averaged with their mirror")
+    ap.add_argument("--mirror", action="store_true", help="also score each held-out image alone (the "
+                    "evaluation scores colour images over each image and its mirror)")
     ap.add_argument("--preset", nargs="*", default=[], help="NAME=JSON: an augmentation preset (Augment fields) that "
                     "variants can name as weak or strong, for this run only")
     args = ap.parse_args()
@@ -78,7 +80,7 @@ def main() -> None:
         print(json.dumps({k: trial[k] for k in ("variant", "accuracy", "best_step", "seconds")}), flush=True)
         print("  held out at each check:", [t["held_out"] for t in trajectory], flush=True)
         if args.mirror:
-            print("  mirrored:", [t["held_out_mirrored"] for t in trajectory], flush=True)
+            print("  each image alone:", [t["held_out_alone"] for t in trajectory], flush=True)
         trials.append(trial)
     write(f"semisup-validation{args.tag}-{device_tag()}.json", {
         "machine": machine(), "dataset": args.dataset, "checkpoint": args.checkpoint,
