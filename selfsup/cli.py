@@ -202,7 +202,7 @@ def cmd_compare(args) -> None:
 
 def cmd_embed(args) -> None:
     from .config import PretrainConfig
-    from .data import load
+    from .data import has_test_split, load
     from .factory import encoder_spec, encoder_and_config, random_encoder
     from .report.embedding import PROJECTIONS, write_embedding
 
@@ -224,14 +224,15 @@ def cmd_embed(args) -> None:
         cfg, dataset = PretrainConfig(backbone=args.backbone or "small_cnn", steps=1), args.dataset
     else:
         raise ConfigError("give --checkpoint CKPT, or --random-init with --dataset")
-    data = load(dataset, args.split, cfg.data_root, size=cfg.image_size, accelerator=cfg.accelerator,
-                labels=cfg.labels if dataset == cfg.dataset else None)
+    labels = cfg.labels if dataset == cfg.dataset else None
+    split = args.split or ("test" if has_test_split(dataset, labels) else "train")
+    data = load(dataset, split, cfg.data_root, size=cfg.image_size, accelerator=cfg.accelerator, labels=labels)
     if args.random_init:
         encoder = random_encoder(encoder_spec(cfg.override(dataset=dataset), data.channels, data.side), args.seed,
                                  data.images)
     if data.channels != encoder.in_channels:
         raise ConfigError(f"{dataset} has {data.channels} channel(s) but the encoder takes {encoder.in_channels}")
-    title = f"{'random init' if args.random_init else cfg.method} on {dataset} {args.split}"
+    title = f"{'random init' if args.random_init else cfg.method} on {dataset} {split}"
     written = write_embedding(encoder, data, [Path(o) for o in args.out or []], title, args.projection,
                               args.max_points or None, args.seed, Path(args.export) if args.export else None)
     for kind, path in written.items():
@@ -485,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--random-init", action="store_true", help="an untrained encoder (of the checkpoint's architecture, if given)")
     m.add_argument("--backbone", help="with --random-init and no checkpoint (default small_cnn)")
     m.add_argument("--dataset", help="default: the checkpoint's dataset")
-    m.add_argument("--split", default="test", help="which split to map")
+    m.add_argument("--split", help="which split to map (default: test, or train for a flat folder, which has none)")
     m.add_argument("--out", action="append", help="map.html and/or map.png (repeat the flag for both)")
     m.add_argument("--projection", default="tsne", help="tsne, umap (needs umap-learn) or pca")
     m.add_argument("--max-points", type=int, default=10000, help="subsample to at most this many images (0: all)")

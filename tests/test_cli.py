@@ -142,9 +142,10 @@ def test_bad_input_is_one_line_each(capsys, tmp_path):
     from PIL import Image
 
     colour = tmp_path / "colour"
-    (colour / "a").mkdir(parents=True)
-    for i in range(4):
-        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(colour / "a" / f"{i}.png")
+    for c in ("a", "b"):
+        (colour / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(colour / c / f"{i}.png")
     (colour / "a" / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -57,6 +57,27 @@ def test_a_flat_folder_pretrains_but_has_no_test_split(tmp_path):
         load(f"folder:{tmp_path}", "test")
 
 
+def test_a_photo_dump_with_albums_is_flat_and_read_at_any_depth(tmp_path, capsys):
+    """Images of its own beside album subfolders, or a single subfolder (DCIM/), make a folder one unlabeled pool,
+    read at any depth, not albums as classes with the loose photos left out."""
+    from selfsup.cli import main
+
+    write(tmp_path / "dump", 6)
+    write(tmp_path / "dump" / "2024" / "trip", 3, lambda i: 100 + i)  # an album two levels down
+    write(tmp_path / "dump" / "2025", 2, lambda i: 200 + i)
+    dump = load(f"folder:{tmp_path / 'dump'}", "train")
+    assert len(dump) == 11 and (dump.labels == -1).all()
+    assert "2024/trip/0.png" in dump.paths and "0.png" in dump.paths
+    write(tmp_path / "phone" / "DCIM" / "100APPLE", 4)  # one subfolder: no classes to tell apart
+    assert len(load(f"folder:{tmp_path / 'phone'}", "train")) == 4
+    assert main(["data", "info", f"folder:{tmp_path / 'dump'}"]) == 0
+    assert "11 image files (flat, unlabeled layout)" in capsys.readouterr().out
+    write(tmp_path / "classes" / "cat" / "indoor", 5)  # class folders may hold folders of their own
+    write(tmp_path / "classes" / "dog", 5, lambda i: 100 + i)
+    train, test = load(f"folder:{tmp_path / 'classes'}", "train"), load(f"folder:{tmp_path / 'classes'}", "test")
+    assert len(train) + len(test) == 10 and train.classes == ["cat", "dog"] and sorted(set(train.labels)) == [0, 1]
+
+
 def test_compare_on_a_class_folder_says_how_it_split(tmp_path, capsys):
     from selfsup.cli import main
 

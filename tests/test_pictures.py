@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from selfsup.factory import build_method, encoder_spec, encoder_and_config, random_encoder
 from selfsup.augment import preset
@@ -116,6 +117,23 @@ def test_embed_cli_writes_map_png_and_export(tmp_path, capsys):
     assert "<script src=" not in html and "Bokeh" in html  # bokeh inlined, no CDN
     assert main(["embed", "--random-init", "--dataset", "digits", "--out", str(tmp_path / "m.svg")]) == 2
     assert "writes .html or .png" in capsys.readouterr().err
+
+
+def test_embed_exports_a_flat_folder_with_its_paths_by_default(tmp_path, capsys):
+    """A flat folder has no test split: embed maps its images (the train split) unless told otherwise."""
+    from selfsup.cli import main
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "photos" / "album").mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(
+            tmp_path / "photos" / ("album" if i < 4 else "") / f"{i}.png")
+    code = main(["embed", "--random-init", "--dataset", f"folder:{tmp_path / 'photos'}", "--projection", "pca",
+                 "--export", str(tmp_path / "f.csv")])
+    assert code == 0, capsys.readouterr().err
+    rows = (tmp_path / "f.csv").read_text().splitlines()
+    assert len(rows) == 13 and rows[0].startswith("path,label,f0")
+    assert {r.split(",")[0] for r in rows[1:]} == {f"album/{i}.png" for i in range(4)} | {f"{i}.png" for i in range(4, 12)}
 
 
 def test_map_in_headless_chromium_with_10k_points(tmp_path, browser_page):

@@ -224,4 +224,15 @@ def has_unlabeled_split(name: str, root: str | Path | None = None, labels: str |
     return "unlabeled" in SPLITS.get(name, ())
 
 
+def has_test_split(name: str, labels: str | None = None) -> bool:
+    """Whether `name` has a test split: every built-in dataset, a folder with labels (held out from them) and a
+    folder of class or split subfolders; a flat folder has none until it is labeled."""
+    if labels or not name.startswith("folder:"):
+        return True
+    from . import folder as fol
+
+    root = Path(name[len("folder:"):]).expanduser()
+    return root.is_dir() and fol.has_split(root, fol.layout(root), "test")
+
+
 __all__ = ["ImageSet", "DATASETS", "load", "fetch", "few_labels", "data_root", "read_folder", "SPLITS"]

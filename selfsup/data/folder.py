@@ -5,7 +5,10 @@ Layouts:
   `unlabeled` joins pretraining only (split "train+unlabeled").
 - PATH/CLASS/*: a fixed, stratified held-out test split (HOLDOUT of each class, seed HOLDOUT_SEED, drawn from the
   file list, so an unreadable file never moves it); "train" is the rest. The test split is never the training images.
-- PATH/* (flat): unlabeled images; fine for pretraining, refused where labels are needed.
+  Two or more subfolders hold images and PATH holds none of its own; a class's images may lie at any depth in it.
+- PATH/* (flat): unlabeled images, at any depth; fine for pretraining, refused where labels are needed. Images
+  directly in PATH beside subfolders (a camera or phone dump beside its albums), or a single subfolder (DCIM/),
+  make a folder flat (`is_flat`).
 
 Reading has three steps, shared by the in-memory path and `selfsup data prepare` (prepare.py), so both give the
 same pixels: `plan` lists the files of each split with their labels; `scan` reads the headers of the files that
@@ -63,14 +66,39 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def list_files(folder: Path, classes: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
-    """The image files of one folder with their labels: one subfolder per class, or flat (label -1).
-    `classes` fixes the class order (another split's)."""
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether any image file lies under `folder`, at any depth (hidden folders left out); stops at the first."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in filenames):
+            return True
+    return False
+
+
+def is_flat(folder: Path) -> bool:
+    """Whether a folder's images are one unlabeled pool rather than one subfolder per class: it has images of its
+    own (a class-folder dataset has none at its top; a camera or phone dump has them beside its albums), or fewer
+    than two subfolders that hold images (one class is no classification). A flat folder's images are read at any
+    depth."""
+    return bool(_list_images(folder)) or sum(map(_holds_images, _subfolders(folder))) < 2
+
+
+def list_files(folder: Path, classes: list[str] | None = None, flat: bool | None = None
+               ) -> tuple[list[tuple[Path, int]], list[str]]:
+    """The image files of one folder with their labels: one subfolder per class (images at any depth inside it), or
+    flat (label -1, images at any depth). `classes` fixes the class order (another split's); `flat` None decides by
+    `is_flat`, and a folder that must hold classes (train/ and test/ of the split layout) passes False."""
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist; pass folder:PATH with a directory of images")
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if subdirs:
-        listed = {d: _list_images(d) for d in subdirs}
+    if flat is None:
+        flat = classes is None and is_flat(folder)
+    if not flat:
+        subdirs = _subfolders(folder)
+        listed = {d: list_tree(d) for d in subdirs}
         empty = [d.name for d in subdirs if not listed[d]]
         if empty and len(empty) < len(subdirs):
             warnings.warn(f"ignored {len(empty)} class folder(s) with no images in {folder}: {', '.join(empty[:5])}", stacklevel=3)
@@ -89,7 +117,7 @@ def list_files(folder: Path, classes: list[str] | None = None) -> tuple[list[tup
         files = [(p, classes.index(d.name)) for d in subdirs for p in listed[d]]
     else:
         classes = []
-        files = [(p, -1) for p in _list_images(folder)]
+        files = [(p, -1) for p in list_tree(folder)]
     if not files:
         others = [p.name for p in folder.rglob("*") if p.is_file()]
         seen = f" (only {len(others)} other file(s), e.g. {', '.join(others[:3])})" if others else ""
@@ -141,7 +169,7 @@ def plan(path: str | Path, splits: Iterable[str] | None = None, labels: str | Pa
             files[s] = [f for i, f in enumerate(every) if (i in test) == (s == "test")]
         reference = [p for p, _ in every]
     else:
-        train, classes = list_files(root / "train")
+        train, classes = list_files(root / "train", flat=False)
         reference = [p for p, _ in train]
         for s in wanted:
             if s == "train":
@@ -150,7 +178,7 @@ def plan(path: str | Path, splits: Iterable[str] | None = None, labels: str | Pa
             sub = next((root / n for n in (("test", "val") if s == "test" else ("unlabeled",)) if (root / n).is_dir()), None)
             if sub is None:
                 raise DataError(f"{root} has train/ but no {'test/ or val/' if s == 'test' else 'unlabeled/'} subfolder")
-            listed, _ = list_files(sub, classes=None if s == "unlabeled" else classes)
+            listed, _ = list_files(sub, *((None, True) if s == "unlabeled" else (classes, False)))
             files[s] = [(p, -1) for p, _ in listed] if s == "unlabeled" else listed
     ordered = {s: files[s] for s in SPLIT_ORDER if s in files}
     return Plan(root, kind, ordered, classes, reference)
@@ -421,10 +449,10 @@ def _read(folder: Path, files: list[tuple[Path, int]], size: int, colour: bool, 
 
 
 def layout(root: Path) -> str:
-    """'splits' (train/ and test/ subfolders), 'classes' (class subfolders) or 'flat' (images only)."""
+    """'splits' (train/ and test/ subfolders), 'classes' (class subfolders) or 'flat' (unlabeled; `is_flat`)."""
     if (root / "train").is_dir():
         return "splits"
-    return "classes" if any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()) else "flat"
+    return "flat" if is_flat(root) else "classes"
 
 
 def holdout(labels: np.ndarray) -> np.ndarray:
