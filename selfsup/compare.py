@@ -326,7 +326,8 @@ def write_pages(cc: CompareConfig, results: dict, configs: dict, shown: dict, fr
 
 def headline(rows: list[dict], labels_per_class: tuple[int, ...]) -> dict:
     """Which evaluation of which method won at 10 labels per class (or the middle count), what it used, and how far
-    it is from supervised from scratch (and from the same semi-supervised training from scratch, when shown)."""
+    it is from supervised from scratch (and from the same semi-supervised training from scratch, and from random
+    weights' best frozen evaluation, when shown)."""
     n = headline_count(labels_per_class)
     at = [r for r in rows if r["labels_per_class"] == n]
     sup = {r["eval"]: r["accuracy"] for r in at if r["method"] == BASELINES["supervised"]}
@@ -347,6 +348,10 @@ def headline(rows: list[dict], labels_per_class: tuple[int, ...]) -> dict:
         text += f" With the labels alone, {top['method']} {top['eval']} reaches {top['accuracy']:.3f}."
     if best["eval"] in sup and best["eval"] != "finetune":
         text += f" The same {best['eval']} training from random init reaches {sup[best['eval']]:.3f}."
+    rnd = max((r for r in at if r["method"] == BASELINES["random"]), key=lambda r: r["accuracy"], default=None)
+    if rnd is not None:
+        text += (f" Frozen random weights reach {rnd['accuracy']:.3f} at best ({rnd['eval']})"
+                 + (", as much as pretraining: it did not help here." if rnd["accuracy"] >= best["accuracy"] else "."))
     return {"labels_per_class": n, "best": best, "supervised": sup["finetune"], "gain": round(gain, 4),
             "uses_unlabeled_images": unlabeled(best), "text": text}
 

@@ -65,6 +65,21 @@ def test_aggregate_mean_and_std_over_seeds():
     assert out[10]["seeds"] == [0, 1, 2] and out[1]["seed"] == 0 and "std" not in out[1]
 
 
+def test_headline_says_when_random_weights_do_as_well():
+    from selfsup.compare import headline
+
+    def rows(random_linear):
+        acc = {("simclr", "knn"): 0.60, ("simclr", "linear"): 0.70, ("supervised", "finetune"): 0.50,
+               ("random-init", "knn"): 0.30, ("random-init", "linear"): random_linear}
+        return [{"method": m, "eval": e, "labels_per_class": 10, "accuracy": a} for (m, e), a in acc.items()]
+
+    text = headline(rows(0.40), (1, 10))["text"]
+    assert "simclr with linear wins: 0.700" in text and "20.0 points ahead of supervised from scratch" in text
+    assert text.endswith("Frozen random weights reach 0.400 at best (linear).")
+    text = headline(rows(0.75), (1, 10))["text"]  # random weights beat the pretrained encoder: the headline says so
+    assert text.endswith("Frozen random weights reach 0.750 at best (linear), as much as pretraining: it did not help here.")
+
+
 def tiny_compare(tmp_path, **kw):
     base = PretrainConfig(dataset="digits", steps=20, batch_size=64, backbone_args={"width": 8}, monitor_seconds=0.5)
     return CompareConfig(**({"dataset": "digits", "methods": ("simclr",), "labels_per_class": (1, 5), "seeds": (0, 1),
