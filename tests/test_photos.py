@@ -207,3 +207,28 @@ def test_similar_finds_a_near_copy_first(tmp_path, data_root, capsys):
                          "--out", str(tmp_path / "s.html"))
     assert code == 0, err
     assert out.splitlines()[0].endswith("z_exact.jpg") and (tmp_path / "s.html").read_text().count("<img") == 4
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path, fmt):
+    """A phone stores a portrait photo as landscape rows and an EXIF orientation; every one of the 8 is decoded as
+    Pillow's `ImageOps.exif_transpose` shows it (the reference), by libjpeg-turbo's path and Pillow's."""
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(0)
+    base = np.zeros((36, 60, 3), np.uint8)  # no symmetry: a bright block top left, a gradient, coarse noise
+    base[:, :, 0] = np.linspace(0, 255, 60, dtype=np.uint8)[None]
+    base[2:14, 4:20] = 255
+    base[:, :, 2] = np.kron(rng.integers(0, 2, (6, 10)), np.ones((6, 6))).astype(np.uint8) * 200
+    for turn in range(1, 9):
+        path = tmp_path / f"o{turn}.{fmt.lower()}"
+        exif = Image.Exif()
+        exif[0x0112] = turn
+        Image.fromarray(base).save(path, fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
+        with Image.open(path) as im:
+            want = np.asarray(fol._fit(ImageOps.exif_transpose(im).convert("RGB"), 24)).transpose(2, 0, 1)
+        got = fol.decode(path, 24, True)
+        err = np.abs(got.astype(int) - want).mean()
+        wrong = min(np.abs(fol.upright(got, t).astype(int) - want).mean()
+                    for t in range(2, 9))  # the same pixels turned any other way are far from the reference
+        assert err < 6 and wrong > 25, (turn, err, wrong)

@@ -55,6 +55,7 @@ MARGIN = 1.5  # stored side / training side: a crop of 44% of the area still res
 TASK = 512  # files per task of a worker process
 HEAVY_BYTES = 64_000  # files larger than this on average are photos: decoded in HEAVY_TASK-file tasks
 HEAVY_TASK, HEAVY_PARALLEL_MIN = 16, 32
+EXIF_SEARCH = 65_536  # a JPEG's EXIF block (APP1) comes first and is at most 64 KB
 
 try:  # libjpeg-turbo with DCT scaling: 4x Pillow's speed on 32 px JPEGs here (bench/README.md, "Decoders")
     import simplejpeg
@@ -265,8 +266,28 @@ def header(path: Path) -> tuple[int, bool]:
         return min(im.size), im.mode not in GREY_MODES
 
 
+def upright(a: np.ndarray, orientation: int) -> np.ndarray:
+    """A square image (C, S, S) as its EXIF orientation (tag 0x0112, 1-8) says to show it: a phone stores a portrait
+    photo as the sensor's landscape rows with orientation 6. The square centre crop commutes with these eight turns
+    and mirrors, so they can follow it."""
+    hw = (1, 2)
+    turned = {2: lambda x: x[:, :, ::-1], 3: lambda x: np.rot90(x, 2, hw), 4: lambda x: x[:, ::-1, :],
+              5: lambda x: x.transpose(0, 2, 1), 6: lambda x: np.rot90(x, -1, hw),
+              7: lambda x: np.rot90(x.transpose(0, 2, 1), 2, hw), 8: lambda x: np.rot90(x, 1, hw)}
+    return np.ascontiguousarray(turned[orientation](a)) if orientation in turned else a
+
+
+def orientation(im) -> int:
+    """An opened image's EXIF orientation (1: as stored, also where there is none or it cannot be read)."""
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block leaves the pixels readable: show them as stored
+        return 1
+
+
 def decode(path: Path, size: int, colour: bool) -> np.ndarray:
-    """One file as uint8 (C, size, size): converted to RGB or grey, shorter side to `size`, centre-cropped."""
+    """One file as uint8 (C, size, size): converted to RGB or grey, shorter side to `size`, centre-cropped, and
+    turned upright as its EXIF orientation says."""
     from PIL import Image
 
     data = path.read_bytes()
@@ -278,13 +299,18 @@ def decode(path: Path, size: int, colour: bool) -> np.ndarray:
             a = simplejpeg.decode_jpeg(data, "RGB" if colour else "GRAY", min_height=size, min_width=size)
             if a.shape[:2] != (size, size):
                 a = np.asarray(_fit(Image.fromarray(a if colour else a[..., 0]), size))
-            return a.transpose(2, 0, 1) if a.ndim == 3 and colour else a.reshape(1, size, size)
+            a = a.transpose(2, 0, 1) if a.ndim == 3 and colour else a.reshape(1, size, size)
+            if b"Exif\x00" not in data[:EXIF_SEARCH]:  # no EXIF block: as stored (small JPEGs rarely have one)
+                return a
+            with Image.open(io.BytesIO(data)) as im:  # the header only, for the EXIF orientation
+                return upright(a, orientation(im))
         except ValueError:  # a JPEG libjpeg-turbo refuses here (CMYK, damaged): Pillow decides
             pass
     with Image.open(io.BytesIO(data)) as im:
         if im.width * im.height > MAX_PIXELS:
             raise DataError(f"{im.width}x{im.height} pixels is more than {MAX_PIXELS:,}")
         mode = "RGB" if colour else "L"
+        turn = orientation(im)
         if im.format == "JPEG":
             im.draft(mode, (size, size))  # DCT scaling: decodes at the smallest size at least the target
         im.load()
@@ -292,7 +318,7 @@ def decode(path: Path, size: int, colour: bool) -> np.ndarray:
             a = np.asarray(im, np.float64)
             im = Image.fromarray(np.uint8(255 * (a - a.min()) / max(np.ptp(a), 1e-12)))
         a = np.asarray(_fit(im.convert(mode), size), np.uint8)
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    return upright(a[None] if a.ndim == 2 else a.transpose(2, 0, 1), turn)
 
 
 def decoder_versions() -> dict:

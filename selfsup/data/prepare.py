@@ -31,7 +31,7 @@ from ..errors import DataError
 from ..files import read_json, write_json, write_text
 from . import folder as fol
 
-FORMAT = 1
+FORMAT = 2  # 2: photos turned upright by their EXIF orientation; flat folders read at any depth
 SHARD = 4096  # images per shard: the unit of work, of resuming and of checksums
 
 
