@@ -232,3 +232,32 @@ def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path, fmt):
         wrong = min(np.abs(fol.upright(got, t).astype(int) - want).mean()
                     for t in range(2, 9))  # the same pixels turned any other way are far from the reference
         assert err < 6 and wrong > 25, (turn, err, wrong)
+
+
+def test_heic_photos_are_read_or_named_with_what_to_install(tmp_path, monkeypatch):
+    """A phone's HEIC photos load beside JPEGs where pillow-heif is installed (the test extra has it); without it
+    they are skipped with a warning that says what to install, and a folder of HEIC alone is a one-line error."""
+    import warnings
+
+    from PIL import Image
+    from selfsup.errors import DataError
+
+    pixels = np.zeros((48, 64, 3), np.uint8)  # smooth, so that both codecs keep it close
+    pixels[..., 0] = np.linspace(0, 255, 64, dtype=np.uint8)[None]
+    pixels[8:24, 8:32, 1] = 200
+    Image.fromarray(pixels).save(tmp_path / "a.jpg", quality=95)
+    if fol.heif_readable():
+        Image.fromarray(pixels).save(tmp_path / "b.HEIC", quality=95)
+        data = load(f"folder:{tmp_path}", size=32)
+        assert len(data) == 2 and sorted(data.paths) == ["a.jpg", "b.HEIC"]
+        assert np.abs(data.images[0].astype(int) - data.images[1]).mean() < 12  # the same photo, two codecs
+    else:
+        (tmp_path / "b.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    monkeypatch.setattr(fol, "_HEIF", False)  # as on a machine without pillow-heif
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert len(load(f"folder:{tmp_path}", size=32)) == 1
+    assert any("b.HEIC" in str(m.message) and "pip install 'selfsup[heic]'" in str(m.message) for m in w)
+    (tmp_path / "a.jpg").unlink()
+    with pytest.raises(DataError, match=r"none of the 1 image files .* pip install 'selfsup\[heic\]'"):
+        load(f"folder:{tmp_path}", size=32)

@@ -47,7 +47,9 @@ from ..errors import DataError
 HOLDOUT, HOLDOUT_SEED = 0.2, 30_011  # the held-out test split of a folder of class subfolders
 GREY_MODES = ("1", "L", "I", "I;16", "F", "LA")
 MAX_PIXELS = 64_000_000  # larger claimed sizes (decompression bombs, absurd headers) are skipped unread
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                  ".avif", ".heic", ".heif"}
+HEIF_SUFFIXES = {".heic", ".heif"}  # a phone's own format: read with pillow-heif (`pip install 'selfsup[heic]'`)
 SPLIT_ORDER = ("train", "unlabeled", "test")  # the order of the splits in a prepared copy
 PARALLEL_MIN = 2048  # fewer files are read in this process
 TRAIN_SIDE = {"cpu": 64, "gpu": 224}  # the side the encoder trains at by default (bench/README.md, "Photos of any size")
@@ -256,10 +258,34 @@ def _fit(img, size: int):
     return img.crop((left, top, left + size, top + size))
 
 
+_HEIF: bool | None = None  # whether pillow-heif is registered here (None: not looked for yet)
+
+
+def heif_readable() -> bool:
+    """Whether HEIC/HEIF files can be read here: pillow-heif installed (then registered with Pillow, once per
+    process)."""
+    global _HEIF
+    if _HEIF is None:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+            _HEIF = True
+        except ImportError:
+            _HEIF = False
+    return _HEIF
+
+
+def _check_kind(path: Path) -> None:
+    if path.suffix.lower() in HEIF_SUFFIXES and not heif_readable():
+        raise DataError("HEIC photos need pillow-heif: pip install 'selfsup[heic]', or convert them to JPEG")
+
+
 def header(path: Path) -> tuple[int, bool]:
     """(shorter side, has colour) from a file's header; raises on an unreadable or oversized file."""
     from PIL import Image
 
+    _check_kind(path)
     with Image.open(path) as im:  # reads the header only
         if im.width * im.height > MAX_PIXELS:
             raise DataError(f"{im.width}x{im.height} pixels is more than {MAX_PIXELS:,}")
@@ -290,6 +316,7 @@ def decode(path: Path, size: int, colour: bool) -> np.ndarray:
     turned upright as its EXIF orientation says."""
     from PIL import Image
 
+    _check_kind(path)
     data = path.read_bytes()
     if simplejpeg is not None and data[:3] == b"\xff\xd8\xff":
         try:
@@ -390,15 +417,16 @@ def _ignore_sigint() -> None:
 def scan(paths: list[Path], folder: Path, workers: int | None = None) -> tuple[int, bool]:
     """The most common shorter side and whether any image has colour, from the files' headers alone."""
     chunks = [paths[i:i + 4 * TASK] for i in range(0, len(paths), 4 * TASK)]
-    sides, colour = Counter(), False
+    sides, colour, why = Counter(), False, ""
     for part in pool_map(_headers, chunks, workers if len(paths) >= PARALLEL_MIN else 1):
         for h in part:
             if not isinstance(h, str):
                 sides[h[0]] += 1
                 colour |= h[1]
+            why = why or (h if isinstance(h, str) else "")
     if not sides:
         raise DataError(f"none of the {len(paths)} image files in {folder} could be read (all unreadable, first: "
-                        f"{paths[0]}); put readable images there")
+                        f"{paths[0]}: {why[:120]}); put readable images there")
     return sides.most_common(1)[0][0], colour
 
 
@@ -445,7 +473,7 @@ def report_skipped(folder: Path, bad: list[tuple[Path, str]], total: int, strict
     if strict:
         raise DataError(f"{len(bad)} unreadable image file(s) in {folder}, first: {first}; remove them or drop --strict")
     if len(bad) == total:
-        raise DataError(f"none of the {total} image files in {folder} could be read")
+        raise DataError(f"none of the {total} image files in {folder} could be read, first: {first} ({bad[0][1][:100]})")
     warnings.warn(f"skipped {len(bad)} unreadable image file(s) in {folder}, first: {first} ({bad[0][1][:80]})",
                   stacklevel=3)
 
