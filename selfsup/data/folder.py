@@ -311,6 +311,20 @@ def orientation(im) -> int:
         return 1
 
 
+def jpeg_orientation(data: bytes) -> int:
+    """A JPEG file's EXIF orientation from its header (1 where it has no EXIF block, as small JPEGs rarely do, or
+    where the header cannot be read: the pixels decoded already)."""
+    from PIL import Image
+
+    if b"Exif\x00" not in data[:EXIF_SEARCH]:
+        return 1
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # the header only
+            return orientation(im)
+    except Exception:  # noqa: BLE001 - as in `orientation`
+        return 1
+
+
 def decode(path: Path, size: int, colour: bool) -> np.ndarray:
     """One file as uint8 (C, size, size): converted to RGB or grey, shorter side to `size`, centre-cropped, and
     turned upright as its EXIF orientation says."""
@@ -327,10 +341,7 @@ def decode(path: Path, size: int, colour: bool) -> np.ndarray:
             if a.shape[:2] != (size, size):
                 a = np.asarray(_fit(Image.fromarray(a if colour else a[..., 0]), size))
             a = a.transpose(2, 0, 1) if a.ndim == 3 and colour else a.reshape(1, size, size)
-            if b"Exif\x00" not in data[:EXIF_SEARCH]:  # no EXIF block: as stored (small JPEGs rarely have one)
-                return a
-            with Image.open(io.BytesIO(data)) as im:  # the header only, for the EXIF orientation
-                return upright(a, orientation(im))
+            return upright(a, jpeg_orientation(data))
         except ValueError:  # a JPEG libjpeg-turbo refuses here (CMYK, damaged): Pillow decides
             pass
     with Image.open(io.BytesIO(data)) as im:
