@@ -261,3 +261,22 @@ def test_heic_photos_are_read_or_named_with_what_to_install(tmp_path, monkeypatc
     (tmp_path / "a.jpg").unlink()
     with pytest.raises(DataError, match=r"none of the 1 image files .* pip install 'selfsup\[heic\]'"):
         load(f"folder:{tmp_path}", size=32)
+
+
+def test_a_labels_file_from_a_spreadsheet_reads_as_the_csv_does(tmp_path):
+    """Saved by a spreadsheet: a byte-order mark, CRLF line ends, semicolons (where the decimal mark is a comma) or
+    tabs, quoted fields, a blank row. Each reads to the same rows as the plain CSV."""
+    from selfsup.data.labels_csv import read_rows
+
+    rows = [("a b/01.jpg", "cat"), ("02.jpg", ""), ("03.jpg", "dog, big")]
+    plain = tmp_path / "plain.csv"
+    with open(plain, "w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "cluster")] + [r + ("1",) for r in rows])
+    want = read_rows(plain)
+    assert want == ("path", [(2, "a b/01.jpg", "cat"), (3, "02.jpg", ""), (4, "03.jpg", "dog, big")])
+    for name, delimiter in (("semi.csv", ";"), ("tabs.tsv", "\t")):
+        path = tmp_path / name
+        with open(path, "w", newline="", encoding="utf-8-sig") as f:
+            w = csv.writer(f, delimiter=delimiter, lineterminator="\r\n", quoting=csv.QUOTE_ALL)
+            w.writerows([("path", "label", "cluster")] + [r + ("1",) for r in rows])
+        assert read_rows(path) == want, name

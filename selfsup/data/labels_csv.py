@@ -1,5 +1,5 @@
 """Labels from a CSV file: `path,label` for a folder (paths relative to it), or `index,label` for a built-in
-dataset's training split. Extra columns (the cluster and reason `selfsup select` writes) are ignored, and a row
+dataset's training split; commas, or semicolons or tabs where the header has no comma. Extra columns (the cluster and reason `selfsup select` writes) are ignored, and a row
 whose label is empty is a file not labeled yet. Every problem is one line that names the file and the row.
 """
 from __future__ import annotations
@@ -20,7 +20,10 @@ def read_rows(csv_path: str | Path) -> tuple[str, list[tuple[int, str, str]]]:
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read labels file {f} ({getattr(e, 'strerror', None) or e}); give a CSV with the "
                         f"columns path,label") from None
-    lines = [row for row in csv.reader(text.splitlines())]
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    # a spreadsheet saved where the decimal mark is a comma separates by semicolons; a TSV by tabs
+    delimiter = next((d for d in (",", ";", "\t") if d in first), ",")
+    lines = [row for row in csv.reader(text.splitlines(), delimiter=delimiter)]
     if not any(any(c.strip() for c in row) for row in lines):
         raise DataError(f"labels file {f} is empty; write a header path,label and one row per labeled image")
     head = [c.strip().lower() for c in lines[0]]
