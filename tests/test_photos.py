@@ -280,3 +280,20 @@ def test_a_labels_file_from_a_spreadsheet_reads_as_the_csv_does(tmp_path):
             w = csv.writer(f, delimiter=delimiter, lineterminator="\r\n", quoting=csv.QUOTE_ALL)
             w.writerows([("path", "label", "cluster")] + [r + ("1",) for r in rows])
         assert read_rows(path) == want, name
+
+
+def test_a_labels_file_may_name_an_image_as_a_person_copies_its_path(tmp_path):
+    """Windows' backslashes, an absolute path inside the folder, or a path from the folder's parent name the same
+    image as its path relative to the folder; a path outside the folder is still a one-line error."""
+    from selfsup.data.labels_csv import read_labels
+    from selfsup.errors import DataError
+
+    root = tmp_path / "photos"
+    files = [root / "2024" / "trip" / "a.jpg", root / "b.jpg"]
+    ways = ["2024\\trip\\a.jpg", str(root / "2024" / "trip" / "a.jpg"), "photos/2024/trip/a.jpg", "./2024/trip/a.jpg"]
+    for way in ways:
+        (tmp_path / "labels.csv").write_text(f"path,label\n{way},cat\nb.jpg,dog\n")
+        assert read_labels(tmp_path / "labels.csv", root, files) == {"2024/trip/a.jpg": "cat", "b.jpg": "dog"}, way
+    (tmp_path / "labels.csv").write_text(f"path,label\n{tmp_path / 'elsewhere.jpg'},cat\n")
+    with pytest.raises(DataError, match="elsewhere.jpg is not an image in .*paths are relative to the folder"):
+        read_labels(tmp_path / "labels.csv", root, files)

@@ -43,6 +43,20 @@ def read_rows(csv_path: str | Path) -> tuple[str, list[tuple[int, str, str]]]:
     return key, rows
 
 
+def relative(path: str, root: Path, known: set[str]) -> str:
+    """A labels file's path as the folder's relative path of that image, where it names one unambiguously: as given,
+    or written with Windows' backslashes, or absolute inside the folder, or starting with the folder's own name (a
+    path from the folder's parent)."""
+    rel = Path(path).as_posix().removeprefix("./")
+    tries = [rel, rel.replace("\\", "/")]
+    p = Path(tries[-1])
+    if p.is_absolute() and p.resolve().is_relative_to(root.resolve()):
+        tries.append(p.resolve().relative_to(root.resolve()).as_posix())
+    if p.parts[:1] == (root.name,):
+        tries.append(Path(*p.parts[1:]).as_posix() if len(p.parts) > 1 else "")
+    return next((t for t in tries if t in known), rel)
+
+
 def read_labels(csv_path: str | Path, root: Path, files: list[Path]) -> dict[str, str]:
     """Relative path -> class name for the labeled rows of a folder's labels file, checked against `files`."""
     key, rows = read_rows(csv_path)
@@ -52,7 +66,7 @@ def read_labels(csv_path: str | Path, root: Path, files: list[Path]) -> dict[str
     known = {p.relative_to(root).as_posix() for p in files}
     seen: dict[str, tuple[int, str]] = {}
     for n, path, label in rows:
-        rel = Path(path).as_posix().removeprefix("./")
+        rel = relative(path, root, known)
         if rel not in known:
             hint = " (paths are relative to the folder)" if Path(path).is_absolute() or rel.startswith("..") else ""
             raise DataError(f"labels file {csv_path} line {n}: {path} is not an image in {root}{hint}; fix or "
