@@ -1,6 +1,7 @@
 """Labels from a CSV file: `path,label` for a folder (paths relative to it), or `index,label` for a built-in
 dataset's training split; commas, or semicolons or tabs where the header has no comma. Extra columns (the cluster
-and reason `selfsup select` writes) are ignored, and a row whose label is empty is a file not labeled yet. Every problem is one line that names the file and the row.
+and reason `selfsup select` writes) are ignored, and a row whose label is empty is a file not labeled yet. Every
+problem is one line that names the file and the row.
 """
 from __future__ import annotations
 
