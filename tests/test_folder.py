@@ -65,7 +65,9 @@ def test_a_photo_dump_with_albums_is_flat_and_read_at_any_depth(tmp_path, capsys
     write(tmp_path / "dump", 6)
     write(tmp_path / "dump" / "2024" / "trip", 3, lambda i: 100 + i)  # an album two levels down
     write(tmp_path / "dump" / "2025", 2, lambda i: 200 + i)
-    dump = load(f"folder:{tmp_path / 'dump'}", "train")
+    with pytest.warns(UserWarning, match=r"images of its own beside 2 subfolders of images \(2024, 2025\): read as one "
+                      r"unlabeled pool; if the subfolders are classes, move the loose images into them"):
+        dump = load(f"folder:{tmp_path / 'dump'}", "train")
     assert len(dump) == 11 and (dump.labels == -1).all()
     assert "2024/trip/0.png" in dump.paths and "0.png" in dump.paths
     write(tmp_path / "phone" / "DCIM" / "100APPLE", 4)  # one subfolder: no classes to tell apart

@@ -121,6 +121,13 @@ def list_files(folder: Path, classes: list[str] | None = None, flat: bool | None
     else:
         classes = []
         files = [(p, -1) for p in list_tree(folder)]
+        albums = [d.name for d in _subfolders(folder) if _holds_images(d)] if _list_images(folder) else []
+        if len(albums) >= 2:  # could have been meant as classes: say how it was read
+            shown = ", ".join(albums[:3]) + (", ..." if len(albums) > 3 else "")
+            warnings.warn(f"{folder} has images of its own beside {len(albums)} subfolders of images ({shown}): "
+                          f"read as one unlabeled pool; if the subfolders are "
+                          f"classes, move the loose images into them, or label by file with --labels FILE.csv",
+                          stacklevel=3)
     if not files:
         others = [p.name for p in folder.rglob("*") if p.is_file()]
         seen = f" (only {len(others)} other file(s), e.g. {', '.join(others[:3])})" if others else ""
