@@ -121,7 +121,8 @@ def list_files(folder: Path, classes: list[str] | None = None, flat: bool | None
     else:
         classes = []
         files = [(p, -1) for p in list_tree(folder)]
-        albums = [d.name for d in _subfolders(folder) if _holds_images(d)] if _list_images(folder) else []
+        parts = [p.relative_to(folder).parts for p, _ in files]
+        albums = sorted({q[0] for q in parts if len(q) > 1}) if any(len(q) == 1 for q in parts) else []
         if len(albums) >= 2:  # could have been meant as classes: say how it was read
             shown = ", ".join(albums[:3]) + (", ..." if len(albums) > 3 else "")
             warnings.warn(f"{folder} has images of its own beside {len(albums)} subfolders of images ({shown}): "
@@ -168,12 +169,12 @@ def plan(path: str | Path, splits: Iterable[str] | None = None, labels: str | Pa
                             f"images in class subfolders (PATH/CLASS/*.png) or in PATH/train/CLASS and PATH/test/CLASS")
         if "unlabeled" in wanted:
             raise DataError(f"{root} is a flat folder: all its images are the unlabeled train split; use --split train")
-        every, classes = list_files(root)
+        every, classes = list_files(root, flat=True)
         files["train"], reference = every, [p for p, _ in every]
     elif kind == "classes":
         if "unlabeled" in wanted:
             raise DataError(f"{root} has no unlabeled/ subfolder; add PATH/train, PATH/test and PATH/unlabeled for that")
-        every, classes = list_files(root)
+        every, classes = list_files(root, flat=False)
         test = set(holdout(np.array([y for _, y in every], np.int64)).tolist())
         for s in wanted:
             files[s] = [f for i, f in enumerate(every) if (i in test) == (s == "test")]
