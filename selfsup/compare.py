@@ -22,8 +22,8 @@ from .data.folder import split_info
 from .engine import eval_device
 from .errors import ConfigError, DataError, SelfsupError
 from .audit import leakage_report
-from .evaluate import (EVALS, FinetuneConfig, SemisupConfig, aggregate, class_count, few_label_rows, given_validation,
-                       label_subset)
+from .evaluate import (EVALS, FinetuneConfig, FrozenCache, SemisupConfig, aggregate, class_count, few_label_rows,
+                       given_validation, label_subset)
 from .evaluate.labels import LabelPlan, label_plan
 from .evaluate.finetune import train_classifier
 from .factory import encoder_spec, method_from, random_encoder
@@ -219,9 +219,14 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
              size=cc.pretrain.image_size, accelerator=cc.pretrain.accelerator)
     leak = leakage_report(None, seen, test)
     print(leak["text"], file=sys.stderr, flush=True)
+    pictured = (BASELINES["supervised"], "finetune", pictured_count(plan), cc.seeds[0])
+
+    def keep(row: dict, model) -> None:
+        keep_trained(cc, checkpoints, row, model, plan.counts)
+        if (row["method"], row["eval"], row["labels_per_class"], row["seed"]) == pictured:
+            shown[BASELINES["supervised"]] = {"encoder": model.encoder}  # the pictures' supervised encoder
     per_seed = evaluate_all(cc, subjects, train, test, EvalCache(out / "evals.jsonl"), plan,
-                            np.array(leak["leaked_index"], np.int64),
-                            keep=lambda row, model: keep_trained(cc, checkpoints, row, model, plan.counts))
+                            np.array(leak["leaked_index"], np.int64), keep=keep)
     rows = aggregate(per_seed)
     results = {
         "dataset": cc.dataset, "rows": rows, "rows_per_seed": per_seed,
@@ -252,6 +257,11 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
     return results
 
 
+def pictured_count(plan: LabelPlan) -> int | str:
+    """The label count (or label set) whose supervised-from-scratch encoder the pictures show: about 10 per class."""
+    return next(iter(plan.sets)) if plan.sets else max([k for k in plan.counts if k <= 10] or [min(plan.counts)])
+
+
 def headline_count(labels_per_class: tuple) -> int | str:
     """The label count a headline speaks of: 10 per class, or the middle count asked for (or a label set's name)."""
     if any(isinstance(n, str) for n in labels_per_class):
@@ -280,6 +290,7 @@ def evaluate_all(cc: CompareConfig, subjects: dict, train: ImageSet, test: Image
     ft, per_seed = cc.finetune, []
     device = eval_device(cc.device, cc.base().accelerator)  # baselines and trained evaluations on the run's device
     trained = {"finetune": ft.to_dict(), "semisup": cc.semisup.to_dict()}  # what else determines a trained row
+    frozen = FrozenCache()  # each encoder's features and graph, made once for all its evaluations
     for name, (encoder, evals, overrides, identity) in subjects.items():
         for s in cc.seeds:
             for e in evals:
@@ -294,7 +305,7 @@ def evaluate_all(cc: CompareConfig, subjects: dict, train: ImageSet, test: Image
                     for r in few_label_rows(encoder, train, test, [] if plan.sets else todo, name, (e,), (s,),
                                             device=device, finetune=ft, semisup=cc.semisup, keep=keep, validation=plan.validation,
                                             label_sets={k: plan.sets[k] for k in todo} if plan.sets else None,
-                                            leaked=leaked, **overrides):
+                                            leaked=leaked, frozen=frozen, **overrides):
                         cache.add(keys[r["labels_per_class"]], r)
                 per_seed += [{k: v for k, v in cache.rows[keys[n]].items() if k != "key"} for n in plan.counts]
     return per_seed
@@ -309,17 +320,15 @@ def write_pages(cc: CompareConfig, results: dict, configs: dict, shown: dict, fr
     out = Path(cc.out)
     histories = {m: read_jsonl(Path(c.out) / "metrics.jsonl") for m, c in configs.items()}
     if cc.pictures and "supervised" in cc.baselines:  # its pictures: the encoder trained at ~10 labels per class, first seed
-        val = plan.validation.split(train.labels) if not plan.sets else \
-            given_validation(next(iter(plan.sets.values())), train.labels, plan.validation.per_class)
-        if plan.sets:
-            n = next(iter(plan.sets))
-            idx = np.setdiff1d(plan.sets[n], val)
-        else:
-            n = max([k for k in plan.counts if k <= 10] or [min(plan.counts)])
-            idx = label_subset(train.labels, n, cc.seeds[0], val)
-        model, _ = train_classifier(fresh(cc.seeds[0]), train.images[idx], train.labels[idx], train.images[val],
-                                    train.labels[val], class_count(train.labels), cc.finetune, cc.seeds[0], **SCRATCH)
-        shown[BASELINES["supervised"]] = {"encoder": model.encoder, "identity": arch | {"n": n, "ft": cc.finetune.to_dict()}}
+        n = pictured_count(plan)
+        if BASELINES["supervised"] not in shown:  # not trained in this process (its row came from the cache)
+            val = plan.validation.split(train.labels) if not plan.sets else \
+                given_validation(next(iter(plan.sets.values())), train.labels, plan.validation.per_class)
+            idx = np.setdiff1d(plan.sets[n], val) if plan.sets else label_subset(train.labels, n, cc.seeds[0], val)
+            model, _ = train_classifier(fresh(cc.seeds[0]), train.images[idx], train.labels[idx], train.images[val],
+                                        train.labels[val], class_count(train.labels), cc.finetune, cc.seeds[0], **SCRATCH)
+            shown[BASELINES["supervised"]] = {"encoder": model.encoder}
+        shown[BASELINES["supervised"]]["identity"] = arch | {"n": n, "ft": cc.finetune.to_dict()}
     extra = gallery_html(shown, test, out / "maps", cc.map_points, cc.seeds[0]) if cc.pictures else ""
     write_report(results, histories, out / "report.html", extra)
 

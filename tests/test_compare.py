@@ -87,9 +87,17 @@ def tiny_compare(tmp_path, **kw):
                              "finetune": FAST_FT} | kw))
 
 
-def test_compare_writes_results_and_report_and_skips_done_work(tmp_path, capsys):
+def test_compare_writes_results_and_report_and_skips_done_work(tmp_path, capsys, monkeypatch):
+    import selfsup.compare as compare_module
+    import selfsup.evaluate as evaluate_module
+
+    trained = []
+    for module in (compare_module, evaluate_module):  # the rows' fine-tuning and the pictures' supervised encoder
+        real = module.train_classifier
+        monkeypatch.setattr(module, "train_classifier", lambda *a, real=real, **k: trained.append(1) or real(*a, **k))
     cc = tiny_compare(tmp_path)
     res = run_compare(cc, show_progress=False)
+    assert len(trained) == 8  # 2 counts x 2 seeds for simclr and supervised; the pictures reuse supervised's at 5
     err = capsys.readouterr().err
     assert "pretraining simclr" in err and "evaluating supervised" in err
     saved = json.loads((tmp_path / "cmp" / "results.json").read_text())
@@ -109,6 +117,7 @@ def test_compare_writes_results_and_report_and_skips_done_work(tmp_path, capsys)
 
     again = run_compare(cc, show_progress=False)  # everything is reused
     err = capsys.readouterr().err
+    assert len(trained) == 9  # but the pictures' supervised encoder, which no cached row holds
     assert "pretraining" not in err and "evaluating" not in err
     assert again["pretrain"]["simclr"]["reused"] and again["rows"] == res["rows"]
     assert len((tmp_path / "cmp" / "evals.jsonl").read_text().splitlines()) == n_cached

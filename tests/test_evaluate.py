@@ -57,6 +57,21 @@ def test_features_are_frozen_and_eval_mode():
     assert torch.allclose(f[:2], extract_features(net, x[:2]), atol=1e-2)
 
 
+def test_features_equal_a_plain_forward_pass_in_any_batch():
+    """The default batch (256 on a CPU) and the channels-last weights change the speed, not the features: they
+    equal the encoder's own eval-mode output on the [0, 1] images, computed in one plain NCHW pass."""
+    torch.manual_seed(0)
+    net = BACKBONES.build("small_cnn", in_channels=3, width=8)
+    x = np.random.default_rng(1).integers(0, 256, (600, 3, 16, 16), dtype=np.uint8)
+    with torch.no_grad():
+        plain = net.eval()(torch.from_numpy(x).float() / 255).float()
+    net.train()
+    f = extract_features(net, x, precision="fp32")
+    assert next(p for p in net.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(f, plain, atol=1e-4) and torch.allclose(extract_features(net, x, batch_size=7,
+                                                                                   precision="fp32"), plain, atol=1e-4)
+
+
 def test_few_label_rows_use_only_the_subset():
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 20)
@@ -155,6 +170,56 @@ def test_few_label_rows_propagation_shares_one_graph(monkeypatch):
         f, pool_f = (extract_features(net, x[i]) for i in (idx, np.setdiff1d(pool, idx)))
         fresh = propagate_accuracy(f, torch.from_numpy(y[idx]), test_f, torch.from_numpy(test.labels), pool_f)
         assert abs(row["accuracy"] - fresh) <= 1 / len(test) + 1e-4  # another node order: one near-tie may flip
+
+
+def test_one_encoder_is_embedded_once_across_evaluations_and_baselines(monkeypatch):
+    """A shared FrozenCache: the frozen evaluations, propagation and a baseline built again from the same random
+    weights (another module, equal weights) embed the training images once for the graph, and give the rows that
+    separate calls without it give; other weights are embedded anew."""
+    import copy
+
+    import selfsup.evaluate as ev
+    from selfsup.evaluate import FrozenCache
+
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(3), 30)
+    x = np.clip(rng.normal(40 + 60 * y[:, None, None, None], 30, (90, 1, 8, 8)), 0, 255).astype(np.uint8)
+    train, test = ImageSet("t", x, y), ImageSet("t", x[::3], y[::3])
+    net = BACKBONES.build("small_cnn", in_channels=1, width=4)
+    alone = [r for e in ("knn", "propagate") for r in few_label_rows(net, train, test, [1, 3], "r", (e,), val_per_class=5)]
+    rows_of = lambda rows: [(r["eval"], r["labels_per_class"], r["accuracy"]) for r in rows]  # noqa: E731
+    calls = []
+    monkeypatch.setattr(ev, "extract_features", lambda *a, **k: calls.append(len(k.get("rows") if k.get("rows")
+                                                                                  is not None else a[1])) or
+                        extract_features(*a, **k))
+    cache = FrozenCache()
+    shared = [r for e in ("knn", "propagate") for r in few_label_rows(net, train, test, [1, 3], "r", (e,),
+                                                                      val_per_class=5, frozen=cache)]
+    assert rows_of(shared) == rows_of(alone)
+    assert calls == [11, 30, 75]  # knn: the 11 images of both subsets, the test split; propagation: the pool
+    again = few_label_rows(copy.deepcopy(net), train, test, [1, 3], "r", ("propagate",), val_per_class=5, frozen=cache)
+    assert rows_of(again) == rows_of(alone)[2:] and calls == [11, 30, 75]  # the same weights: nothing embedded
+    other = BACKBONES.build("small_cnn", in_channels=1, width=4)
+    few_label_rows(other, train, test, [1], "o", ("propagate",), val_per_class=5, frozen=cache)
+    assert calls == [11, 30, 75, 75, 30]
+
+
+def test_predicting_the_same_queries_again_searches_once(monkeypatch):
+    """LabelGraph.predict keeps the queries' nearest nodes: a second label subset gives what a graph built afresh
+    gives, without a second search."""
+    import selfsup.evaluate.propagate as prop
+
+    f, y = blobs(20, classes=4, dim=8, spread=0.8, seed=3)
+    q, qy = blobs(10, classes=4, dim=8, spread=0.8, seed=4)
+    searches = []
+    real = prop.search
+    monkeypatch.setattr(prop, "search", lambda *a, **k: searches.append(1) or real(*a, **k))
+    graph = prop.LabelGraph(f)
+    built = len(searches)
+    for at in (torch.tensor([0, 20, 40, 60]), torch.tensor([1, 2, 21, 41, 61, 62])):
+        cached = graph.predict(at, y[at], q, 4)
+        assert torch.equal(cached, prop.LabelGraph(f).predict(at, y[at], q, 4))
+    assert len(searches) - built == 1 + 2  # one search for the cached graph's queries, one for each fresh graph
 
 
 def test_graphs_from_one_neighbour_search_equal_graphs_built_alone():

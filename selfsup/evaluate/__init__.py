@@ -5,6 +5,7 @@ for early stopping, and per-seed label subsets drawn from the rest. The test spl
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from statistics import mean, stdev
@@ -150,7 +151,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                    pool_size: int | None = None, semisup: SemisupConfig | None = None,
                    head: str | None = None, keep: Callable[[dict, nn.Module], None] | None = None,
                    validation: Validation | None = None, label_sets: dict[str, np.ndarray] | None = None,
-                   leaked: np.ndarray | None = None) -> list[dict]:
+                   leaked: np.ndarray | None = None, frozen: "FrozenCache | None" = None) -> list[dict]:
     """Accuracy rows for each seed, labels-per-class count (or label set) and eval.
 
     `encoder`: a module, or a function of the seed that builds one (the baselines). Frozen evals embed the labeled
@@ -161,6 +162,8 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
     trained model. `validation` replaces the fixed `val_per_class` split (`plan_validation`). `label_sets`: named
     sets of labeled training images instead of `labels_per_class`, the same for every seed, each with validation
     out of it. `leaked`: test images with near-copies among the images the encoder saw (rows add `accuracy_clean`).
+    `frozen`: a `FrozenCache` shared by several calls (a comparison's evaluations), so that one encoder's features
+    and graph are made once for all of them.
     """
     EVALS.check(evals)
     val_idx, val_of = _validation_images(train, validation or Validation(val_per_class, "fixed", ""), label_sets)
@@ -173,7 +176,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
         clean[torch.from_numpy(np.asarray(leaked, np.int64))] = False
     scored = lambda model: {"accuracy": round(accuracy(model, tensor_of(test.images), test_y), 4)} | _clean(  # noqa: E731
         clean, lambda m: accuracy(model, tensor_of(test.images[m.numpy()]), test_y[m]))  # test: scored once
-    rows, embedded = [], None
+    rows, frozen = [], frozen if frozen is not None else FrozenCache()
     for s in seeds:
         enc = encoder(s) if callable(encoder) and not isinstance(encoder, nn.Module) else encoder
         dev = device or next(enc.parameters()).device
@@ -184,9 +187,9 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
             needed = np.unique(np.concatenate(list(subsets.values())))
             if kinds & {"graph", "semi"}:  # the graph's nodes: the pool and every labeled image
                 needed = np.union1d(unlabeled_pool(len(train), pool_size, val_idx), needed)
-            embedded = _embedded(embedded, enc, train, test, needed, dev, kinds)  # one frozen encoder: embedded once
-            _, _, feats, test_f, graph, pool_x = embedded
-            pos = {int(i): r for r, i in enumerate(needed)}
+            nodes, feats, test_f, graph = frozen.get(enc, train, test, needed, dev, bool(kinds & {"graph", "semi"}))
+            pos = {int(i): r for r, i in enumerate(nodes)}
+            pool_x = train.images[nodes] if "semi" in kinds else None  # the graph's images, in its order
         for n, idx in subsets.items():
             for e in evals:
                 row, t0 = {"method": name, "eval": e, "labels_per_class": n, "seed": s, "labels": len(idx)}, time.perf_counter()
@@ -224,15 +227,40 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
     return rows
 
 
-def _embedded(cache: tuple | None, enc: nn.Module, train: ImageSet, test: ImageSet, needed: np.ndarray, dev,
-              kinds: set[str]) -> tuple:
-    """(encoder, rows, their features, test features, graph, pool images), made anew only for another encoder or rows."""
-    if cache is not None and cache[0] is enc and np.array_equal(cache[1], needed):
-        return cache
-    feats = extract_features(enc, train.images, device=dev, rows=needed)  # (len(needed), D)
-    test_f = extract_features(enc, test.images, device=dev)
-    graph = LabelGraph(feats) if kinds & {"graph", "semi"} else None
-    return enc, needed, feats, test_f, graph, train.images[needed] if "semi" in kinds else None
+class FrozenCache:
+    """A frozen encoder's features of training images and of the test split, and the kNN graph of the pool, kept
+    across calls of `few_label_rows` and found again by the encoder's weights: a comparison's evaluations of one
+    encoder, and a baseline trained from the same random weights as the random-init row, embed the images and build
+    the graph once. Holds the last `size` encoders."""
+
+    def __init__(self, size: int = 2):
+        self.size, self.entries = size, {}
+
+    @staticmethod
+    def key(enc: nn.Module, train: ImageSet, test: ImageSet) -> tuple:
+        h = hashlib.sha1()
+        for name, t in enc.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest(), type(enc).__name__, getattr(enc, "image_size", None), id(train), id(test)
+
+    def get(self, enc: nn.Module, train: ImageSet, test: ImageSet, needed: np.ndarray, dev, graph: bool) -> tuple:
+        """(the training rows embedded, their features, the test features, the graph of those rows or None) for an
+        encoder and the rows `needed`: a graph's nodes are exactly `needed`; features alone may cover more rows."""
+        key = self.key(enc, train, test)
+        hit = self.entries.get(key)
+        fits = hit is not None and (np.array_equal(hit[0], needed) if graph else bool(np.isin(needed, hit[0]).all()))
+        if fits and (hit[3] is not None or not graph):
+            self.entries[key] = self.entries.pop(key)  # the most recently used goes last
+            return hit
+        feats = extract_features(enc, train.images, device=dev, rows=needed)  # (len(needed), D)
+        test_f = hit[2] if hit is not None else extract_features(enc, test.images, device=dev)
+        entry = (needed, feats, test_f, LabelGraph(feats) if graph else None)
+        self.entries.pop(key, None)
+        self.entries[key] = entry
+        while len(self.entries) > self.size:
+            self.entries.pop(next(iter(self.entries)))
+        return entry
 
 
 def _validation_images(train: ImageSet, validation: Validation, label_sets: dict | None
@@ -285,7 +313,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-__all__ = ["class_count", "Evaluation", "extract_features", "knn_accuracy", "linear_accuracy", "propagate_accuracy", "few_label_rows",
+__all__ = ["class_count", "Evaluation", "extract_features", "FrozenCache", "knn_accuracy", "linear_accuracy", "propagate_accuracy", "few_label_rows",
            "unlabeled_pool", "aggregate", "EVALS",
            "FinetuneConfig", "SemisupConfig", "validation_split", "label_subset", "Validation", "plan_validation",
            "fitting_counts"]

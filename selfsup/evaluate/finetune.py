@@ -22,7 +22,7 @@ from .. import threads
 from ..engine import TrainStep, autocast_for
 from ..errors import ConfigError
 from ..schedule import cosine
-from .features import extract_features, prepare
+from .features import extract_features, inference_batch, prepare
 from .linear import fit_linear, probe_logits
 
 
@@ -95,11 +95,12 @@ def probabilities(model: nn.Module, x: torch.Tensor, mirror: bool | None = None)
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None,
              mirror: bool | None = None) -> float:
     """The trained classifier's accuracy on uint8 images (N, C, H, W), scored as `probabilities` says."""
     model.eval()
     device = next(model.parameters()).device
+    batch_size = batch_size or inference_batch(device)
     hits = 0
     with autocast_for(device, encoder=model.encoder):
         for i in range(0, len(x), batch_size):

@@ -87,6 +87,7 @@ class LabelGraph:
         with warnings.catch_warnings():  # torch calls its CSR layout beta; its product is 5x COO's at 1M nodes
             warnings.simplefilter("ignore", UserWarning)
             self.s = s.to_sparse_csr()
+        self._near: tuple | None = None  # (queries, k, their nearest nodes): one search for every label subset
 
     @classmethod
     def for_each_k(cls, features: Tensor, ks: tuple[int, ...], gamma: float = 3.0, method: str = "auto"
@@ -109,9 +110,12 @@ class LabelGraph:
 
     def predict(self, positions: Tensor, labels: Tensor, queries: Tensor, n_classes: int, vote_k: int = VOTE_K,
                 **kwargs) -> Tensor:
-        """Classes of the query features: spread the labels, then each query's vote."""
+        """Classes of the query features: spread the labels, then each query's vote. The queries' nearest nodes
+        depend on the graph alone, so predicting the same queries again (another label subset) reuses them."""
+        if self._near is None or self._near[0] is not queries or self._near[1] != vote_k:
+            self._near = (queries, vote_k, search(self.nodes, queries, vote_k, self.method, index=self.index))
         return vote(self.nodes, self.spread(positions, labels, n_classes, **kwargs), queries, vote_k,
-                    method=self.method, index=self.index)
+                    near=self._near[2])
 
 
 def conjugate_gradient(matvec, b: Tensor, max_iters: int, tol: float) -> Tensor:
@@ -134,9 +138,10 @@ def conjugate_gradient(matvec, b: Tensor, max_iters: int, tol: float) -> Tensor:
 
 
 def vote(nodes: Tensor, scores: Tensor, queries: Tensor, k: int = VOTE_K, t: float = 0.07, chunk: int = 4096,
-         method: str = "auto", index=None) -> Tensor:
-    """Classes of the query features: a weighted vote (exp(sim / t)) of their k nearest nodes' propagated scores."""
-    top, j = search(nodes, queries, k, method, index=index)  # (Q, k)
+         method: str = "auto", index=None, near: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Classes of the query features: a weighted vote (exp(sim / t)) of their k nearest nodes' propagated scores.
+    `near`: the queries' (similarities, node indices), (Q, k) each, already searched."""
+    top, j = near if near is not None else search(nodes, queries, k, method, index=index)  # (Q, k)
     preds = [((top[i:i + chunk] / t).exp()[..., None] * scores[j[i:i + chunk]]).sum(1).argmax(1)
              for i in range(0, len(top), chunk)]
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)

@@ -35,7 +35,7 @@ from .. import threads
 from ..engine import TrainStep
 from ..errors import ConfigError
 from ..schedule import cosine
-from .features import extract_features, prepare
+from .features import extract_features, inference_batch, prepare
 from .finetune import Classifier, accuracy
 from .propagate import LabelGraph
 
@@ -163,9 +163,11 @@ def aligned(own: torch.Tensor, mean: torch.Tensor | None, momentum: float = 0.99
 
 
 @torch.no_grad()
-def pool_probabilities(model: nn.Module, pool_x: np.ndarray, amp: TrainStep, batch_size: int = 1024) -> torch.Tensor:
+def pool_probabilities(model: nn.Module, pool_x: np.ndarray, amp: TrainStep, batch_size: int | None = None
+                       ) -> torch.Tensor:
     """The model's class probabilities (N, C) of every pool image, unaugmented, in eval mode."""
     device = next(model.parameters()).device
+    batch_size = batch_size or inference_batch(device)
     out = [predict(model, prepare(torch.from_numpy(pool_x[i:i + batch_size]).to(device), model.encoder), amp)
            for i in range(0, len(pool_x), batch_size)]
     return torch.cat(out)
