@@ -58,7 +58,7 @@ def test_features_are_frozen_and_eval_mode():
 
 
 def test_features_equal_a_plain_forward_pass_in_any_batch():
-    """The default batch (256 on a CPU) and the channels-last weights change the speed, not the features: they
+    """The default batch (128 on a CPU) and the channels-last weights change the speed, not the features: they
     equal the encoder's own eval-mode output on the [0, 1] images, computed in one plain NCHW pass."""
     torch.manual_seed(0)
     net = BACKBONES.build("small_cnn", in_channels=3, width=8)

@@ -21,9 +21,10 @@ def prepare(x: Tensor, encoder: nn.Module) -> Tensor:
 
 
 def inference_batch(device: torch.device) -> int:
-    """Images per forward pass without gradients: on a CPU a batch whose activations stay in the caches (256 ran 60,000
-    MNIST digits 3x faster than 1024 on a 2-core AVX2 EPYC: bench/README.md, "The demo"); elsewhere 1,024."""
-    return 256 if device.type == "cpu" else 1024
+    """Images per forward pass without gradients: on a CPU a batch whose activations stay in the caches (on a 2-core
+    AVX2 EPYC, 128 ran MNIST digits 3.3x and CIFAR-10 images 2x faster than 1,024: bench/README.md, "The demo");
+    elsewhere 1,024."""
+    return 128 if device.type == "cpu" else 1024
 
 
 @torch.no_grad()
