@@ -162,8 +162,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
     trained model. `validation` replaces the fixed `val_per_class` split (`plan_validation`). `label_sets`: named
     sets of labeled training images instead of `labels_per_class`, the same for every seed, each with validation
     out of it. `leaked`: test images with near-copies among the images the encoder saw (rows add `accuracy_clean`).
-    `frozen`: a `FrozenCache` shared by several calls (a comparison's evaluations), so that one encoder's features
-    and graph are made once for all of them.
+    `frozen`: a `FrozenCache` shared across calls, so that one encoder's features and graph are made once for all.
     """
     EVALS.check(evals)
     val_idx, val_of = _validation_images(train, validation or Validation(val_per_class, "fixed", ""), label_sets)
@@ -313,7 +312,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-__all__ = ["class_count", "Evaluation", "extract_features", "FrozenCache", "knn_accuracy", "linear_accuracy", "propagate_accuracy", "few_label_rows",
+__all__ = ["class_count", "Evaluation", "extract_features", "FrozenCache", "knn_accuracy", "linear_accuracy",
+           "propagate_accuracy", "few_label_rows",
            "unlabeled_pool", "aggregate", "EVALS",
            "FinetuneConfig", "SemisupConfig", "validation_split", "label_subset", "Validation", "plan_validation",
            "fitting_counts"]
