@@ -230,9 +230,11 @@ class FrozenCache:
     """A frozen encoder's features of training images and of the test split, and the kNN graph of the pool, kept
     across calls of `few_label_rows` and found again by the encoder's weights: a comparison's evaluations of one
     encoder, and a baseline trained from the same random weights as the random-init row, embed the images and build
-    the graph once. Holds the last `size` encoders."""
+    the graph once. Holds the last `size` encoders: one by default, so that memory peaks where it did when each call
+    made its own (a million images' features, graph and index take gigabytes); a comparison evaluates one encoder's
+    rows in a row, and the from-scratch baseline right after the random-init row, for one seed."""
 
-    def __init__(self, size: int = 2):
+    def __init__(self, size: int = 1):
         self.size, self.entries = size, {}
 
     @staticmethod
