@@ -1,6 +1,8 @@
 """Features from a frozen encoder, fed as it was trained: floats in [0, 1] at its training size."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,14 +34,18 @@ def extract_features(encoder: nn.Module, images: np.ndarray | Tensor, batch_size
                      device: str | torch.device | None = None, precision: str = "auto",
                      rows: np.ndarray | None = None) -> Tensor:
     """Run a frozen encoder in eval mode over uint8 images (N, C, H, W); returns float32 features (N, D) on CPU.
-    The encoder's weights are made channels-last in place, as its inputs are (the same values; the convolutions
-    then skip a layout conversion at every call). batch_size: None for `inference_batch`.
+    Weights that are not channels-last, as the inputs are, run as a channels-last copy (the same values; the
+    convolutions then skip a layout conversion at every call); the caller's module keeps its layout, since it may
+    be training in another (`channels_last: false`). batch_size: None for `inference_batch`.
 
     rows: only these images, in this order, read a batch at a time (a memory-mapped dataset is never copied whole)."""
     device = torch.device(device) if device else next(encoder.parameters()).device
     batch_size = batch_size or inference_batch(device)
-    was_training = encoder.training
-    encoder = encoder.to(device).to(memory_format=torch.channels_last).eval()
+    original = encoder.to(device)
+    was_training = original.training
+    if any(p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last) for p in original.parameters()):
+        encoder = copy.deepcopy(original).to(memory_format=torch.channels_last)
+    encoder = encoder.eval()
     n = len(images) if rows is None else len(rows)
     out = torch.empty(0)
     with autocast_for(device, precision, encoder):
@@ -51,7 +57,7 @@ def extract_features(encoder: nn.Module, images: np.ndarray | Tensor, batch_size
             if i == 0:
                 out = torch.empty(n, *f.shape[1:])  # filled in place: no second copy of a million features
             out[i:i + len(f)] = f
-    encoder.train(was_training)
+    original.train(was_training)
     return out
 
 
