@@ -230,15 +230,15 @@ class FrozenCache:
     """A frozen encoder's features of training images and of the test split, and the kNN graph of the pool, kept
     across calls of `few_label_rows` and found again by the encoder's weights: a comparison's evaluations of one
     encoder, and a baseline trained from the same random weights as the random-init row, embed the images and build
-    the graph once. Holds the last `size` encoders: one by default, so that memory peaks where it did when each call
-    made its own (a million images' features, graph and index take gigabytes); a comparison evaluates one encoder's
-    rows in a row, and the from-scratch baseline right after the random-init row, for one seed."""
+    the graph once. Holds the last encoder only, so that memory peaks where it did when each call made its own (a
+    million images' features, graph and index take gigabytes); a comparison evaluates one encoder's rows in a row,
+    and the from-scratch baseline right after the random-init row, for one seed."""
 
-    def __init__(self, size: int = 1):
-        self.size, self.entries = size, {}
+    def __init__(self):
+        self.key, self.entry = None, None
 
     @staticmethod
-    def key(enc: nn.Module, train: ImageSet, test: ImageSet) -> tuple:
+    def digest(enc: nn.Module, train: ImageSet, test: ImageSet) -> tuple:
         h = hashlib.sha1()
         for name, t in enc.state_dict().items():
             h.update(name.encode())
@@ -248,20 +248,15 @@ class FrozenCache:
     def get(self, enc: nn.Module, train: ImageSet, test: ImageSet, needed: np.ndarray, dev, graph: bool) -> tuple:
         """(the training rows embedded, their features, the test features, the graph of those rows or None) for an
         encoder and the rows `needed`: a graph's nodes are exactly `needed`; features alone may cover more rows."""
-        key = self.key(enc, train, test)
-        hit = self.entries.get(key)
-        fits = hit is not None and (np.array_equal(hit[0], needed) if graph else bool(np.isin(needed, hit[0]).all()))
-        if fits and (hit[3] is not None or not graph):
-            self.entries[key] = self.entries.pop(key)  # the most recently used goes last
+        key = self.digest(enc, train, test)
+        hit = self.entry if key == self.key else None
+        if hit is not None and (np.array_equal(hit[0], needed) and hit[3] is not None if graph
+                                else bool(np.isin(needed, hit[0]).all())):
             return hit
         feats = extract_features(enc, train.images, device=dev, rows=needed)  # (len(needed), D)
         test_f = hit[2] if hit is not None else extract_features(enc, test.images, device=dev)
-        entry = (needed, feats, test_f, LabelGraph(feats) if graph else None)
-        self.entries.pop(key, None)
-        self.entries[key] = entry
-        while len(self.entries) > self.size:
-            self.entries.pop(next(iter(self.entries)))
-        return entry
+        self.key, self.entry = key, (needed, feats, test_f, LabelGraph(feats) if graph else None)
+        return self.entry
 
 
 def _validation_images(train: ImageSet, validation: Validation, label_sets: dict | None
