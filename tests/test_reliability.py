@@ -214,9 +214,8 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_
     step 4 cannot be written. The run stops with one line naming the file and the cause; the step-2 checkpoint
     is intact and verifiable; nothing half-written is left."""
     run = tmp_path / "run"
-    args = ["--dataset", "digits", "--batch-size", "32", "--monitor-seconds", "0", "--checkpoint-steps", "2",
-            "--backbone-args", "width=4", "--method-args", "proj_hidden=16,proj_dim=8"]
-    assert finish(cli("pretrain", *args, "--steps", "6", "--out", str(run))) == 0
+    pretrain(cfg_for(run, batch_size=32, checkpoint_steps=2, backbone_args={"width": 4},
+                     method_args={"proj_hidden": 16, "proj_dim": 8}), show_progress=False)
     for name in ("last.pt", "step-000000006.pt", "step-000000004.pt"):
         checkpoint.remove(run / "checkpoints" / name)
     good = (run / "checkpoints" / "step-000000002.pt").read_bytes()
