@@ -5,7 +5,7 @@ import torch
 
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.propagate import LabelGraph, knn_graph
-from selfsup.neighbours import drop_self, search
+from selfsup.neighbours import CELLS_PER_ROOT, build_index, drop_self, search
 
 
 def clusters(n: int, dim: int = 32, centres: int = 10, seed: int = 0, noise: float = 0.6):
@@ -43,6 +43,15 @@ def test_index_agrees_with_exact_search_on_small_data():
     (se, ie), (si, ii) = search(bank, q, 10, "exact"), search(bank, q, 10, "index")
     assert recall(ie, ii) > 0.95
     assert torch.allclose(si[ii == ie], se[ii == ie], atol=1e-5)  # the same neighbours have the same similarity
+
+
+def test_few_queries_against_a_large_bank_fit_fewer_cells_and_agree_with_exact_search():
+    """A test split against every training image and its crops: cells fewer by (Q/N)^(1/3), the same neighbours."""
+    bank, _ = clusters(20_000)
+    q, _ = clusters(160, seed=1)
+    assert build_index(bank).nlist == int(CELLS_PER_ROOT * 20_000 ** 0.5)
+    assert build_index(bank, len(q)).nlist == int(CELLS_PER_ROOT * 20_000 ** 0.5 * (160 / 20_000) ** (1 / 3))
+    assert recall(search(bank, q, 10, "exact")[1], search(bank, q, 10, "index")[1]) > 0.95
 
 
 def test_the_graph_from_the_index_leaves_each_node_out_and_agrees_with_exact():
