@@ -15,8 +15,8 @@ what failed when anything did):
 - `throughput/...`: training images per second of the `--size gpu` recipes' backbone (ResNet-18, small stem, batch
   512 at 32 and 96 px) and of ResNet-50 and ViT-S at 224 px under SimCLR.
 
-The dry run takes every method once, each precision and optimizer once, two steps each, on the CPU, without the
-sync debug mode (CUDA only), and skips the multi-GPU and throughput parts.
+The dry run takes every method once, each precision and optimizer once, two steps each, on the CPU, with the widest
+layers narrowed (DRY_SMALL), without the sync debug mode (CUDA only), and skips the multi-GPU and throughput parts.
 """
 from __future__ import annotations
 
