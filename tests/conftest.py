@@ -19,8 +19,10 @@ def data_root(tmp_path, monkeypatch):
     return root
 
 
-# Per-method settings for the few-step tests of every registered method (MAE needs a ViT; a shallow one is enough).
-SMOKE = {"mae": {"backbone": "vit_tiny", "backbone_args": {"depth": 2}}}
+# Per-method settings for the few-step tests of every registered method (MAE needs a ViT; a shallow one is enough;
+# Barlow Twins' and VICReg's 2048-wide projectors tripled their tests' time, and no smoke test needs the width).
+NARROW = {"method_args": {"proj_hidden": 128, "proj_dim": 128}}
+SMOKE = {"mae": {"backbone": "vit_tiny", "backbone_args": {"depth": 2}}, "barlowtwins": NARROW, "vicreg": NARROW}
 
 
 def smoke(method: str) -> dict:
