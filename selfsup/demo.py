@@ -9,7 +9,8 @@ from .evaluate import FinetuneConfig, SemisupConfig
 # The configuration chosen on the validation split by bench/label_efficiency.py (bench/README.md, "Label
 # efficiency"); colour datasets start from `defaults.COLOUR` instead.
 DEMO_PRETRAIN = GREY
-DEMO_MINUTES = 3.0  # pretraining; with every evaluation and baseline the demo ends within 8 minutes on 2 cores
+DEMO_MINUTES = 3.0  # pretraining; with every evaluation and baseline the demo took 7:29-7:59 on a 2-core AVX512-BF16
+# EPYC, and 10-11 minutes on a 2-core AVX2-only one, where everything runs in fp32 (bench/README.md, "The demo")
 DEMO_EVALS = ("knn", "linear", "propagate", "finetune", "semisup")
 # Semi-supervised training took half the demo's time at its library default (four unlabeled images per labeled
 # one); two cost 35% less per run and held the pretrained encoder's accuracy on validation (bench/README.md, "The
