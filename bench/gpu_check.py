@@ -49,10 +49,10 @@ OPTIMIZERS = ("adamw", "sgd")
 SMALL = {"mae": {"backbone": "vit_tiny", "backbone_args": {"depth": 2}}}  # MAE needs a ViT
 # The dry run narrows the widest layers as well: a CPU without bf16 or fp16 arithmetic (AVX2) emulates the 16-bit
 # precisions, and two steps of Barlow Twins' or VICReg's 2048-wide projector took 25 s there against 1 s in fp32.
+NARROW = {"method_args": {"proj_hidden": 128, "proj_dim": 128}}
 DRY_SMALL = {"mae": {"backbone": "vit_tiny", "backbone_args": {"depth": 2, "patch_size": 4},
                      "method_args": {"decoder_dim": 32}},
-             "barlowtwins": {"method_args": {"proj_hidden": 128, "proj_dim": 128}},
-             "vicreg": {"method_args": {"proj_hidden": 128, "proj_dim": 128}}}
+             "barlowtwins": NARROW, "vicreg": NARROW}
 
 
 def random_images(n: int, side: int, channels: int = 3, seed: int = 0) -> ImageSet:
