@@ -25,6 +25,7 @@ Writes bench/results/label-efficiency-<device>-NAME.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import machine, write  # noqa: E402
-from selfsup import checkpoint  # noqa: E402
+from selfsup import checkpoint, evaluate  # noqa: E402
 from selfsup.factory import encoder_from, encoder_spec, random_encoder  # noqa: E402
 from selfsup.compare import SCRATCH, load_splits  # noqa: E402
 from selfsup.config import PretrainConfig  # noqa: E402
@@ -96,14 +97,36 @@ def trained_scores(encoder, train, test, args, seed: int, name: str, pretrain_se
     for e in ("finetune", "semisup"):
         if not getattr(args, e):
             continue
-        t0 = time.perf_counter()
-        row, = few_label_rows(encoder, train, test, [args.labels], name, evals=(e,), seeds=(seed,),
-                              val_per_class=args.val_per_class, semisup=SemisupConfig(steps=args.semisup_steps),
-                              **(overrides or {}))
-        seconds = time.perf_counter() - t0
+        t0, alone = time.perf_counter(), {}
+        with test_also_alone(len(test.images), alone):
+            row, = few_label_rows(encoder, train, test, [args.labels], name, evals=(e,), seeds=(seed,),
+                                  val_per_class=args.val_per_class, semisup=SemisupConfig(steps=args.semisup_steps),
+                                  **(overrides or {}))
+        seconds = time.perf_counter() - t0 - alone.get("seconds", 0)
         out |= {e: row["accuracy"], f"{e}_val": row["val_accuracy"], f"{e}_seconds": round(seconds, 1),
                 f"{e}_minutes": round((pretrain_seconds + seconds) / 60, 2)}
+        out |= {f"{e}_unshifted": alone["accuracy"]} if "accuracy" in alone else {}
     return out
+
+
+@contextlib.contextmanager
+def test_also_alone(n_test: int, alone: dict):
+    """While inside, the evaluations' scoring of the n_test test images also records (in `alone`) the accuracy of
+    the images alone, without their one-pixel shifts (the same weights: a paired comparison of the two scorings),
+    and the seconds that extra scoring took, which are not the evaluation's."""
+    scored = evaluate.accuracy
+
+    def both(model, x, y, *a, **k):
+        if len(x) == n_test:
+            t0 = time.perf_counter()
+            alone["accuracy"] = round(scored(model, x, y, *a, **(k | {"shift": False})), 4)
+            alone["seconds"] = time.perf_counter() - t0
+        return scored(model, x, y, *a, **k)
+    evaluate.accuracy = both
+    try:
+        yield
+    finally:
+        evaluate.accuracy = scored
 
 
 def main() -> None:

@@ -31,15 +31,18 @@ from selfsup.evaluate import semisup as semisup_module  # noqa: E402
 from selfsup.evaluate.finetune import accuracy  # noqa: E402
 
 
-def watched(trajectory: list, held_x: torch.Tensor, held_y: torch.Tensor, mirror: bool):
+def watched(trajectory: list, held_x: torch.Tensor, held_y: torch.Tensor, mirror: bool, shift: bool):
     """semisup's validation accuracy, recording the held-out images' accuracy of the same weights beside it, scored
     as the evaluation scores them (colour over each image and its mirror image), and with `mirror` that of each
-    image alone besides (`held_out_alone`)."""
-    def check(model, x, y, batch_size=1024):
-        val = accuracy(model, x, y, batch_size)
+    image alone besides (`held_out_alone`), and with `shift` that over the images and their one-pixel translations
+    (`held_out_shift`)."""
+    def check(model, x, y, batch_size=1024, shift=True):
+        val = accuracy(model, x, y, batch_size, shift=shift)
         trajectory.append({"validation": round(val, 4), "held_out": round(accuracy(model, held_x, held_y), 4)})
         if mirror:
             trajectory[-1]["held_out_alone"] = round(accuracy(model, held_x, held_y, mirror=False), 4)
+        if shift:
+            trajectory[-1]["held_out_shift"] = round(accuracy(model, held_x, held_y, shift=True), 4)
         return val
     return check
 
@@ -55,6 +58,8 @@ def main() -> None:
     ap.add_argument("--tag", default="")
     ap.add_argument("--mirror", action="store_true", help="also score each held-out image alone (the "
                     "evaluation scores colour images over each image and its mirror)")
+    ap.add_argument("--shift", action="store_true", help="also score each held-out image as the mean over it and "
+                    "its one-pixel translations")
     ap.add_argument("--preset", nargs="*", default=[], help="NAME=JSON: an augmentation preset (Augment fields) that "
                     "variants can name as weak or strong, for this run only")
     args = ap.parse_args()
@@ -71,7 +76,7 @@ def main() -> None:
     for variant in args.variants:
         name, fields = variant.split("=", 1)
         cfg, trajectory, t0 = SemisupConfig(**json.loads(fields)), [], time.perf_counter()
-        semisup_module.accuracy = watched(trajectory, held_x, held_y, args.mirror)
+        semisup_module.accuracy = watched(trajectory, held_x, held_y, args.mirror, args.shift)
         row = few_label_rows(encoder, train, held, [args.labels_per_class], name, ("semisup",), seeds=(args.seed,),
                              semisup=cfg)[0]
         trial = {"variant": name, "config": cfg.to_dict(), "accuracy": row["accuracy"], "best_step": row["best_step"],
@@ -81,6 +86,8 @@ def main() -> None:
         print("  held out at each check:", [t["held_out"] for t in trajectory], flush=True)
         if args.mirror:
             print("  each image alone:", [t["held_out_alone"] for t in trajectory], flush=True)
+        if args.shift:
+            print("  with one-pixel shifts:", [t["held_out_shift"] for t in trajectory], flush=True)
         trials.append(trial)
     write(f"semisup-validation{args.tag}-{device_tag()}.json", {
         "machine": machine(), "dataset": args.dataset, "checkpoint": args.checkpoint,

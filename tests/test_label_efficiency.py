@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from selfsup.backbones import BACKBONES
 from selfsup.data import ImageSet, load
 from selfsup.evaluate import (FinetuneConfig, SemisupConfig, extract_features, few_label_rows, label_subset,
                               unlabeled_pool, validation_split)
-from selfsup.evaluate.finetune import Classifier, accuracy, probabilities, train_classifier
+from selfsup.evaluate.finetune import Classifier, accuracy, probabilities, shifted, train_classifier
 from selfsup.evaluate.linear import fit_linear, predict_linear
 from selfsup.evaluate.propagate import LabelGraph
 from selfsup.errors import ConfigError
@@ -42,7 +43,7 @@ def test_lp_ft_starts_at_the_linear_probe(digits):
         assert torch.equal(model.head(vf).argmax(1), predict_linear(probe, vf))
     probe_val = (predict_linear(probe, vf) == torch.from_numpy(train.labels[val])).float().mean().item()
     _, info = train_classifier(enc, train.images[idx], train.labels[idx], train.images[val], train.labels[val], 10,
-                               FinetuneConfig(steps=4, eval_every=2), 0, 1.0)
+                               FinetuneConfig(steps=4, eval_every=2, shift=False), 0, 1.0)  # as the probe scores
     assert info["start_val_accuracy"] == pytest.approx(probe_val)
     assert info["val_accuracy"] >= probe_val - 1e-6  # the probe stays, unless validation says a later step is better
 
@@ -168,6 +169,28 @@ def test_colour_predictions_average_the_image_and_its_mirror():
         grey.head.weight.normal_()
     x = torch.rand(6, 1, 16, 16)
     assert torch.equal(probabilities(grey, x), grey(x).softmax(1))
+
+
+class PixelReader(nn.Module):
+    """A classifier whose two logits are the value at row 2, column 3 of the first channel, and its negative."""
+
+    def forward(self, x):
+        v = x[:, 0, 2, 3]
+        return torch.stack([v, -v], 1)
+
+
+def test_shifted_scores_average_the_image_moved_one_pixel_each_way():
+    x = torch.rand(5, 1, 16, 17)
+    # moving the image right by one pixel brings column 2 to column 3; down by one, row 1 to row 2
+    at = [x[:, 0, 2, 3], x[:, 0, 2, 2], x[:, 0, 2, 4], x[:, 0, 1, 3], x[:, 0, 3, 3]]
+    expected = torch.stack([torch.stack([v, -v], 1).softmax(1) for v in at]).mean(0)
+    assert torch.allclose(probabilities(PixelReader(), x, shift=True), expected, atol=1e-6)
+    assert torch.equal(probabilities(PixelReader(), x), torch.stack([x[:, 0, 2, 3], -x[:, 0, 2, 3]], 1).softmax(1))
+    edge = torch.arange(12.).view(1, 1, 3, 4)  # at the border the uncovered pixels repeat the edge
+    assert torch.equal(shifted(edge, 0, 1)[0, 0, :, 0], edge[0, 0, :, 0])
+    assert torch.equal(shifted(edge, -1, 0)[0, 0, 2], edge[0, 0, 2])
+    small = torch.rand(5, 1, 8, 8)  # below SHIFT_MIN_SIDE a pixel is too much of the image: scored as it is
+    assert torch.equal(probabilities(PixelReader(), small, shift=True), probabilities(PixelReader(), small))
 
 
 def test_clearly_below_is_two_standard_errors_of_the_start():

@@ -173,8 +173,8 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
     if leaked is not None and len(leaked):  # the test images without a near-copy among the training images
         clean = torch.ones(len(test), dtype=torch.bool)
         clean[torch.from_numpy(np.asarray(leaked, np.int64))] = False
-    scored = lambda model: {"accuracy": round(accuracy(model, tensor_of(test.images), test_y), 4)} | _clean(  # noqa: E731
-        clean, lambda m: accuracy(model, tensor_of(test.images[m.numpy()]), test_y[m]))  # test: scored once
+    scored = lambda model, shift: {"accuracy": round(accuracy(model, tensor_of(test.images), test_y, shift=shift), 4)} | \
+        _clean(clean, lambda m: accuracy(model, tensor_of(test.images[m.numpy()]), test_y[m], shift=shift))  # noqa: E731
     rows, frozen = [], frozen if frozen is not None else FrozenCache()
     for s in seeds:
         enc = encoder(s) if callable(encoder) and not isinstance(encoder, nn.Module) else encoder
@@ -205,7 +205,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                     model, info = train_semisup(enc, pool_x, at.numpy(), train.labels[idx],
                                                 train.images[v], train.labels[v], n_classes, semisup, s,
                                                 encoder_lr_scale, dev, scores=graph.spread(at, lab, n_classes))
-                    row |= scored(model) | {k: info[k] for k in ("best_step", "steps_run", "pseudo_label_share")} | {
+                    row |= scored(model, semisup.shift) | {k: info[k] for k in ("best_step", "steps_run", "pseudo_label_share")} | {
                         "val_accuracy": _r4(info["val_accuracy"])}
                     if keep:
                         keep(row, model)
@@ -218,7 +218,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                     model, info = train_classifier(enc, train.images[idx], train.labels[idx], train.images[v],
                                                    train.labels[v], n_classes, finetune, s, encoder_lr_scale, dev,
                                                    head)
-                    row |= scored(model) | {"val_accuracy": _r4(info["val_accuracy"]), "best_step": info["best_step"],
+                    row |= scored(model, finetune.shift) | {"val_accuracy": _r4(info["val_accuracy"]), "best_step": info["best_step"],
                                             "steps_run": info["steps_run"]}
                     if keep:
                         keep(row, model)

@@ -67,6 +67,8 @@ class SemisupConfig:
     # probe); best: the weights validation scores best (100 validation images cannot rank weights a point apart)
     weak: str = "auto"  # auto: `supervised` for colour, `supervised-grey` for 1 channel
     strong: str = "auto"  # auto: the pretraining views, `simclr` for colour and `greyscale` for 1 channel
+    shift: bool = True  # score validation and test over each image and its one-pixel translations (`probabilities`:
+    # +0.1 to +0.3 points; bench/README.md, "Scoring over one-pixel shifts")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -222,7 +224,7 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
     y = torch.from_numpy(labeled_y).long().to(device)
     vx, vy = torch.from_numpy(np.ascontiguousarray(val_x)), torch.from_numpy(val_y)
     no_val = len(vy) == 0  # nothing to choose by: the last weights are kept
-    best = (None, 0, None) if no_val else (accuracy(model, vx, vy), 0, copy.deepcopy(model.state_dict()))
+    best = (None, 0, None) if no_val else (accuracy(model, vx, vy, shift=cfg.shift), 0, copy.deepcopy(model.state_dict()))
     start = val = best[0]
     nb, nu = min(cfg.batch_size, len(at)), cfg.batch_size * cfg.unlabeled_ratio
     scale = cfg.encoder_lr_scale if encoder_lr_scale is None else encoder_lr_scale
@@ -267,7 +269,7 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
             if no_val:
                 best = (None, step, None)
             elif step % cfg.eval_every == 0 or i == per_round:
-                val = accuracy(model, vx, vy)
+                val = accuracy(model, vx, vy, shift=cfg.shift)
                 if val >= best[0]:  # ties go to the later, better-trained weights
                     best = (val, step, copy.deepcopy(model.state_dict()))
     # 100 validation images cannot rank checkpoints a few points apart, only catch a run that went clearly wrong
