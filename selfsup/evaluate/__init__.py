@@ -173,8 +173,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
     if leaked is not None and len(leaked):  # the test images without a near-copy among the training images
         clean = torch.ones(len(test), dtype=torch.bool)
         clean[torch.from_numpy(np.asarray(leaked, np.int64))] = False
-    scored = lambda model, shift: {"accuracy": round(accuracy(model, tensor_of(test.images), test_y, shift=shift), 4)} | \
-        _clean(clean, lambda m: accuracy(model, tensor_of(test.images[m.numpy()]), test_y[m], shift=shift))  # noqa: E731
+    scored = lambda model, shift: _test_scores(model, test.images, test_y, clean, shift)  # noqa: E731
     rows, frozen = [], frozen if frozen is not None else FrozenCache()
     for s in seeds:
         enc = encoder(s) if callable(encoder) and not isinstance(encoder, nn.Module) else encoder
@@ -205,8 +204,8 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                     model, info = train_semisup(enc, pool_x, at.numpy(), train.labels[idx],
                                                 train.images[v], train.labels[v], n_classes, semisup, s,
                                                 encoder_lr_scale, dev, scores=graph.spread(at, lab, n_classes))
-                    row |= scored(model, semisup.shift) | {k: info[k] for k in ("best_step", "steps_run", "pseudo_label_share")} | {
-                        "val_accuracy": _r4(info["val_accuracy"])}
+                    row |= scored(model, semisup.shift) | {"val_accuracy": _r4(info["val_accuracy"])} | {
+                        k: info[k] for k in ("best_step", "steps_run", "pseudo_label_share")}
                     if keep:
                         keep(row, model)
                 elif kind == "frozen":
@@ -218,8 +217,8 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                     model, info = train_classifier(enc, train.images[idx], train.labels[idx], train.images[v],
                                                    train.labels[v], n_classes, finetune, s, encoder_lr_scale, dev,
                                                    head)
-                    row |= scored(model, finetune.shift) | {"val_accuracy": _r4(info["val_accuracy"]), "best_step": info["best_step"],
-                                            "steps_run": info["steps_run"]}
+                    row |= scored(model, finetune.shift) | {"val_accuracy": _r4(info["val_accuracy"])} | {
+                        k: info[k] for k in ("best_step", "steps_run")}
                     if keep:
                         keep(row, model)
                 rows.append(row | {"seconds": round(time.perf_counter() - t0, 2)})  # embedding not counted
@@ -266,6 +265,13 @@ def _validation_images(train: ImageSet, validation: Validation, label_sets: dict
         return validation.split(train.labels), {}  # held out for every eval, so subsets match across evals
     of = {name: given_validation(idx, train.labels, validation.per_class) for name, idx in label_sets.items()}
     return np.unique(np.concatenate(list(of.values()))), of
+
+
+def _test_scores(model: nn.Module, images: np.ndarray, y: torch.Tensor, clean: torch.Tensor | None, shift: bool) -> dict:
+    """A trained classifier's accuracy on the test split (scored once, after training), and without the leaked
+    images where there are some (`_clean`)."""
+    return {"accuracy": round(accuracy(model, tensor_of(images), y, shift=shift), 4)} | _clean(
+        clean, lambda m: accuracy(model, tensor_of(images[m.numpy()]), y[m], shift=shift))
 
 
 def _clean(mask: torch.Tensor | None, score: Callable[[torch.Tensor], float]) -> dict:
