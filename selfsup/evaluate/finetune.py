@@ -105,7 +105,7 @@ def probabilities(model: nn.Module, x: torch.Tensor, mirror: bool | None = None,
     SHIFT_MIN_SIDE pixels a side)."""
     views = [x, x.flip(3)] if (mirror if mirror is not None else x.shape[1] == 3) else [x]
     if shift and min(x.shape[-2:]) >= SHIFT_MIN_SIDE:
-        views += [shifted(v, dy, dx) for v in list(views) for dy, dx in SHIFTS]
+        views += [shifted(v, dy, dx) for v in views for dy, dx in SHIFTS]  # built whole before it extends views
     return torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
 
 
