@@ -49,6 +49,7 @@ from selfsup.evaluate import (SemisupConfig, aggregate, class_count, extract_fea
                               unlabeled_pool, validation_split)
 from selfsup.evaluate.linear import fit_linear, predict_linear  # noqa: E402
 from selfsup.evaluate.propagate import LabelGraph, vote  # noqa: E402
+from selfsup.evaluate.semisup import NeighbourVote  # noqa: E402
 from selfsup.train import pretrain  # noqa: E402
 
 K_GRID = (1, 5, 10, 20)
@@ -106,20 +107,24 @@ def trained_scores(encoder, train, test, args, seed: int, name: str, pretrain_se
         out |= {e: row["accuracy"], f"{e}_val": row["val_accuracy"], f"{e}_seconds": round(seconds, 1),
                 f"{e}_minutes": round((pretrain_seconds + seconds) / 60, 2)}
         out |= {f"{e}_unshifted": alone["accuracy"]} if "accuracy" in alone else {}
+        out |= {f"{e}_classifier": alone["classifier"]} if "classifier" in alone else {}
     return out
 
 
 @contextlib.contextmanager
 def test_also_alone(n_test: int, alone: dict):
     """While inside, the evaluations' scoring of the n_test test images also records (in `alone`) the accuracy of
-    the images alone, without their one-pixel shifts (the same weights: a paired comparison of the two scorings),
-    and the seconds that extra scoring took, which are not the evaluation's."""
+    the images alone, without their one-pixel shifts, and for semisup's `NeighbourVote` that of the classifier
+    without its neighbours' vote (`classifier`; the same weights: paired comparisons of the scorings), and the
+    seconds that extra scoring took, which are not the evaluation's."""
     scored = evaluate.accuracy
 
     def both(model, x, y, *a, **k):
         if len(x) == n_test:
             t0 = time.perf_counter()
             alone["accuracy"] = round(scored(model, x, y, *a, **(k | {"shift": False})), 4)
+            if isinstance(model, NeighbourVote):
+                alone["classifier"] = round(scored(model.model, x, y, *a, **k), 4)
             alone["seconds"] = time.perf_counter() - t0
         return scored(model, x, y, *a, **k)
     evaluate.accuracy = both

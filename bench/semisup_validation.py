@@ -8,7 +8,9 @@ training images outside the last `--held`, which are the scored set: no test lab
 (SemisupConfig fields as JSON) trains from the checkpoint's encoder. Besides the accuracy of the weights the
 evaluation keeps (chosen, as always, on its own small validation), it records, at every check, that validation's
 accuracy and the held-out images' accuracy: the trajectory shows whether the small validation could see what
-the held-out images see. Writes bench/results/semisup-validation<tag>-<device_tag>.json.
+the held-out images see. `accuracy` is the kept weights' score as the evaluation gives it (with the pool
+neighbours' vote unless the variant sets `neighbours` to 0), `accuracy_classifier` the same weights' classifier
+alone. Writes bench/results/semisup-validation<tag>-<device_tag>.json.
 """
 from __future__ import annotations
 
@@ -47,6 +49,14 @@ def watched(trajectory: list, held_x: torch.Tensor, held_y: torch.Tensor, mirror
     return check
 
 
+def alone(held_x: torch.Tensor, held_y: torch.Tensor, shift: bool):
+    """A `keep` hook that adds to the row the held-out accuracy of the kept weights' classifier alone, scored as the
+    evaluation scores it but without its pool neighbours' vote (`accuracy_classifier`: paired with `accuracy`)."""
+    def keep(row: dict, model) -> None:
+        row["accuracy_classifier"] = round(accuracy(model, held_x, held_y, shift=shift), 4)
+    return keep
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="cifar10")
@@ -78,11 +88,13 @@ def main() -> None:
         cfg, trajectory, t0 = SemisupConfig(**json.loads(fields)), [], time.perf_counter()
         semisup_module.accuracy = watched(trajectory, held_x, held_y, args.mirror, args.shift)
         row = few_label_rows(encoder, train, held, [args.labels_per_class], name, ("semisup",), seeds=(args.seed,),
-                             semisup=cfg)[0]
-        trial = {"variant": name, "config": cfg.to_dict(), "accuracy": row["accuracy"], "best_step": row["best_step"],
+                             semisup=cfg, keep=alone(held_x, held_y, cfg.shift))[0]
+        trial = {"variant": name, "config": cfg.to_dict(), "accuracy": row["accuracy"],
+                 "accuracy_classifier": row["accuracy_classifier"], "best_step": row["best_step"],
                  "pseudo_label_share": row["pseudo_label_share"], "checks_every": cfg.eval_every,
                  "trajectory": trajectory, "seconds": round(time.perf_counter() - t0, 1)}
-        print(json.dumps({k: trial[k] for k in ("variant", "accuracy", "best_step", "seconds")}), flush=True)
+        print(json.dumps({k: trial[k] for k in ("variant", "accuracy", "accuracy_classifier", "best_step", "seconds")}),
+              flush=True)
         print("  held out at each check:", [t["held_out"] for t in trajectory], flush=True)
         if args.mirror:
             print("  each image alone:", [t["held_out_alone"] for t in trajectory], flush=True)

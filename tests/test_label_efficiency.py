@@ -1,4 +1,6 @@
 """LP-FT fine-tuning and semi-supervised training: where they start, what they read, what they are compared with."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +14,8 @@ from selfsup.evaluate.finetune import Classifier, accuracy, probabilities, shift
 from selfsup.evaluate.linear import fit_linear, predict_linear
 from selfsup.evaluate.propagate import LabelGraph
 from selfsup.errors import ConfigError
-from selfsup.evaluate.semisup import (aligned, balanced, clearly_below, confident, flex_thresholds, graph_scores,
-                                     pseudo_labels, train_semisup)
+from selfsup.evaluate.semisup import (NeighbourVote, aligned, balanced, clearly_below, confident, flex_thresholds,
+                                     graph_scores, pseudo_labels, train_semisup)
 
 FAST_SEMI = SemisupConfig(steps=12, rounds=2, batch_size=16, unlabeled_ratio=2, eval_every=4)
 
@@ -191,6 +193,55 @@ def test_shifted_scores_average_the_image_moved_one_pixel_each_way():
     assert torch.equal(shifted(edge, -1, 0)[0, 0, 2], edge[0, 0, 2])
     small = torch.rand(5, 1, 8, 8)  # below SHIFT_MIN_SIDE a pixel is too much of the image: scored as it is
     assert torch.equal(probabilities(PixelReader(), small, shift=True), probabilities(PixelReader(), small))
+
+
+class TwoPixels(nn.Module):
+    """A classifier on 1 x 1 x 2 images: its features are the two pixels, its head a fixed 2 x 3 matrix."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Flatten()
+        self.head = nn.Linear(2, 3, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[4.0, 0.0], [0.0, 4.0], [2.0, 2.0]]))
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+def test_neighbour_vote_averages_the_classifier_with_its_pool_neighbours_predictions():
+    """The definition, by hand: half the classifier's probabilities of the image, half the exp(cos / t)-weighted
+    mean of its probabilities of the k pool images most cosine-similar to the image in its features."""
+    pool = np.array([[[[250, 10]]], [[[200, 60]]], [[[120, 130]]], [[[20, 240]]], [[[90, 200]]]], np.uint8)
+    model = TwoPixels().eval()
+    voted = NeighbourVote(model, pool, k=2, t=0.5)
+    x = torch.tensor([[[[0.9, 0.3]]], [[[0.2, 0.8]]]])
+    f, fp = x.flatten(1), torch.from_numpy(pool).float().div(255).flatten(1)
+    own, pool_p = model(x).softmax(1), model.head(fp).softmax(1)
+    for i in range(len(x)):
+        cos = nn.functional.cosine_similarity(f[i:i + 1], fp)
+        near = cos.argsort(descending=True)[:2]
+        w = (cos[near] / 0.5).exp()
+        vote = (w[:, None] * pool_p[near]).sum(0) / w.sum()
+        assert torch.allclose(voted(x[i:i + 1]).exp()[0], (own[i] + vote) / 2, atol=1e-5)
+    assert torch.allclose(probabilities(voted, x), voted(x).exp(), atol=1e-6)  # scored as a classifier is
+    assert not torch.allclose(voted(x).exp(), own, atol=1e-3)  # the neighbours moved the scores
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_semisup_is_scored_with_its_neighbours_vote_unless_off(digits, monkeypatch, k):
+    import selfsup.evaluate as ev
+
+    train, test = digits
+    made = []
+    monkeypatch.setattr(ev, "NeighbourVote",
+                        lambda model, pool_x, k, queries: made.append((len(pool_x), k, queries)) or model)
+    info = {"val_accuracy": 0.5, "best_step": 0, "steps_run": 0, "pseudo_label_share": 0.0}
+    monkeypatch.setattr(ev, "train_semisup", lambda enc, *a, **kw: (Classifier(enc, 10), info))  # scoring is tested
+    few_label_rows(encoder, train, test, [3], "supervised", ("semisup",), (0,),
+                   semisup=replace(FAST_SEMI, neighbours=k))
+    val = validation_split(train.labels, 10)
+    assert made == ([(len(train) - len(val), 3, len(test))] if k else [])  # the pool: every image outside validation
 
 
 def test_clearly_below_is_two_standard_errors_of_the_start():

@@ -21,7 +21,7 @@ from ..errors import DataError
 from ..registry import Registry
 from .features import extract_features, tensor_of
 from .finetune import FinetuneConfig, accuracy, train_classifier
-from .semisup import SemisupConfig, train_semisup
+from .semisup import NeighbourVote, SemisupConfig, train_semisup
 from .knn import knn_accuracy
 from .linear import linear_accuracy
 from .propagate import LabelGraph, propagate_accuracy
@@ -204,10 +204,9 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                     model, info = train_semisup(enc, pool_x, at.numpy(), train.labels[idx],
                                                 train.images[v], train.labels[v], n_classes, semisup, s,
                                                 encoder_lr_scale, dev, scores=graph.spread(at, lab, n_classes))
-                    row |= scored(model, semisup.shift) | {"val_accuracy": _r4(info["val_accuracy"])} | {
-                        k: info[k] for k in ("best_step", "steps_run", "pseudo_label_share")}
-                    if keep:
-                        keep(row, model)
+                    voted = NeighbourVote(model, pool_x, semisup.neighbours, queries=len(test)) \
+                        if semisup.neighbours else model  # the classifier with its pool neighbours' vote
+                    _trained_row(row, scored(voted, semisup.shift), info, model, keep)
                 elif kind == "frozen":
                     f = feats[[pos[int(i)] for i in idx]]
                     fy = torch.from_numpy(train.labels[idx])
@@ -217,10 +216,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                     model, info = train_classifier(enc, train.images[idx], train.labels[idx], train.images[v],
                                                    train.labels[v], n_classes, finetune, s, encoder_lr_scale, dev,
                                                    head)
-                    row |= scored(model, finetune.shift) | {"val_accuracy": _r4(info["val_accuracy"])} | {
-                        k: info[k] for k in ("best_step", "steps_run")}
-                    if keep:
-                        keep(row, model)
+                    _trained_row(row, scored(model, finetune.shift), info, model, keep)
                 rows.append(row | {"seconds": round(time.perf_counter() - t0, 2)})  # embedding not counted
     return rows
 
@@ -272,6 +268,14 @@ def _test_scores(model: nn.Module, images: np.ndarray, y: torch.Tensor, clean: t
     images where there are some (`_clean`)."""
     return {"accuracy": round(accuracy(model, tensor_of(images), y, shift=shift), 4)} | _clean(
         clean, lambda m: accuracy(model, tensor_of(images[m.numpy()]), y[m], shift=shift))
+
+
+def _trained_row(row: dict, scores: dict, info: dict, model: nn.Module, keep: Callable | None) -> None:
+    """A trained evaluation's row gets its test scores, validation accuracy and steps; `keep` sees the classifier."""
+    row |= scores | {"val_accuracy": _r4(info["val_accuracy"])} | {
+        k: info[k] for k in ("best_step", "steps_run", "pseudo_label_share") if k in info}
+    if keep:
+        keep(row, model)
 
 
 def _clean(mask: torch.Tensor | None, score: Callable[[torch.Tensor], float]) -> dict:
