@@ -131,10 +131,12 @@ def test_semisup_settings_follow_the_kind_of_image_unless_given():
     assert [SemisupConfig(steps=n).resolved(1).rounds for n in (100, 1000, 1500, 2600)] == [2, 2, 3, 5]  # every 500
     assert (colour.targets, colour.steps, colour.rounds, colour.encoder_lr_scale, colour.keep) == (
         "balanced", 1000, 1, 1.0, "last")
+    assert (grey.neighbours, colour.neighbours, SemisupConfig(targets="graph").resolved(3).neighbours) == (10, 0, 10)
+    assert SemisupConfig(neighbours=4).resolved(3).neighbours == 4
     given = SemisupConfig(targets="graph", steps=40, rounds=3, encoder_lr_scale=0.5).resolved(3)
     assert (given.targets, given.steps, given.rounds, given.encoder_lr_scale) == ("graph", 40, 3, 0.5)
     for wrong, message in (({"targets": "probe"}, "targets"), ({"steps": 0}, "at least 1"), ({"rounds": 0}, "rounds"),
-                           ({"keep": "auto"}, "keep")):
+                           ({"keep": "auto"}, "keep"), ({"neighbours": -1}, "neighbours")):
         with pytest.raises(ConfigError, match=message):
             SemisupConfig(**wrong).resolved(3)
 
@@ -228,8 +230,8 @@ def test_neighbour_vote_averages_the_classifier_with_its_pool_neighbours_predict
     assert not torch.allclose(voted(x).exp(), own, atol=1e-3)  # the neighbours moved the scores
 
 
-@pytest.mark.parametrize("k", [0, 3])
-def test_semisup_is_scored_with_its_neighbours_vote_unless_off(digits, monkeypatch, k):
+@pytest.mark.parametrize("k, used", [(0, 0), (3, 3), (None, 10)])  # None: 10 for digits
+def test_semisup_is_scored_with_its_neighbours_vote_unless_off(digits, monkeypatch, k, used):
     import selfsup.evaluate as ev
 
     train, test = digits
@@ -241,7 +243,7 @@ def test_semisup_is_scored_with_its_neighbours_vote_unless_off(digits, monkeypat
     few_label_rows(encoder, train, test, [3], "supervised", ("semisup",), (0,),
                    semisup=replace(FAST_SEMI, neighbours=k))
     val = validation_split(train.labels, 10)
-    assert made == ([(len(train) - len(val), 3, len(test))] if k else [])  # the pool: every image outside validation
+    assert made == ([(len(train) - len(val), used, len(test))] if used else [])  # the pool: all but validation
 
 
 def test_clearly_below_is_two_standard_errors_of_the_start():

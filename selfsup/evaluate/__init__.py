@@ -204,8 +204,8 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                     model, info = train_semisup(enc, pool_x, at.numpy(), train.labels[idx],
                                                 train.images[v], train.labels[v], n_classes, semisup, s,
                                                 encoder_lr_scale, dev, scores=graph.spread(at, lab, n_classes))
-                    voted = NeighbourVote(model, pool_x, semisup.neighbours, queries=len(test)) \
-                        if semisup.neighbours else model  # the classifier with its pool neighbours' vote
+                    k = semisup.resolved(pool_x.shape[1]).neighbours
+                    voted = NeighbourVote(model, pool_x, k, queries=len(test)) if k else model  # with the pool's vote
                     _trained_row(row, scored(voted, semisup.shift), info, model, keep)
                 elif kind == "frozen":
                     f = feats[[pos[int(i)] for i in idx]]
