@@ -17,9 +17,9 @@ encoder being trained (Iscen et al. 2019) and the targets with it.
 Validation accuracy is checked before the first step and every `eval_every` steps; the last weights are kept
 unless validation scores them clearly below the start (`keep="last"`: by more than two standard errors of the start's
 accuracy on those images), or the best-scored ones (`keep="best"`).
-The result is one encoder and head. Its test predictions are averaged with the vote of its own predictions on the
-pool images nearest in its features (`NeighbourVote`; `neighbours=0` for the classifier alone). No label outside the
-subset is read.
+The result is one encoder and head. With graph targets its test predictions are averaged with the vote of its own
+predictions on the pool images nearest in its features (`NeighbourVote`; `neighbours`). No label outside the subset
+is read.
 """
 from __future__ import annotations
 
@@ -176,10 +176,10 @@ def aligned(own: torch.Tensor, mean: torch.Tensor | None, momentum: float = 0.99
 
 
 @torch.no_grad()
-def pool_outputs(model: nn.Module, pool_x: np.ndarray, amp: TrainStep, batch_size: int | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's features (N, D) and class probabilities (N, C) of every pool image, unaugmented, in eval mode,
-    from one pass."""
+def pool_outputs(model: nn.Module, pool_x: np.ndarray, amp: TrainStep, batch_size: int | None = None,
+                 features: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The model's features (N, D; None unless `features`) and class probabilities (N, C) of every pool image,
+    unaugmented, in eval mode, from one pass."""
     device = next(model.parameters()).device
     batch_size = batch_size or inference_batch(device)
     feats, probs, was = [], [], model.training
@@ -188,16 +188,16 @@ def pool_outputs(model: nn.Module, pool_x: np.ndarray, amp: TrainStep, batch_siz
         for i in range(0, len(pool_x), batch_size):
             x = prepare(torch.from_numpy(np.ascontiguousarray(pool_x[i:i + batch_size])).to(device), model.encoder)
             f = model.encoder(x)
-            feats.append(f.float())
+            feats += [f.float()] if features else []
             probs.append(model.head(f).float().softmax(1))
     model.train(was)
-    return torch.cat(feats), torch.cat(probs)
+    return torch.cat(feats) if features else None, torch.cat(probs)
 
 
 def pool_probabilities(model: nn.Module, pool_x: np.ndarray, amp: TrainStep, batch_size: int | None = None
                        ) -> torch.Tensor:
     """The model's class probabilities (N, C) of every pool image, unaugmented, in eval mode."""
-    return pool_outputs(model, pool_x, amp, batch_size)[1]
+    return pool_outputs(model, pool_x, amp, batch_size, features=False)[1]
 
 
 class NeighbourVote(nn.Module):
