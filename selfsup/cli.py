@@ -149,9 +149,11 @@ def cmd_eval(args) -> None:
                           device=eval_device(args.device, cfg.accelerator), validation=plan.validation,
                           label_sets=plan.sets, leaked=np.array(leak["leaked_index"]), **trained)
     out = Path(args.out) if args.out else path.parent.parent / "eval.json"
+    settings = {"finetune": trained["finetune"].to_dict(),  # what the rows were made with, resolved for the data
+                "semisup": trained["semisup"].resolved(train.channels).to_dict()}
     write_json(out, {"dataset": dataset, "rows": aggregate(rows), "rows_per_seed": rows, "labels": plan.to_dict(),
                      "leakage": {k: v for k, v in leak.items() if k != "leaked_index"}, "checkpoint": str(path),
-                     "config": cfg.to_dict()})
+                     "config": cfg.to_dict(), "evaluation": settings})
     print(format_table(rows))
     print(leak["text"])
     print(f"results: {out}")

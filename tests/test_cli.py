@@ -43,8 +43,11 @@ def test_too_many_labels_per_class(capsys, tmp_path):
     assert code == 2 and "--semisup-steps must be at least 1" in one_line_error(err)
     code, _, _ = run(capsys, "eval", "--checkpoint", str(tmp_path / "r"), "--labels-per-class", "2", "--evals",
                      "finetune,semisup", "--finetune-steps", "3", "--semisup-steps", "4")
-    rows = json.loads((tmp_path / "r" / "eval.json").read_text())["rows_per_seed"]
-    assert code == 0 and [r["steps_run"] for r in rows] == [3, 4]  # the budgets given, not the defaults
+    written = json.loads((tmp_path / "r" / "eval.json").read_text())
+    assert code == 0 and [r["steps_run"] for r in written["rows_per_seed"]] == [3, 4]  # the budgets given
+    semisup = written["evaluation"]["semisup"]  # the settings the rows were made with, resolved for digits
+    assert (semisup["steps"], semisup["targets"], semisup["neighbours"], written["evaluation"]["finetune"]["steps"]) == (
+        4, "graph", 10, 3)
 
 
 @pytest.mark.parametrize("argv, message", [
