@@ -117,21 +117,21 @@ def test_also_alone(n_test: int, alone: dict):
     the images alone, without their one-pixel shifts, and for semisup's `NeighbourVote` that of the classifier
     without its neighbours' vote (`classifier`; the same weights: paired comparisons of the scorings), and the
     seconds that extra scoring took, which are not the evaluation's."""
-    scored = evaluate.accuracy
+    scored = evaluate.correct
 
     def both(model, x, y, *a, **k):
         if len(x) == n_test:
             t0 = time.perf_counter()
-            alone["accuracy"] = round(scored(model, x, y, *a, **(k | {"shift": False})), 4)
+            alone["accuracy"] = round(scored(model, x, y, *a, **(k | {"shift": False})).float().mean().item(), 4)
             if isinstance(model, NeighbourVote):
-                alone["classifier"] = round(scored(model.model, x, y, *a, **k), 4)
+                alone["classifier"] = round(scored(model.model, x, y, *a, **k).float().mean().item(), 4)
             alone["seconds"] = time.perf_counter() - t0
         return scored(model, x, y, *a, **k)
-    evaluate.accuracy = both
+    evaluate.correct = both
     try:
         yield
     finally:
-        evaluate.accuracy = scored
+        evaluate.correct = scored
 
 
 def main() -> None:

@@ -246,6 +246,24 @@ def test_semisup_is_scored_with_its_neighbours_vote_unless_off(digits, monkeypat
     assert made == ([(len(train) - len(val), used, len(test))] if used else [])  # the pool: all but validation
 
 
+def test_a_trained_classifier_scores_the_test_split_once_with_leaked_images(digits, monkeypatch):
+    import selfsup.evaluate as ev
+
+    train, test = digits
+    passes, scored = [], ev.correct
+    monkeypatch.setattr(ev, "correct", lambda model, x, y, **k: passes.append(len(x)) or scored(model, x, y, **k))
+    info = {"val_accuracy": 0.5, "best_step": 0, "steps_run": 0}
+    net = Classifier(encoder(), 10)
+    monkeypatch.setattr(ev, "train_classifier", lambda *a, **kw: (net, info))  # the scoring is what is tested
+    leaked = np.arange(0, len(test), 3)
+    [row] = few_label_rows(encoder, train, test, [3], "supervised", ("finetune",), (0,), leaked=leaked)
+    assert passes == [len(test)]  # every test image once; the clean accuracy is taken from the same pass
+    clean = np.setdiff1d(np.arange(len(test)), leaked)
+    x, y = torch.from_numpy(test.images), torch.from_numpy(test.labels)
+    assert row["accuracy"] == round(accuracy(net, x, y), 4)  # as two separate passes would score them
+    assert row["accuracy_clean"] == round(accuracy(net, x[clean], y[clean]), 4) != row["accuracy"]
+
+
 def test_clearly_below_is_two_standard_errors_of_the_start():
     assert clearly_below(0.38, 0.5, 100) and not clearly_below(0.41, 0.5, 100)  # sqrt(0.25 / 100) = 0.05
     assert clearly_below(0.97, 1.0, 100) and not clearly_below(0.99, 1.0, 100)  # at least one image's: 0.01

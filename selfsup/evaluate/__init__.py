@@ -20,7 +20,7 @@ from ..data.splits import class_count
 from ..errors import DataError
 from ..registry import Registry
 from .features import extract_features, tensor_of
-from .finetune import FinetuneConfig, accuracy, train_classifier
+from .finetune import FinetuneConfig, correct, train_classifier
 from .semisup import NeighbourVote, SemisupConfig, train_semisup
 from .knn import knn_accuracy
 from .linear import linear_accuracy
@@ -265,9 +265,9 @@ def _validation_images(train: ImageSet, validation: Validation, label_sets: dict
 
 def _test_scores(model: nn.Module, images: np.ndarray, y: torch.Tensor, clean: torch.Tensor | None, shift: bool) -> dict:
     """A trained classifier's accuracy on the test split (scored once, after training), and without the leaked
-    images where there are some (`_clean`)."""
-    return {"accuracy": round(accuracy(model, tensor_of(images), y, shift=shift), 4)} | _clean(
-        clean, lambda m: accuracy(model, tensor_of(images[m.numpy()]), y[m], shift=shift))
+    images where there are some (`_clean`), both from one pass over the test images."""
+    hits = correct(model, tensor_of(images), y, shift=shift).float()
+    return {"accuracy": round(hits.mean().item(), 4)} | _clean(clean, lambda m: hits[m].mean().item())
 
 
 def _trained_row(row: dict, scores: dict, info: dict, model: nn.Module, keep: Callable | None) -> None:

@@ -110,19 +110,26 @@ def probabilities(model: nn.Module, x: torch.Tensor, mirror: bool | None = None,
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None,
-             mirror: bool | None = None, shift: bool = False) -> float:
-    """The trained classifier's accuracy on uint8 images (N, C, H, W), scored as `probabilities` says."""
+def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None,
+            mirror: bool | None = None, shift: bool = False) -> torch.Tensor:
+    """Whether the trained classifier gets each of the uint8 images (N, C, H, W) right (N bools, on the CPU),
+    scored as `probabilities` says: one pass, from which any subset's accuracy can be taken."""
     model.eval()
     device = next(model.parameters()).device
     batch_size = batch_size or inference_batch(device)
-    hits = 0
+    hits = []
     with autocast_for(device, encoder=model.encoder):
         for i in range(0, len(x), batch_size):
             xb = prepare(x[i:i + batch_size].to(device), model.encoder)
-            hits += (probabilities(model, xb, mirror, shift).argmax(1).cpu() == y[i:i + batch_size]).sum().item()
+            hits.append(probabilities(model, xb, mirror, shift).argmax(1).cpu() == y[i:i + batch_size])
     model.train()
-    return hits / max(1, len(x))
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None,
+             mirror: bool | None = None, shift: bool = False) -> float:
+    """The trained classifier's accuracy on uint8 images (N, C, H, W), scored as `probabilities` says."""
+    return correct(model, x, y, batch_size, mirror, shift).sum().item() / max(1, len(x))
 
 
 def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
