@@ -142,9 +142,14 @@ def vote(nodes: Tensor, scores: Tensor, queries: Tensor, k: int = VOTE_K, t: flo
     """Classes of the query features: a weighted vote (exp(sim / t)) of their k nearest nodes' propagated scores.
     `near`: the queries' (similarities, node indices), (Q, k) each, already searched."""
     top, j = near if near is not None else search(nodes, queries, k, method, index=index)  # (Q, k)
-    preds = [((top[i:i + chunk] / t).exp()[..., None] * scores[j[i:i + chunk]]).sum(1).argmax(1)
-             for i in range(0, len(top), chunk)]
+    preds = [weighted_votes(top[i:i + chunk], j[i:i + chunk], scores, t).argmax(1) for i in range(0, len(top), chunk)]
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def weighted_votes(sim: Tensor, j: Tensor, scores: Tensor, t: float) -> Tensor:
+    """(Q, C): each query's sum of its neighbours' scores (`j`, (Q, k) indices into `scores`), each weighted by
+    exp(similarity / t)."""
+    return ((sim / t).exp()[..., None] * scores[j]).sum(1)
 
 
 def propagate(labeled_f: Tensor, labels: Tensor, pool_f: Tensor, n_classes: int, k: int = GRAPH_K, alpha: float = 0.99,

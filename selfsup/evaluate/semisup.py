@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from ..schedule import cosine
 from .features import extract_features, inference_batch, prepare
 from .finetune import Classifier, accuracy
-from .propagate import LabelGraph
+from .propagate import LabelGraph, weighted_votes
 
 
 @dataclass
@@ -222,7 +222,7 @@ class NeighbourVote(nn.Module):
         f = self.encoder(x)
         own = self.model.head(f).float().softmax(1)
         sim, j = search(self.bank, f.float().cpu(), self.k, self.method, index=self.index)
-        vote = ((sim / self.t).exp()[..., None] * self.votes[j]).sum(1)
+        vote = weighted_votes(sim, j, self.votes, self.t)
         vote = (vote / vote.sum(1, keepdim=True).clamp(min=1e-30)).to(own.device)
         return ((own + vote) / 2).clamp(min=1e-30).log()
 
