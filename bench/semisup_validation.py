@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--labels-per-class", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", nargs="+", required=True, help="NAME=JSON of SemisupConfig fields")
+    ap.add_argument("--pool", type=int, default=None, help="the unlabeled pool: at most N training images (default: "
+                    "all outside validation), as a small dataset would have")
     ap.add_argument("--tag", default="")
     ap.add_argument("--mirror", action="store_true", help="also score each held-out image alone (the "
                     "evaluation scores colour images over each image and its mirror)")
@@ -80,7 +82,7 @@ def main() -> None:
     train, held = split(load(args.dataset, "train"), args.held)
     held_x, held_y = torch.from_numpy(held.images), torch.from_numpy(held.labels)
     frozen = few_label_rows(encoder, train, held, [args.labels_per_class], "frozen", ("knn", "linear", "propagate"),
-                            seeds=(args.seed,))
+                            seeds=(args.seed,), pool_size=args.pool)
     print(json.dumps({r["eval"]: r["accuracy"] for r in frozen}), flush=True)
     trials = []
     for variant in args.variants:
@@ -88,11 +90,12 @@ def main() -> None:
         cfg, trajectory, t0 = SemisupConfig(**json.loads(fields)), [], time.perf_counter()
         semisup_module.accuracy = watched(trajectory, held_x, held_y, args.mirror, args.shift)
         row = few_label_rows(encoder, train, held, [args.labels_per_class], name, ("semisup",), seeds=(args.seed,),
-                             semisup=cfg, keep=alone(held_x, held_y, cfg.shift))[0]
+                             semisup=cfg, keep=alone(held_x, held_y, cfg.shift), pool_size=args.pool)[0]
         trial = {"variant": name, "config": cfg.to_dict(), "accuracy": row["accuracy"],
                  "accuracy_classifier": row["accuracy_classifier"], "best_step": row["best_step"],
                  "pseudo_label_share": row["pseudo_label_share"], "checks_every": cfg.eval_every,
-                 "trajectory": trajectory, "seconds": round(time.perf_counter() - t0, 1)}
+                 "steps_run": row["steps_run"], "trajectory": trajectory,
+                 "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps({k: trial[k] for k in ("variant", "accuracy", "accuracy_classifier", "best_step", "seconds")}),
               flush=True)
         print("  held out at each check:", [t["held_out"] for t in trajectory], flush=True)
@@ -103,7 +106,7 @@ def main() -> None:
         trials.append(trial)
     write(f"semisup-validation{args.tag}-{device_tag()}.json", {
         "machine": machine(), "dataset": args.dataset, "checkpoint": args.checkpoint,
-        "labels_per_class": args.labels_per_class, "seed": args.seed,
+        "labels_per_class": args.labels_per_class, "seed": args.seed, "pool": args.pool,
         "scored_on": f"the last {args.held:,} training images", "frozen": {r["eval"]: r["accuracy"] for r in frozen},
         "trials": trials})
 

@@ -147,7 +147,7 @@ def cmd_eval(args) -> None:
     leak = leakage_report(encoder, seen, test)  # before any score, which it qualifies
     rows = few_label_rows(encoder, train, test, list(plan.counts), cfg.method, evals, tuple(range(args.seeds)),
                           device=eval_device(args.device, cfg.accelerator), validation=plan.validation,
-                          label_sets=plan.sets, leaked=np.array(leak["leaked_index"]), **trained)
+                          label_sets=plan.sets, leaked=np.array(leak["leaked_index"]), progress=True, **trained)
     out = Path(args.out) if args.out else path.parent.parent / "eval.json"
     settings = {"finetune": trained["finetune"].to_dict(),  # what the rows were made with, resolved for the data
                 "semisup": trained["semisup"].resolved(train.channels).to_dict()}
@@ -375,7 +375,8 @@ def _compare_flags(c: argparse.ArgumentParser) -> None:
                    "index column for a built-in dataset, path,label for a folder")
     c.add_argument("--finetune-steps", type=int, help="step budget of fine-tuning and supervised training (default: 300)")
     c.add_argument("--semisup-steps", type=int, help="step budget of semi-supervised training, from the pretrained "
-                   "encoder and from scratch alike (default: 500 for 1-channel images, 1,000 for colour)")
+                   "encoder and from scratch alike (default: 500 for 1-channel images, 1,000 for colour; at most 250 passes "
+                   "over the unlabeled images)")
     c.add_argument("--backbone", default=None, help="encoder for every method (default: the measured one for the "
                    "data: small_cnn width 16 for grey images, width 32 for colour)")
     c.add_argument("--backbone-args", type=_kv, default=None, metavar="K=V,...", help="the backbone's arguments")
@@ -476,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=_count, default=1, help="how many seeds (label subsets): 0..N-1")
     e.add_argument("--finetune-steps", type=int, help="step budget of fine-tuning (default: 300)")
     e.add_argument("--semisup-steps", type=int, help="step budget of semi-supervised training (default: 500 for "
-                   "1-channel images, 1,000 for colour)")
+                   "1-channel images, 1,000 for colour; at most 250 passes over the unlabeled images)")
     e.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     e.add_argument("--out", help="JSON path (default: RUN/eval.json)")
     e.add_argument("--device", default="auto", help="where evaluation runs: auto (a GPU where torch sees one), cpu, cuda "

@@ -226,7 +226,7 @@ def _compare(cc: CompareConfig, configs: dict, train: ImageSet, test: ImageSet, 
         if (row["method"], row["eval"], row["labels_per_class"], row["seed"]) == pictured:
             shown[BASELINES["supervised"]] = {"encoder": model.encoder}  # the pictures' supervised encoder
     per_seed = evaluate_all(cc, subjects, train, test, EvalCache(out / "evals.jsonl"), plan,
-                            np.array(leak["leaked_index"], np.int64), keep=keep)
+                            np.array(leak["leaked_index"], np.int64), keep=keep, progress=show_progress)
     rows = aggregate(per_seed)
     results = {
         "dataset": cc.dataset, "rows": rows, "rows_per_seed": per_seed,
@@ -283,10 +283,10 @@ def keep_trained(cc: CompareConfig, checkpoints: dict, row: dict, model, counts:
 
 
 def evaluate_all(cc: CompareConfig, subjects: dict, train: ImageSet, test: ImageSet, cache: EvalCache,
-                 plan: LabelPlan, leaked: np.ndarray | None = None, keep=None) -> list[dict]:
+                 plan: LabelPlan, leaked: np.ndarray | None = None, keep=None, progress: bool = False) -> list[dict]:
     """Per-seed rows of every subject (name -> (encoder or seed -> encoder, evals, training overrides, identity));
     rows already in the cache are reused, new ones are added to it as they are made; `keep(row, model)` sees each
-    newly trained model."""
+    newly trained model; `progress`: lines on stderr as `few_label_rows` gives them."""
     ft, per_seed = cc.finetune, []
     device = eval_device(cc.device, cc.base().accelerator)  # baselines and trained evaluations on the run's device
     trained = {"finetune": ft.to_dict(), "semisup": cc.semisup.to_dict()}  # what else determines a trained row
@@ -305,7 +305,7 @@ def evaluate_all(cc: CompareConfig, subjects: dict, train: ImageSet, test: Image
                     for r in few_label_rows(encoder, train, test, [] if plan.sets else todo, name, (e,), (s,),
                                             device=device, finetune=ft, semisup=cc.semisup, keep=keep, validation=plan.validation,
                                             label_sets={k: plan.sets[k] for k in todo} if plan.sets else None,
-                                            leaked=leaked, frozen=frozen, **overrides):
+                                            leaked=leaked, frozen=frozen, progress=progress, **overrides):
                         cache.add(keys[r["labels_per_class"]], r)
                 per_seed += [{k: v for k, v in cache.rows[keys[n]].items() if k != "key"} for n in plan.counts]
     return per_seed

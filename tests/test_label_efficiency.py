@@ -141,6 +141,16 @@ def test_semisup_settings_follow_the_kind_of_image_unless_given():
             SemisupConfig(**wrong).resolved(3)
 
 
+def test_the_default_semisup_budget_passes_a_small_pool_at_most_250_times():
+    """256 unlabeled images a step (64 x 4): a pool of 200 photos gets 196 steps, not 1,000 (1,280 passes)."""
+    assert [SemisupConfig().resolved(3, pool).steps for pool in (200, 1100, 50_000)] == [196, 1000, 1000]
+    assert [SemisupConfig().resolved(1, pool).steps for pool in (200, 600, 60_000)] == [196, 500, 500]
+    assert SemisupConfig().resolved(1, 200).rounds == 2 and SemisupConfig().resolved(1, 1).steps == 1
+    assert SemisupConfig().resolved(1, 1).rounds == 1  # never more rounds than steps
+    assert SemisupConfig(steps=1000).resolved(3, 200).steps == 1000  # a budget given is a budget kept
+    assert SemisupConfig(batch_size=32, unlabeled_ratio=2).resolved(3, 200).steps == 782
+
+
 @pytest.mark.parametrize("keep, scores, kept", [
     ("best", [0.5, 0.6, 0.55], 2),  # the best on validation
     ("last", [0.5, 0.6, 0.55], 4),  # the last, which validation scores at least as the start

@@ -135,6 +135,13 @@ def test_eval_with_the_labels_a_person_made(labeled_folder, data_root, capsys, t
     # 5 labeled a class: 1 held out to test, 4 left, of which 1 validates (a quarter) and 3 train
     assert {r["labels_per_class"] for r in res["rows"]} == {"labeled"} and {r["labels"] for r in res["rows_per_seed"]} == {9}
     assert res["labels"]["validation"]["per_class"] == 1
+    # semi-supervised training on 24 pool images: a few passes' steps, a progress line and each row as it is done
+    code, out, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "run"), "--labels", str(labels),
+                         "--evals", "knn,semisup", "--out", str(tmp_path / "s.json"))
+    assert code == 0, err
+    semi = next(r for r in json.loads((tmp_path / "s.json").read_text())["rows_per_seed"] if r["eval"] == "semisup")
+    assert semi["steps_run"] == 24  # ceil(250 passes x 24 pool images / 256 a step), not 1,000
+    assert "simclr knn, seed 0, 9 labels: " in err and "simclr semisup, seed 0, 9 labels: " in err
     few = write_csv(tmp_path / "few.csv", [(f, "abc"[k % 3]) for k, f in enumerate(files[:9])])  # 3 a class
     code, out, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "run"), "--labels", str(few),
                          "--evals", "linear,finetune", "--out", str(tmp_path / "few.json"))

@@ -6,6 +6,7 @@ for early stopping, and per-seed label subsets drawn from the rest. The test spl
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from dataclasses import dataclass
 from statistics import mean, stdev
@@ -18,6 +19,7 @@ from torch import nn
 from ..data import ImageSet, few_labels
 from ..data.splits import class_count
 from ..errors import DataError
+from ..progress import clock
 from ..registry import Registry
 from .features import extract_features, tensor_of
 from .finetune import FinetuneConfig, correct, train_classifier
@@ -151,7 +153,8 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                    pool_size: int | None = None, semisup: SemisupConfig | None = None,
                    head: str | None = None, keep: Callable[[dict, nn.Module], None] | None = None,
                    validation: Validation | None = None, label_sets: dict[str, np.ndarray] | None = None,
-                   leaked: np.ndarray | None = None, frozen: "FrozenCache | None" = None) -> list[dict]:
+                   leaked: np.ndarray | None = None, frozen: "FrozenCache | None" = None, progress: bool = False
+                   ) -> list[dict]:
     """Accuracy rows for each seed, labels-per-class count (or label set) and eval.
 
     `encoder`: a module, or a function of the seed that builds one (the baselines). Frozen evals embed the labeled
@@ -163,6 +166,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
     sets of labeled training images instead of `labels_per_class`, the same for every seed, each with validation
     out of it. `leaked`: test images with near-copies among the images the encoder saw (rows add `accuracy_clean`).
     `frozen`: a `FrozenCache` shared across calls, so that one encoder's features and graph are made once for all.
+    `progress`: trained evaluations show a progress line, and each row a line when it is done, on stderr.
     """
     EVALS.check(evals)
     val_idx, val_of = _validation_images(train, validation or Validation(val_per_class, "fixed", ""), label_sets)
@@ -191,19 +195,18 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
         for n, idx in subsets.items():
             for e in evals:
                 row, t0 = {"method": name, "eval": e, "labels_per_class": n, "seed": s, "labels": len(idx)}, time.perf_counter()
+                label = f"{name} {e}, seed {s}, {len(idx)} labels" if progress else None
                 v = val_of.get(n, val_idx)  # a given set's validation images come out of that set
                 kind = EVALS.get(e).kind
                 if kind in ("graph", "semi"):
                     at, lab = torch.tensor([pos[int(i)] for i in idx]), torch.from_numpy(train.labels[idx])
                 if kind == "graph":
-                    hits = graph.predict(at, lab, test_f, n_classes) == test_y
-                    row["accuracy"] = round(hits.float().mean().item(), 4)
-                    if clean is not None:
-                        row["accuracy_clean"] = round(hits[clean].float().mean().item(), 4)
+                    row |= _hit_rate(graph.predict(at, lab, test_f, n_classes) == test_y, clean)
                 elif kind == "semi":  # the pool: every image the graph holds, the labeled ones among them
                     model, info = train_semisup(enc, pool_x, at.numpy(), train.labels[idx],
                                                 train.images[v], train.labels[v], n_classes, semisup, s,
-                                                encoder_lr_scale, dev, scores=graph.spread(at, lab, n_classes))
+                                                encoder_lr_scale, dev, scores=graph.spread(at, lab, n_classes),
+                                                progress=label)
                     k = semisup.resolved(pool_x.shape[1]).neighbours
                     voted = NeighbourVote(model, pool_x, k, queries=len(test)) if k else model  # with the pool's vote
                     _trained_row(row, scored(voted, semisup.shift), info, model, keep)
@@ -215,10 +218,18 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                 else:
                     model, info = train_classifier(enc, train.images[idx], train.labels[idx], train.images[v],
                                                    train.labels[v], n_classes, finetune, s, encoder_lr_scale, dev,
-                                                   head)
+                                                   head, progress=label)
                     _trained_row(row, scored(model, finetune.shift), info, model, keep)
                 rows.append(row | {"seconds": round(time.perf_counter() - t0, 2)})  # embedding not counted
+                if progress:
+                    print(f"{label}: {row['accuracy']:.4f} in {clock(rows[-1]['seconds'])}", file=sys.stderr, flush=True)
     return rows
+
+
+def _hit_rate(hits: torch.Tensor, clean: torch.Tensor | None) -> dict:
+    """{"accuracy"} of the test images' hits, and {"accuracy_clean"} of those without near-copies where known."""
+    out = {"accuracy": round(hits.float().mean().item(), 4)}
+    return out if clean is None else out | {"accuracy_clean": round(hits[clean].float().mean().item(), 4)}
 
 
 class FrozenCache:
@@ -266,8 +277,7 @@ def _validation_images(train: ImageSet, validation: Validation, label_sets: dict
 def _test_scores(model: nn.Module, images: np.ndarray, y: torch.Tensor, clean: torch.Tensor | None, shift: bool) -> dict:
     """A trained classifier's accuracy on the test split (scored once, after training), and without the leaked
     images where there are some (`_clean`), both from one pass over the test images."""
-    hits = correct(model, tensor_of(images), y, shift=shift).float()
-    return {"accuracy": round(hits.mean().item(), 4)} | _clean(clean, lambda m: hits[m].mean().item())
+    return _hit_rate(correct(model, tensor_of(images), y, shift=shift), clean)
 
 
 def _trained_row(row: dict, scores: dict, info: dict, model: nn.Module, keep: Callable | None) -> None:

@@ -21,6 +21,7 @@ from ..augment import augment, preset
 from .. import threads
 from ..engine import TrainStep, autocast_for
 from ..errors import ConfigError
+from ..progress import Steps
 from ..schedule import cosine
 from .features import extract_features, inference_batch, prepare
 from .linear import fit_linear, probe_logits
@@ -134,10 +135,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
                      n_classes: int, cfg: FinetuneConfig, seed: int = 0, encoder_lr_scale: float | None = None,
-                     device: str | torch.device = "cpu", head: str | None = None) -> tuple[nn.Module, dict]:
+                     device: str | torch.device = "cpu", head: str | None = None, progress: str | None = None
+                     ) -> tuple[nn.Module, dict]:
     """Train encoder + linear head on (train_x, train_y); keep the weights with the best validation accuracy.
     `head` overrides `cfg.head_init`. With no validation images, LP-FT keeps the probe (nothing could tell a later
-    step better), and a head trained from scratch keeps its last weights."""
+    step better), and a head trained from scratch keeps its last weights. `progress`: a label for a progress line
+    on stderr (None: silent)."""
     torch.manual_seed(seed)
     device = torch.device(device)
     head = cfg.head_init if head is None else head
@@ -163,6 +166,7 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
         best = (accuracy(model, vx, vy, shift=cfg.shift), 0, copy.deepcopy(model.state_dict()))
     start = best[0]
     bad_checks, step = 0, 0
+    line = Steps(progress or "", cfg.steps, enabled=progress is not None)
     model.train()
     for step in range(1, cfg.steps + 1):
         threads.poll()
@@ -173,6 +177,7 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
         with amp.autocast():
             loss = F.cross_entropy(model(xb).float(), y[idx])
         amp.step(loss, opt)
+        line.update(step)
         if no_val:
             continue
         if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -183,6 +188,7 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
                 bad_checks += 1
                 if bad_checks >= cfg.patience:
                     break
+    line.close()
     if no_val:
         return model.eval(), {"val_accuracy": None, "best_step": step, "steps_run": step, "start_val_accuracy": None}
     model.load_state_dict(best[2])

@@ -37,16 +37,23 @@ from .. import threads
 from ..engine import TrainStep
 from ..neighbours import build_index, resolve, search, unit
 from ..errors import ConfigError
+from ..progress import Steps
 from ..schedule import cosine
 from .features import extract_features, inference_batch, prepare
 from .finetune import Classifier, accuracy
 from .propagate import LabelGraph, weighted_votes
 
 
+POOL_EPOCHS = 250  # the default step budget's cap, in passes over the pool of unlabeled images: a folder of 200
+# photos at a training side of 64 px would otherwise train 1,000 steps (1,280 passes, 13 minutes on 2 cores). On
+# CIFAR-10 with a pool of 1,100 images, 1,000 steps (233 passes) beat 430 (100 passes) by 1.2 points (bench/README.md,
+# "Semi-supervised training on a small pool"), so the cap sits above that; CIFAR-10 and MNIST use 5 and 6 passes
+
+
 @dataclass
 class SemisupConfig:
     steps: int | None = None  # the step budget over all rounds, supervised-from-scratch's too; None: 500 with graph
-    # targets, 1,000 with balanced ones
+    # targets, 1,000 with balanced ones, fewer on a small pool (`POOL_EPOCHS`)
     rounds: int | None = None  # the graph is rebuilt on the encoder being trained at the start of every round after
     # the first; None: with graph targets one round per 500 steps, at least 2; with balanced ones, 1
     batch_size: int = 64  # labeled images per step
@@ -79,7 +86,7 @@ class SemisupConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def resolved(self, channels: int) -> "SemisupConfig":
+    def resolved(self, channels: int, pool: int | None = None) -> "SemisupConfig":
         """The same config with every `auto` and None made concrete for images of `channels` channels. Chosen on
         validation splits (bench/README.md, "Semi-supervised targets by kind of image"): on digits the graph's
         labels are right far more often than the probe's, and a graph rebuilt every 500 steps won; on CIFAR-10 the
@@ -93,7 +100,9 @@ class SemisupConfig:
         targets = ("graph" if channels == 1 else "balanced") if self.targets == "auto" else self.targets
         graph = targets == "graph"
         steps = self.steps if self.steps is not None else (500 if graph else 1000)
-        rounds = self.rounds if self.rounds is not None else (max(2, steps // 500) if graph else 1)
+        if self.steps is None and pool:  # a small pool: no more unlabeled draws than POOL_EPOCHS passes over it
+            steps = min(steps, math.ceil(POOL_EPOCHS * pool / (self.batch_size * self.unlabeled_ratio)))
+        rounds = self.rounds if self.rounds is not None else (min(steps, max(2, steps // 500)) if graph else 1)
         if steps < 1:
             raise ConfigError(f"--semisup-steps must be at least 1, got {steps}")
         if not 1 <= rounds <= steps:
@@ -146,6 +155,19 @@ def flex_thresholds(learned: torch.Tensor, n_classes: int, threshold: float) -> 
     counts = torch.bincount(learned + 1, minlength=n_classes + 1).float()  # counts[0]: images with no class yet
     effect = counts[1:] / counts.max()
     return threshold * effect / (2 - effect)
+
+
+def step_threshold(cfg: "SemisupConfig", own: torch.Tensor, ui: torch.Tensor, learned: torch.Tensor, n_classes: int
+                   ) -> float | torch.Tensor:
+    """The confidence threshold of each unlabeled image of a step, from the model's weak-view probabilities `own`
+    (B, C) of the pool images at `ui`: with `cfg.flex`, FlexMatch's threshold of its predicted class, after each
+    image the model is sure of has its class recorded in `learned`; else the fixed `cfg.threshold`."""
+    if not cfg.flex:
+        return cfg.threshold
+    conf, cls = own.max(1)
+    sure = conf >= cfg.threshold
+    learned[ui[sure]] = cls[sure]
+    return flex_thresholds(learned, n_classes, cfg.threshold)[cls]
 
 
 def pseudo_labels(target: tuple[torch.Tensor, torch.Tensor], own: torch.Tensor, threshold: float | torch.Tensor
@@ -255,18 +277,19 @@ def clearly_below(accuracy: float, start: float, n: int) -> bool:
 def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray, labeled_y: np.ndarray,
                   val_x: np.ndarray, val_y: np.ndarray, n_classes: int, cfg: SemisupConfig, seed: int = 0,
                   encoder_lr_scale: float | None = None, device: str | torch.device = "cpu",
-                  scores: torch.Tensor | None = None) -> tuple[nn.Module, dict]:
+                  scores: torch.Tensor | None = None, progress: str | None = None) -> tuple[nn.Module, dict]:
     """Train encoder + head on the pool of training images, of which those at `labeled_at` carry `labeled_y`;
     keep the weights that `cfg.keep` names (the last ones when there are no validation images). `scores`: the first
     round's graph scores, when the caller has them (see `graph_scores`). The head starts as the linear probe, from
-    random weights too (0.956 against 0.934 for `nn.Linear`'s init at 10 MNIST labels per class)."""
+    random weights too (0.956 against 0.934 for `nn.Linear`'s init at 10 MNIST labels per class). `progress`: a
+    label for a progress line on stderr (None: silent)."""
     torch.manual_seed(seed)
     device = torch.device(device)
     labeled_at = np.asarray(labeled_at)
     model = Classifier(copy.deepcopy(encoder), n_classes).to(device).to(memory_format=torch.channels_last)
     model.init_head(pool_x[labeled_at], labeled_y)
     channels, size = pool_x.shape[1], getattr(encoder, "image_size", None)
-    cfg = cfg.resolved(channels)
+    cfg = cfg.resolved(channels, len(pool_x))
     weak = replace(preset(cfg.weak, channels, method_default="supervised" if channels == 3 else "supervised-grey"), size=size)
     strong = replace(preset(cfg.strong, channels), size=size)
     g = torch.Generator(device).manual_seed(seed)
@@ -283,6 +306,7 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
     per_round = max(1, cfg.steps // cfg.rounds)
     step, used, mean_own = 0, [], None
     learned = torch.full((len(u),), -1, dtype=torch.long, device=device)  # each pool image's last confident class
+    line = Steps(progress or "", cfg.steps, enabled=progress is not None)
     model.train()
     for r in range(cfg.rounds):
         if r > 0 or scores is None:
@@ -307,23 +331,20 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
             with amp.autocast():
                 logits = model(views.contiguous(memory_format=torch.channels_last)).float()
             lab, us = logits[:nb], logits[nb:]
-            threshold = cfg.threshold
-            if cfg.flex:
-                conf, cls = own.max(1)
-                sure = conf >= cfg.threshold
-                learned[ui[sure]] = cls[sure]
-                threshold = flex_thresholds(learned, n_classes, cfg.threshold)[cls]
+            threshold = step_threshold(cfg, own, ui, learned, n_classes)
             pseudo, mask = pseudo_labels((target[0][ui], target[1][ui]), own, threshold)
             loss_u = (F.cross_entropy(us, pseudo, reduction="none") * mask).mean()
             loss = F.cross_entropy(lab, y[pick]) + cfg.unlabeled_weight * loss_u
             amp.step(loss, opt)
             used.append(mask.mean())  # on the device: read once, at the end
+            line.update(step)
             if no_val:
                 best = (None, step, None)
             elif step % cfg.eval_every == 0 or i == per_round:
                 val = accuracy(model, vx, vy, shift=cfg.shift)
                 if val >= best[0]:  # ties go to the later, better-trained weights
                     best = (val, step, copy.deepcopy(model.state_dict()))
+    line.close()
     # 100 validation images cannot rank checkpoints a few points apart, only catch a run that went clearly wrong
     if cfg.keep == "last" and not no_val and not clearly_below(val, start, len(vy)):
         best = (val, step, None)
