@@ -37,6 +37,8 @@ class Augment:
     blur_p: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # in pixels at 224; scaled with the image side
     solarize_p: float = 0.0
+    cutout: float = 0.0  # side of a grey square at a random centre in each view (it may reach past the border), as
+    # a fraction of the view's side; 0: none (DeVries & Taylor 2017; FixMatch's strong views end with it)
 
 
 PRESETS: dict[str, Augment] = {
@@ -192,6 +194,15 @@ def at_side(views: list[Augment], side: int, full: int) -> list[Augment]:
     return [dataclasses.replace(v, size=side) if (v.size or full) == full else v for v in views]
 
 
+def cutout_mask(n: int, size: int, side: float, g, device) -> Tensor:
+    """(n, size, size) bool: True inside a square of `side` times `size` pixels around a centre drawn uniformly over
+    each image (pixel centres at i + 0.5)."""
+    centre = _uniform(0, size, 2 * n, g, device).view(2, n, 1)
+    at = torch.arange(size, device=device) + 0.5
+    rows, cols = ((at - centre).abs() < side * size / 2)  # (2, n, size)
+    return rows[:, :, None] & cols[:, None, :]
+
+
 def augment(x: Tensor, a: Augment, generator: torch.Generator | None = None) -> Tensor:
     """One random view of each image in the batch: (B, C, H, W) uint8/float -> (B, C, S, S) float in [0, 1]."""
     if x.dtype == torch.uint8:
@@ -212,6 +223,8 @@ def augment(x: Tensor, a: Augment, generator: torch.Generator | None = None) -> 
         x = torch.where(_per_image(_coin(a.blur_p, n, g, dev)), blurred, x)
     if a.solarize_p > 0:
         x = torch.where(_per_image(_coin(a.solarize_p, n, g, dev)) & (x >= 0.5), 1 - x, x)
+    if a.cutout > 0:
+        x = torch.where(cutout_mask(n, size, a.cutout, g, dev)[:, None], 0.5, x)
     return x.clamp_(0, 1)  # blur and resampling can overshoot by an ulp
 
 

@@ -132,3 +132,17 @@ def test_blur_is_the_separable_gaussian_of_its_definition():
             want = [[sum(w[j] * rows[reflect(y + j - k // 2, 9)][xx] for j in range(k)) for xx in range(11)]
                     for y in range(9)]
             assert torch.allclose(got[b, c], torch.tensor(want), atol=1e-5)
+
+
+def test_cutout_greys_one_square_of_the_asked_side_and_leaves_the_rest():
+    """A square of side 0.5 x 32 = 16 px (DeVries & Taylor's 16 px on CIFAR), clipped where its centre is near the
+    border; every other pixel is the view without cutout, drawn from the same generator."""
+    x = batch(n=64)
+    plain = augment(x, PRESETS["simclr"], torch.Generator().manual_seed(3))
+    cut = augment(x, replace(PRESETS["simclr"], cutout=0.5), torch.Generator().manual_seed(3))
+    changed = (cut != plain).any(1)
+    assert (cut.permute(0, 2, 3, 1)[changed] == 0.5).all()
+    rows, cols = changed.any(2).sum(1), changed.any(1).sum(1)  # the square's extent along each axis
+    assert rows.max() == 16 and cols.max() == 16 and (rows >= 8).all() and (cols >= 8).all()
+    assert (changed.sum((1, 2)) <= rows * cols).all() and (changed.sum((1, 2)) >= rows * cols - 16).all()
+    assert 0.1 < changed.float().mean() < 0.25  # 256 of 1,024 pixels when inside; less at the border
