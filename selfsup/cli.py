@@ -141,6 +141,7 @@ def cmd_eval(args) -> None:
     if train.channels != encoder.in_channels:
         raise ConfigError(f"{dataset} has {train.channels} channel(s) but the checkpoint's encoder takes {encoder.in_channels}")
     plan = label_plan(train, args.labels_per_class, args.val_per_class, args.labeled, labels is not None)
+    trained["semisup"] = trained["semisup"].resolved(train.channels, len(train))  # its budget depends on the images
     evals = tuple(args.evals.split(","))
     seen = train if cfg.split == "train" or dataset != cfg.dataset else \
         load(dataset, cfg.split, cfg.data_root, size=cfg.image_size, labels=labels, accelerator=cfg.accelerator)
@@ -149,8 +150,7 @@ def cmd_eval(args) -> None:
                           device=eval_device(args.device, cfg.accelerator), validation=plan.validation,
                           label_sets=plan.sets, leaked=np.array(leak["leaked_index"]), progress=True, **trained)
     out = Path(args.out) if args.out else path.parent.parent / "eval.json"
-    settings = {"finetune": trained["finetune"].to_dict(),  # what the rows were made with, resolved for the data
-                "semisup": trained["semisup"].resolved(train.channels).to_dict()}
+    settings = {name: c.to_dict() for name, c in trained.items()}  # what the rows were made with
     write_json(out, {"dataset": dataset, "rows": aggregate(rows), "rows_per_seed": rows, "labels": plan.to_dict(),
                      "leakage": {k: v for k, v in leak.items() if k != "leaked_index"}, "checkpoint": str(path),
                      "config": cfg.to_dict(), "evaluation": settings})
@@ -376,7 +376,7 @@ def _compare_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--finetune-steps", type=int, help="step budget of fine-tuning and supervised training (default: 300)")
     c.add_argument("--semisup-steps", type=int, help="step budget of semi-supervised training, from the pretrained "
                    "encoder and from scratch alike (default: 500 for 1-channel images, 1,000 for colour; at most 250 passes "
-                   "over the unlabeled images)")
+                   "over the training images)")
     c.add_argument("--backbone", default=None, help="encoder for every method (default: the measured one for the "
                    "data: small_cnn width 16 for grey images, width 32 for colour)")
     c.add_argument("--backbone-args", type=_kv, default=None, metavar="K=V,...", help="the backbone's arguments")
@@ -477,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=_count, default=1, help="how many seeds (label subsets): 0..N-1")
     e.add_argument("--finetune-steps", type=int, help="step budget of fine-tuning (default: 300)")
     e.add_argument("--semisup-steps", type=int, help="step budget of semi-supervised training (default: 500 for "
-                   "1-channel images, 1,000 for colour; at most 250 passes over the unlabeled images)")
+                   "1-channel images, 1,000 for colour; at most 250 passes over the training images)")
     e.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     e.add_argument("--out", help="JSON path (default: RUN/eval.json)")
     e.add_argument("--device", default="auto", help="where evaluation runs: auto (a GPU where torch sees one), cpu, cuda "

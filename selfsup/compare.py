@@ -86,10 +86,11 @@ class CompareConfig:
             return PretrainConfig().override(**self.pretrain_args)  # before the data is read: engine and data fields
         return (self.pretrain or for_channels(channels, self.methods)).override(**self.pretrain_args)
 
-    def resolved(self, channels: int) -> "CompareConfig":
-        """The same comparison with its pretraining config made concrete for images of `channels` channels."""
+    def resolved(self, channels: int, images: int | None = None) -> "CompareConfig":
+        """The same comparison with its pretraining config made concrete for `images` training images of `channels`
+        channels (semi-supervised training's budget depends on how many there are)."""
         return replace(self, pretrain=self.base(channels), pretrain_args={},
-                       given=self.given + tuple(self.pretrain_args), semisup=self.semisup.resolved(channels))
+                       given=self.given + tuple(self.pretrain_args), semisup=self.semisup.resolved(channels, images))
 
     def method_config(self, method: str) -> PretrainConfig:
         if self.pretrain is None or self.pretrain_args:
@@ -171,7 +172,7 @@ def run_compare(cc: CompareConfig, show_progress: bool = True, fabric=None) -> d
         raise ConfigError(f"cannot write to output directory {out} ({e.strerror}); choose another --out") from None
     base = cc.base()
     train, test = load_splits(cc.dataset, base.data_root, base.image_size, base.labels, base.accelerator)
-    cc = cc.resolved(train.channels)
+    cc = cc.resolved(train.channels, len(train))
     if cc.pretrain.image_size is None and train.side != train.size[0]:  # photos: the side chosen for the device
         cc = replace(cc, pretrain=cc.pretrain.override(image_size=train.side))
     plan = None

@@ -44,7 +44,8 @@ from .finetune import Classifier, accuracy
 from .propagate import LabelGraph, weighted_votes
 
 
-POOL_EPOCHS = 250  # the default step budget's cap, in passes over the pool of unlabeled images: a folder of 200
+POOL_EPOCHS = 250  # the default step budget's cap, in passes over the pool (`compare` and `eval` count every
+# training image, the few held out for validation included, and record the budget they resolved): a folder of 200
 # photos at a training side of 64 px would otherwise train 1,000 steps (1,280 passes, 13 minutes on 2 cores). On
 # CIFAR-10 with a pool of 1,100 images, 1,000 steps (233 passes) beat 430 (100 passes) by 1.2 points (bench/README.md,
 # "Semi-supervised training on a small pool"), so the cap sits above that; CIFAR-10 and MNIST use 5 and 6 passes
@@ -88,7 +89,8 @@ class SemisupConfig:
         return asdict(self)
 
     def resolved(self, channels: int, pool: int | None = None) -> "SemisupConfig":
-        """The same config with every `auto` and None made concrete for images of `channels` channels. Chosen on
+        """The same config with every `auto` and None made concrete for images of `channels` channels, a default
+        budget capped for a `pool` of that many training images (`POOL_EPOCHS`; None: no cap). Chosen on
         validation splits (bench/README.md, "Semi-supervised targets by kind of image"): on digits the graph's
         labels are right far more often than the probe's, and a graph rebuilt every 500 steps won; on CIFAR-10 the
         graph is no better than the probe, and class-balanced targets from both in one round won. The encoder trains
