@@ -22,3 +22,14 @@ def test_a_progress_line_gives_the_step_and_the_time_left(capsys, monkeypatch):
     quiet = Steps("semisup", 40, enabled=False)
     quiet.update(40)
     assert capsys.readouterr().err == ""
+
+
+def test_each_result_gets_a_line_that_names_its_labels(capsys):
+    from selfsup.data import load
+    from selfsup.evaluate import few_label_rows
+    from selfsup.backbones import BACKBONES
+
+    train, test = load("digits", "train"), load("digits", "test")
+    encoder = BACKBONES.get("small_cnn")(in_channels=1, width=4)
+    few_label_rows(encoder, train, test, [2], "random", ("knn",), progress=True)
+    assert capsys.readouterr().err.startswith("random knn, seed 0, 20 labels (2 per class): ")

@@ -195,7 +195,7 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
         for n, idx in subsets.items():
             for e in evals:
                 row, t0 = {"method": name, "eval": e, "labels_per_class": n, "seed": s, "labels": len(idx)}, time.perf_counter()
-                label = f"{name} {e}, seed {s}, {len(idx)} labels" if progress else None
+                label = f"{name} {e}, seed {s}, {len(idx)} labels{_per_class(n)}" if progress else None
                 v = val_of.get(n, val_idx)  # a given set's validation images come out of that set
                 kind = EVALS.get(e).kind
                 if kind in ("graph", "semi"):
@@ -224,6 +224,11 @@ def few_label_rows(encoder: nn.Module | Callable[[int], nn.Module], train: Image
                 if progress:
                     print(f"{label}: {row['accuracy']:.4f} in {clock(rows[-1]['seconds'])}", file=sys.stderr, flush=True)
     return rows
+
+
+def _per_class(n) -> str:
+    """' (N per class)' for a labels-per-class count, '' for a named label set."""
+    return f" ({n} per class)" if isinstance(n, (int, np.integer)) else ""
 
 
 def _hit_rate(hits: torch.Tensor, clean: torch.Tensor | None) -> dict:
