@@ -17,14 +17,14 @@ def clock(seconds: float) -> str:
 
 
 class Steps:
-    """`update(step)` after each of `total` steps; `close()` at the end (also when the loop stops early). Does
-    nothing unless `enabled`."""
+    """`update(step)` after each of `total` steps; `close()` at the end (also when the loop stops early). With no
+    `label` (None) it does nothing, so that a loop can take its caller's optional label as it is."""
 
-    def __init__(self, label: str, total: int, enabled: bool = True, every: float = 15.0):
-        self.label, self.total, self.enabled, self.every = label, total, enabled, every
+    def __init__(self, label: str | None, total: int, every: float = 15.0):
+        self.label, self.total, self.enabled, self.every = label, total, label is not None, every
         self.start = self.last = time.perf_counter()
         self.bar = None
-        if enabled and sys.stderr.isatty():
+        if self.enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=label, unit="step", file=sys.stderr, leave=False)

@@ -19,7 +19,7 @@ def test_a_progress_line_gives_the_step_and_the_time_left(capsys, monkeypatch):
     lines = capsys.readouterr().err.splitlines()
     assert lines[0] == "semisup: step 10/40, 10s spent, about 30s left"  # at the pace so far
     assert lines[-1] == "semisup: step 40/40, 40s spent, about 0s left" and len(lines) == 4
-    quiet = Steps("semisup", 40, enabled=False)
+    quiet = Steps(None, 40)  # no label: silent
     quiet.update(40)
     assert capsys.readouterr().err == ""
 

@@ -233,8 +233,7 @@ def _per_class(n) -> str:
 
 def _hit_rate(hits: torch.Tensor, clean: torch.Tensor | None) -> dict:
     """{"accuracy"} of the test images' hits, and {"accuracy_clean"} of those without near-copies where known."""
-    out = {"accuracy": round(hits.float().mean().item(), 4)}
-    return out if clean is None else out | {"accuracy_clean": round(hits[clean].float().mean().item(), 4)}
+    return {"accuracy": round(hits.float().mean().item(), 4)} | _clean(clean, lambda m: hits[m].float().mean().item())
 
 
 class FrozenCache:

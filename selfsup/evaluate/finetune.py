@@ -166,7 +166,7 @@ def train_classifier(encoder: nn.Module, train_x: np.ndarray, train_y: np.ndarra
         best = (accuracy(model, vx, vy, shift=cfg.shift), 0, copy.deepcopy(model.state_dict()))
     start = best[0]
     bad_checks, step = 0, 0
-    line = Steps(progress or "", cfg.steps, enabled=progress is not None)
+    line = Steps(progress, cfg.steps)
     model.train()
     for step in range(1, cfg.steps + 1):
         threads.poll()

@@ -309,7 +309,7 @@ def train_semisup(encoder: nn.Module, pool_x: np.ndarray, labeled_at: np.ndarray
     per_round = max(1, cfg.steps // cfg.rounds)
     step, used, mean_own = 0, [], None
     learned = torch.full((len(u),), -1, dtype=torch.long, device=device)  # each pool image's last confident class
-    line = Steps(progress or "", cfg.steps, enabled=progress is not None)
+    line = Steps(progress, cfg.steps)
     model.train()
     for r in range(cfg.rounds):
         if r > 0 or scores is None:
