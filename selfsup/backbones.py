@@ -151,14 +151,14 @@ def conv_pool_block(cin: int, cout: int) -> nn.Sequential:
 
 
 @BACKBONES.register("whiten_cnn", "frozen patch-whitening layer fitted from the data, then three conv-pool-BN blocks "
-                    "(widths w, 2w, 4w; identity-initialised convs); 4w-d, 256-d for width 64")
-def whiten_cnn(in_channels: int = 3, width: int = 64, image_size: int | None = None) -> Encoder:
+                    "(widths w, 2w and `last`, 4w unless set; identity-initialised convs); `last`-d, 256-d for width 64")
+def whiten_cnn(in_channels: int = 3, width: int = 64, image_size: int | None = None, last: int | None = None) -> Encoder:
     whiten = Whiten(in_channels)
-    w = width
+    w, last = width, last or 4 * width
     stem = nn.Sequential(whiten, nn.GELU())
     body = nn.Sequential(conv_pool_block(whiten.out_channels, w), conv_pool_block(w, 2 * w),
-                         conv_pool_block(2 * w, 4 * w))
-    return Encoder(stem, body, 4 * w, in_channels, image_size)
+                         conv_pool_block(2 * w, last))
+    return Encoder(stem, body, last, in_channels, image_size)
 
 
 class Basic(nn.Module):

@@ -10,8 +10,8 @@ GREY = PretrainConfig(method="simclr", method_args={"temperature": 1.0}, backbon
                       backbone_args={"width": 16}, lr=4e-3)
 # Colour photographs, for SimCLR: chosen at a fixed wall clock on a validation split of CIFAR-10 (bench/README.md,
 # "A backbone for the budget"): the whitening backbone at width 32, its views growing from half the side to the
-# full side over the first half of the budget.
-COLOUR = PretrainConfig(method="simclr", method_args={"temperature": 0.2}, backbone="whiten_cnn",
+# full side over the first half of the budget; the decoupled contrastive loss ("The contrastive loss").
+COLOUR = PretrainConfig(method="simclr", method_args={"temperature": 0.2, "decoupled": True}, backbone="whiten_cnn",
                         backbone_args={"width": 32}, lr=2e-3, side_start=0.5, side_ramp=0.5)
 # Colour photographs for the other methods: BYOL on the whitening backbone fell to near random weights where it
 # learns on small_cnn (4 minutes on CIFAR-10, same page), so a comparison with any other method shares this one.

@@ -20,13 +20,15 @@ def _profiled(fn):
 
 @_profiled
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.2, gathered: tuple[Tensor, Tensor] | None = None,
-            rank: int = 0) -> Tensor:
+            rank: int = 0, decoupled: bool = False) -> Tensor:
     """SimCLR's NT-Xent: each of the 2N embeddings must pick its partner out of 2N-1 others (2N-2 negatives).
 
     z1, z2: (n, D) embeddings of two views of the same n images; row i of z1 pairs with row i of z2.
     gathered: (Z1, Z2), the (N, D) embeddings of every process's batch, this process's rows at `rank * n`;
     the local 2n anchors are then contrasted against all 2N-2 negatives. The mean over local anchors, averaged
     over processes (as data-parallel gradients are), is the single-process loss on the global batch.
+    decoupled: the partner leaves the denominator too (DCL, Yeh et al. 2022): -s(partner) + log sum over the
+    negatives of exp(s), so a pair already close no longer scales down the push from the negatives.
     """
     n = z1.shape[0]
     anchors = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2n, D), in fp32 even under autocast
@@ -38,7 +40,10 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.2, gathered: tuple[Te
     own = torch.arange(n, device=z1.device) + offset
     itself, partner = torch.cat([own, own + big_n]), torch.cat([own + big_n, own])
     self_mask = torch.zeros_like(sim, dtype=torch.bool).scatter_(1, itself[:, None], True)
-    return F.cross_entropy(sim.masked_fill(self_mask, float("-inf")), partner)
+    if not decoupled:
+        return F.cross_entropy(sim.masked_fill(self_mask, float("-inf")), partner)
+    negatives = sim.masked_fill(self_mask.scatter_(1, partner[:, None], True), float("-inf"))
+    return (torch.logsumexp(negatives, 1) - sim.gather(1, partner[:, None]).squeeze(1)).mean()
 
 
 def gather_with_grad(z: Tensor) -> Tensor | None:

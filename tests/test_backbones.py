@@ -110,3 +110,13 @@ def test_identity_initialised_convolutions_pass_their_input_through():
     x = torch.randn(2, 4, 8, 8)
     assert torch.allclose(conv_identity(4, 6)(x)[:, :4], x, atol=1e-6)
     assert torch.allclose(conv_identity(4, 4)(x), x, atol=1e-6)
+
+
+def test_whiten_cnn_last_sets_the_last_block_and_the_feature_size_alone():
+    from selfsup.backbones import whiten_cnn
+
+    plain, wide = whiten_cnn(3, width=8), whiten_cnn(3, width=8, last=24)
+    x = torch.rand(2, 3, 16, 16)
+    assert plain.out_dim == 32 and plain(x).shape == (2, 32)
+    assert wide.out_dim == 24 and wide(x).shape == (2, 24)
+    assert [p.shape for p in plain.body[:2].parameters()] == [p.shape for p in wide.body[:2].parameters()]

@@ -6,8 +6,9 @@ import torch
 from selfsup.losses import nt_xent
 
 
-def nt_xent_reference(z1, z2, t):
-    """Loop-based NT-Xent straight from the SimCLR paper's definition."""
+def nt_xent_reference(z1, z2, t, decoupled=False):
+    """Loop-based NT-Xent straight from the SimCLR paper's definition; `decoupled`: DCL's (Yeh et al. 2022, eq. 6),
+    whose denominator leaves out the positive pair as well."""
     z = torch.cat([z1, z2]).double()
     z = z / z.norm(dim=1, keepdim=True)
     n2 = len(z)
@@ -16,7 +17,7 @@ def nt_xent_reference(z1, z2, t):
     for i in range(n2):
         j = (i + half) % n2
         num = math.exp(float(z[i] @ z[j]) / t)
-        den = sum(math.exp(float(z[i] @ z[k]) / t) for k in range(n2) if k != i)
+        den = sum(math.exp(float(z[i] @ z[k]) / t) for k in range(n2) if k != i and not (decoupled and k == j))
         total += -math.log(num / den)
     return total / n2
 
@@ -26,6 +27,19 @@ def test_matches_reference():
     for n, d, t in [(1, 3, 0.5), (4, 8, 0.2), (7, 5, 1.0)]:
         z1, z2 = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
         assert abs(nt_xent(z1, z2, t).item() - nt_xent_reference(z1, z2, t)) < 1e-5
+
+
+def test_decoupled_matches_reference():
+    g = torch.Generator().manual_seed(3)
+    for n, d, t in [(2, 3, 0.5), (4, 8, 0.2), (6, 5, 1.0)]:
+        z1, z2 = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
+        assert abs(nt_xent(z1, z2, t, decoupled=True).item() - nt_xent_reference(z1, z2, t, decoupled=True)) < 1e-5
+        assert nt_xent(z1, z2, t, decoupled=True) < nt_xent(z1, z2, t)  # one term fewer in every denominator
+        # two processes, each its half of the anchors against both halves' keys: the mean is the one-process loss
+        h = n // 2
+        both = sum(nt_xent(z1[r * h:(r + 1) * h], z2[r * h:(r + 1) * h], t, gathered=(z1, z2), rank=r,
+                           decoupled=True) for r in (0, 1)) / 2
+        assert abs(both.item() - nt_xent_reference(z1, z2, t, decoupled=True)) < 1e-5
 
 
 def test_perfect_pairs_beat_random_and_gradient_flows():

@@ -145,6 +145,19 @@ def test_simclr_local_crops_views_and_loss():
         build_method(cfg.override(method_args={"local_crops": -1}), encoder_spec(cfg, 3, 32))
 
 
+def test_simclr_decoupled_uses_the_decoupled_loss_and_takes_only_true_or_false():
+    from selfsup.losses import nt_xent
+
+    cfg = PretrainConfig(method="simclr", method_args={"decoupled": True}, backbone_args={"width": 4})
+    m = build_method(cfg, encoder_spec(cfg, 3, 16)).eval()
+    x = [torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(s)) for s in (0, 1)]
+    want = nt_xent(m.embed(x[0]), m.embed(x[1]), m.temperature, decoupled=True)
+    assert math.isclose(m.loss(x).item(), want.item(), rel_tol=1e-5)
+    assert not math.isclose(m.loss(x).item(), nt_xent(m.embed(x[0]), m.embed(x[1]), m.temperature).item())
+    with pytest.raises(ConfigError, match="decoupled must be true or false"):
+        build_method(cfg.override(method_args={"decoupled": "maybe"}), encoder_spec(cfg, 3, 16))
+
+
 def test_rotation_labels_match_the_rotation_applied():
     x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).view(2, 1, 3, 3)
     rotated, k = rotate_batch(x)

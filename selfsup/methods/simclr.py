@@ -23,14 +23,17 @@ class SimCLR(MethodBase):
     n_views = 2
 
     def __init__(self, backbone: nn.Module, proj_hidden: int = 512, proj_dim: int = 128, temperature: float = 0.2,
-                 local_crops: int = 0, local_scale: tuple[float, float] | list[float] = (0.05, 0.4)):
+                 local_crops: int = 0, local_scale: tuple[float, float] | list[float] = (0.05, 0.4),
+                 decoupled: bool = False):
         super().__init__()
         if local_crops < 0 or not (0 < local_scale[0] <= local_scale[1] <= 1):
             raise ConfigError(f"simclr: local_crops must be 0 or more and local_scale a range in (0, 1], "
                               f"got {local_crops} and {local_scale}")
         self.backbone = backbone
         self.projector = heads.projection(backbone.out_dim, proj_hidden, proj_dim)
-        self.temperature = temperature
+        if not isinstance(decoupled, bool):
+            raise ConfigError(f"simclr: decoupled must be true or false, got {decoupled!r}")
+        self.temperature, self.decoupled = temperature, decoupled
         self.local_crops, self.local_scale = int(local_crops), (float(local_scale[0]), float(local_scale[1]))
         self.n_views = 2 + self.local_crops
 
@@ -46,10 +49,10 @@ class SimCLR(MethodBase):
     def pair(self, z1: Tensor, z2: Tensor) -> Tensor:
         g1, g2 = gather_with_grad(z1), gather_with_grad(z2)  # negatives from every process, when there are several
         if g1 is None:
-            return nt_xent(z1, z2, self.temperature)
+            return nt_xent(z1, z2, self.temperature, decoupled=self.decoupled)
         import torch.distributed as dist
 
-        return nt_xent(z1, z2, self.temperature, gathered=(g1, g2), rank=dist.get_rank())
+        return nt_xent(z1, z2, self.temperature, gathered=(g1, g2), rank=dist.get_rank(), decoupled=self.decoupled)
 
     def loss(self, views: list[Tensor]) -> Tensor:
         z1, z2 = self.embed(views[0]), self.embed(views[1])
