@@ -1,6 +1,7 @@
 """Name-to-constructor registries that drive the command line and the tests."""
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Generic, TypeVar
 
 from .errors import ConfigError
@@ -35,6 +36,13 @@ class Registry(Generic[T]):
 
     def build(self, name: str, *args, **kwargs) -> T:
         fn = self.get(name)
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):  # a constructor without a signature to read
+            params = {}
+        for key, value in kwargs.items():  # a switch given as text (`asymmetric=maybe`) would read as true
+            if key in params and isinstance(params[key].default, bool) and not isinstance(value, bool):
+                raise ConfigError(f"{self.kind} {name!r}: {key} must be true or false, got {value!r}")
         try:
             return fn(*args, **kwargs)
         except TypeError as e:  # an unknown keyword in a config's *_args

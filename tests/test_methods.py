@@ -154,8 +154,16 @@ def test_simclr_decoupled_uses_the_decoupled_loss_and_takes_only_true_or_false()
     want = nt_xent(m.embed(x[0]), m.embed(x[1]), m.temperature, decoupled=True)
     assert math.isclose(m.loss(x).item(), want.item(), rel_tol=1e-5)
     assert not math.isclose(m.loss(x).item(), nt_xent(m.embed(x[0]), m.embed(x[1]), m.temperature).item())
-    with pytest.raises(ConfigError, match="decoupled must be true or false"):
+    with pytest.raises(ConfigError, match="decoupled must be true or false, got 'maybe'"):
         build_method(cfg.override(method_args={"decoupled": "maybe"}), encoder_spec(cfg, 3, 16))
+
+
+@pytest.mark.parametrize("method, switch", [("byol", "asymmetric"), ("mocov2", "symmetric")])
+def test_a_method_switch_given_as_text_is_an_error_not_true(method, switch):
+    cfg = PretrainConfig(method=method, method_args={switch: "no"}, backbone_args={"width": 4})
+    with pytest.raises(ConfigError, match=f"{switch} must be true or false"):
+        build_method(cfg, encoder_spec(cfg, 3, 16))
+    build_method(cfg.override(method_args={switch: False}), encoder_spec(cfg, 3, 16))
 
 
 def test_rotation_labels_match_the_rotation_applied():

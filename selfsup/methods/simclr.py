@@ -31,8 +31,6 @@ class SimCLR(MethodBase):
                               f"got {local_crops} and {local_scale}")
         self.backbone = backbone
         self.projector = heads.projection(backbone.out_dim, proj_hidden, proj_dim)
-        if not isinstance(decoupled, bool):
-            raise ConfigError(f"simclr: decoupled must be true or false, got {decoupled!r}")
         self.temperature, self.decoupled = temperature, decoupled
         self.local_crops, self.local_scale = int(local_crops), (float(local_scale[0]), float(local_scale[1]))
         self.n_views = 2 + self.local_crops
