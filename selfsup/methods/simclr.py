@@ -4,6 +4,10 @@ With `local_crops=K`, each image also gets K small crops at half the side (multi
 SwAV §3.2): each local crop is contrasted with each of the two global views, as a pair of its own, and the
 loss is the mean over the pairs. Small crops cost a quarter of a global view each and teach the encoder that
 a part predicts the whole.
+
+With `decoupled=True` the loss is DCL's (Yeh et al., ECCV 2022): the positive pair is left out of NT-Xent's
+denominator (`losses.nt_xent`). The colour setup uses it (bench/README.md, "The contrastive loss, and a wider last
+block").
 """
 from __future__ import annotations
 
