@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Callable, Generic, TypeVar
 
 from .errors import ConfigError
@@ -40,9 +41,14 @@ class Registry(Generic[T]):
             params = inspect.signature(fn).parameters
         except (TypeError, ValueError):  # a constructor without a signature to read
             params = {}
-        for key, value in kwargs.items():  # a switch given as text (`asymmetric=maybe`) would read as true
-            if key in params and isinstance(params[key].default, bool) and not isinstance(value, bool):
+        for key, value in kwargs.items():  # a switch given as text (`asymmetric=maybe`) would read as true, and a
+            # number given as text (`temperature=hot`) would fail deep inside a step
+            default = params[key].default if key in params else None
+            if isinstance(default, bool) and not isinstance(value, bool):
                 raise ConfigError(f"{self.kind} {name!r}: {key} must be true or false, got {value!r}")
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                    isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise ConfigError(f"{self.kind} {name!r}: {key} must be a number, got {value!r}")
         try:
             return fn(*args, **kwargs)
         except TypeError as e:  # an unknown keyword in a config's *_args

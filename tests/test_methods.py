@@ -166,6 +166,15 @@ def test_a_method_switch_given_as_text_is_an_error_not_true(method, switch):
     build_method(cfg.override(method_args={switch: False}), encoder_spec(cfg, 3, 16))
 
 
+@pytest.mark.parametrize("args, message", [({"method_args": {"temperature": "hot"}}, "temperature must be a number"),
+                                            ({"backbone_args": {"width": "wide"}}, "width must be a number"),
+                                            ({"method_args": {"temperature": True}}, "temperature must be a number")])
+def test_a_number_given_as_text_is_a_one_line_error(args, message):
+    cfg = PretrainConfig(method="simclr", **({"backbone_args": {"width": 4}} | args))
+    with pytest.raises(ConfigError, match=message):
+        build_method(cfg, encoder_spec(cfg, 3, 16))
+
+
 def test_rotation_labels_match_the_rotation_applied():
     x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).view(2, 1, 3, 3)
     rotated, k = rotate_batch(x)
