@@ -58,11 +58,11 @@ class Blocks(nn.Module):
 
 def block_variants(encoder, images: np.ndarray) -> dict[str, torch.Tensor]:
     last = len(encoder.body) - 1
-    return {"last block": extract_features(Blocks(encoder, (last,)), images),
+    last_avg = extract_features(Blocks(encoder, (last,)), images)
+    return {"last block": last_avg,
             "last two blocks": extract_features(Blocks(encoder, (last - 1, last)), images),
             "every block": extract_features(Blocks(encoder, tuple(range(last + 1))), images),
-            "last block, avg and max": torch.cat([extract_features(Blocks(encoder, (last,)), images),
-                                                  extract_features(Blocks(encoder, (last,), "max"), images)], 1)}
+            "last block, avg and max": torch.cat([last_avg, extract_features(Blocks(encoder, (last,), "max"), images)], 1)}
 
 
 def centred(f: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:

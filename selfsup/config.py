@@ -90,6 +90,7 @@ class PretrainConfig:
         from .methods import METHODS
 
         METHODS.get(self.method), BACKBONES.get(self.backbone)  # clear errors listing the valid names
+        METHODS.check_args(self.method, self.method_args), BACKBONES.check_args(self.backbone, self.backbone_args)
         METHODS.get(self.method).check_backbone(self.backbone)
         check_changes(self.augment_args)
         from .engine import PRECISIONS

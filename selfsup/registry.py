@@ -35,20 +35,25 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
         return self._items[name][0]
 
+    def check_args(self, name: str, kwargs: dict) -> None:
+        """One ConfigError line for an argument whose default is true or false, or a number, given as anything else:
+        a switch given as text (`asymmetric=maybe`) would read as true, and a number given as text
+        (`temperature=hot`) would fail deep inside a step. Configs call it before any data is read."""
+        try:
+            params = inspect.signature(self.get(name)).parameters
+        except (TypeError, ValueError):  # a constructor without a signature to read
+            return
+        for key, value in kwargs.items():
+            default = params[key].default if key in params else None
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{self.kind} {name!r}: {key} must be true or false, got {value!r}")
+            elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise ConfigError(f"{self.kind} {name!r}: {key} must be a number, got {value!r}")
+
     def build(self, name: str, *args, **kwargs) -> T:
         fn = self.get(name)
-        try:
-            params = inspect.signature(fn).parameters
-        except (TypeError, ValueError):  # a constructor without a signature to read
-            params = {}
-        for key, value in kwargs.items():  # a switch given as text (`asymmetric=maybe`) would read as true, and a
-            # number given as text (`temperature=hot`) would fail deep inside a step
-            default = params[key].default if key in params else None
-            if isinstance(default, bool) and not isinstance(value, bool):
-                raise ConfigError(f"{self.kind} {name!r}: {key} must be true or false, got {value!r}")
-            if isinstance(default, (int, float)) and not isinstance(default, bool) and (
-                    isinstance(value, bool) or not isinstance(value, numbers.Real)):
-                raise ConfigError(f"{self.kind} {name!r}: {key} must be a number, got {value!r}")
+        self.check_args(name, kwargs)
         try:
             return fn(*args, **kwargs)
         except TypeError as e:  # an unknown keyword in a config's *_args

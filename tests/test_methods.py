@@ -173,6 +173,8 @@ def test_a_number_given_as_text_is_a_one_line_error(args, message):
     cfg = PretrainConfig(method="simclr", **({"backbone_args": {"width": 4}} | args))
     with pytest.raises(ConfigError, match=message):
         build_method(cfg, encoder_spec(cfg, 3, 16))
+    with pytest.raises(ConfigError, match=message):  # and before any data is read
+        cfg.override(steps=1).validate()
 
 
 def test_rotation_labels_match_the_rotation_applied():
