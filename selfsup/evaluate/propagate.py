@@ -109,28 +109,34 @@ class LabelGraph:
         z = conjugate_gradient(lambda v: v - alpha * (self.s @ v), y, max_iters, tol).clamp(min=0)
         return z / z.sum(1, keepdim=True).clamp(min=1e-30)
 
-    def predict(self, positions: Tensor, labels: Tensor, queries: Tensor, n_classes: int, vote_k: int = VOTE_K,
-                balance: bool = True, **kwargs) -> Tensor:
-        """Classes of the query features: spread the labels, then each query's vote. The queries' nearest nodes
-        depend on the graph alone, so predicting the same queries again (another label subset) reuses them.
-        `balance`: where every labeled class has as many labels as the others (N per class), each class's scores
-        first carry the same total mass over the graph (`class_mass`); other label sets are voted as spread."""
-        if self._near is None or self._near[0] is not queries or self._near[1] != vote_k:
-            self._near = (queries, vote_k, search(self.nodes, queries, vote_k, self.method, index=self.index))
+    def scores(self, positions: Tensor, labels: Tensor, n_classes: int, balance: bool = True, **kwargs) -> Tensor:
+        """`spread`'s class scores; with `balance`, where every labeled class has as many labels as the others (N per
+        class), each class's scores then carry the same total mass over the graph (`class_mass`); other label sets
+        keep the scores as spread."""
         scores = self.spread(positions, labels, n_classes, **kwargs)
         counts = torch.bincount(torch.as_tensor(labels).long(), minlength=n_classes)
         if balance and len(counts[counts > 0].unique()) == 1:  # as many labels in every labeled class
             scores = class_mass(scores, counts > 0)
-        return vote(self.nodes, scores, queries, vote_k, near=self._near[2])
+        return scores
+
+    def predict(self, positions: Tensor, labels: Tensor, queries: Tensor, n_classes: int, vote_k: int = VOTE_K,
+                balance: bool = True, **kwargs) -> Tensor:
+        """Classes of the query features: the labels' `scores` over the graph, then each query's vote. The queries'
+        nearest nodes depend on the graph alone, so predicting the same queries again (another label subset) reuses
+        them."""
+        if self._near is None or self._near[0] is not queries or self._near[1] != vote_k:
+            self._near = (queries, vote_k, search(self.nodes, queries, vote_k, self.method, index=self.index))
+        return vote(self.nodes, self.scores(positions, labels, n_classes, balance, **kwargs), queries, vote_k,
+                    near=self._near[2])
 
 
 def class_mass(scores: Tensor, labeled: Tensor) -> Tensor:
     """Class mass normalisation (Zhu, Ghahramani & Lafferty 2003, section 4) with an equal prior over the classes
     that have labels (`labeled`, (C,) bool): each such class's column of `scores` (N, C) is divided by its total over
     the nodes, so that a class whose few labels sit in a dense hub of the graph no longer outvotes the others around
-    it; rows are then scaled to sum to 1 again. `predict` applies it only to label sets with as many labels in every
-    class, which say nothing of the classes' frequencies: with few random labels, neither an equal prior nor the
-    labels' own frequencies was reliably better than none (bench/README.md, "Label propagation's class masses")."""
+    it; rows are then scaled to sum to 1 again. `LabelGraph.scores` applies it only to label sets with as many
+    labels in every class, which say nothing of the classes' frequencies: with few random labels, neither an equal
+    prior nor the labels' own frequencies was reliably better than none (bench/README.md, "Label propagation's class masses")."""
     mass = scores.sum(0)
     z = scores * torch.where(labeled & (mass > 0), 1 / mass.clamp(min=1e-30), torch.zeros_like(mass))
     return z / z.sum(1, keepdim=True).clamp(min=1e-30)
