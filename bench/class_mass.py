@@ -27,7 +27,7 @@ from common import device_tag, machine, write  # noqa: E402
 
 from selfsup.data import load  # noqa: E402
 from selfsup.evaluate import extract_features  # noqa: E402
-from selfsup.evaluate.propagate import LabelGraph, search, vote  # noqa: E402
+from selfsup.evaluate.propagate import LabelGraph, class_mass, search, vote  # noqa: E402
 from selfsup.factory import encoder_and_config  # noqa: E402
 from selfsup.select import random_picks, select, selection_features, selection_head  # noqa: E402
 
@@ -40,8 +40,7 @@ def prior_scores(z: torch.Tensor, y: torch.Tensor, n_classes: int, prior: str) -
     counts = torch.bincount(y, minlength=n_classes).float()
     present = (counts > 0).float()
     q = {"equal": present, "labels": counts, "smoothed": counts + present * counts.sum() / present.sum()}[prior]
-    z = z * torch.where(counts > 0, q / q.sum() / z.sum(0).clamp(min=1e-12), torch.zeros(n_classes))
-    return z / z.sum(1, keepdim=True).clamp(min=1e-30)
+    return class_mass(z, q)
 
 
 def per_class(labels: np.ndarray, n: int, seed: int, n_classes: int) -> np.ndarray:

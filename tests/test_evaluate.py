@@ -306,23 +306,24 @@ def test_fp16_evaluation_training_scales_its_loss():
 
 
 def test_class_mass_follows_the_papers_decision_rule():
-    """Zhu, Ghahramani & Lafferty (2003), section 4, with an equal prior q over the labeled classes: node i takes
-    argmax_k q_k f_ik / sum_j f_jk. Written as that loop, against `class_mass`'s argmax."""
+    """Zhu, Ghahramani & Lafferty (2003), section 4: node i takes argmax_k q_k f_ik / sum_j f_jk for a class prior q.
+    Written as that loop, against `class_mass`'s argmax, for an equal prior over the labeled classes and another."""
     from selfsup.evaluate.propagate import class_mass
 
     g = torch.Generator().manual_seed(0)
     f = torch.rand(200, 4, generator=g) ** 3
     f[:, 1] *= 5  # one class with far more mass: the plain argmax would give it most nodes
     f[:, 3] = 0  # a class without labels
-    labeled = torch.tensor([True, True, True, False])
-    z = class_mass(f, labeled)
-    expected = []
-    for i in range(len(f)):
-        ratios = [float(f[i, k]) / float(f[:, k].sum()) if labeled[k] else -1.0 for k in range(4)]
-        expected.append(max(range(4), key=lambda k: ratios[k]))
-    assert z.argmax(1).tolist() == expected
-    assert torch.allclose(z.sum(1), torch.ones(len(f))) and (z[:, 3] == 0).all()
-    assert (f.argmax(1) == 1).float().mean() > 0.6 and (z.argmax(1) == 1).float().mean() < 0.45
+    for q in ([1.0, 1.0, 1.0, 0.0], [0.5, 0.2, 0.3, 0.0]):
+        z = class_mass(f, torch.tensor(q))
+        expected = []
+        for i in range(len(f)):
+            ratios = [q[k] * float(f[i, k]) / float(f[:, k].sum()) if q[k] else -1.0 for k in range(4)]
+            expected.append(max(range(4), key=lambda k: ratios[k]))
+        assert z.argmax(1).tolist() == expected
+        assert torch.allclose(z.sum(1), torch.ones(len(f))) and (z[:, 3] == 0).all()
+    equal = class_mass(f, torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    assert (f.argmax(1) == 1).float().mean() > 0.6 and (equal.argmax(1) == 1).float().mean() < 0.45
 
 
 def test_propagation_balances_class_masses_only_for_as_many_labels_per_class():
@@ -339,7 +340,7 @@ def test_propagation_balances_class_masses_only_for_as_many_labels_per_class():
                             (torch.arange(5), torch.tensor([0, 0, 1, 1, 2]), False)]:
         scores = graph.spread(at, y, 3)
         plain = prop.vote(graph.nodes, scores, F.normalize(q, dim=1))
-        massed = prop.vote(graph.nodes, prop.class_mass(scores, torch.ones(3, dtype=torch.bool)), F.normalize(q, dim=1))
+        massed = prop.vote(graph.nodes, prop.class_mass(scores, torch.ones(3)), F.normalize(q, dim=1))
         assert not torch.equal(plain, massed)  # the case tells the two apart
         assert torch.equal(graph.predict(at, y, F.normalize(q, dim=1), 3), massed if balanced else plain)
         assert torch.equal(graph.predict(at, y, F.normalize(q, dim=1), 3, balance=False), plain)

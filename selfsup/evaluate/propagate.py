@@ -116,7 +116,7 @@ class LabelGraph:
         scores = self.spread(positions, labels, n_classes, **kwargs)
         counts = torch.bincount(torch.as_tensor(labels).long(), minlength=n_classes)
         if balance and len(counts[counts > 0].unique()) == 1:  # as many labels in every labeled class
-            scores = class_mass(scores, counts > 0)
+            scores = class_mass(scores, (counts > 0).float())
         return scores
 
     def predict(self, positions: Tensor, labels: Tensor, queries: Tensor, n_classes: int, vote_k: int = VOTE_K,
@@ -130,15 +130,16 @@ class LabelGraph:
                     near=self._near[2])
 
 
-def class_mass(scores: Tensor, labeled: Tensor) -> Tensor:
-    """Class mass normalisation (Zhu, Ghahramani & Lafferty 2003, section 4) with an equal prior over the classes
-    that have labels (`labeled`, (C,) bool): each such class's column of `scores` (N, C) is divided by its total over
-    the nodes, so that a class whose few labels sit in a dense hub of the graph no longer outvotes the others around
-    it; rows are then scaled to sum to 1 again. `LabelGraph.scores` applies it only to label sets with as many
-    labels in every class, which say nothing of the classes' frequencies: with few random labels, neither an equal
-    prior nor the labels' own frequencies was reliably better than none (bench/README.md, "Label propagation's class masses")."""
+def class_mass(scores: Tensor, prior: Tensor) -> Tensor:
+    """Class mass normalisation (Zhu, Ghahramani & Lafferty 2003, section 4): node i takes argmax_k q_k f_ik / sum_j
+    f_jk for a class prior `prior` (C,), 0 for a class without labels. Each column of `scores` (N, C) is scaled to
+    its prior over its total over the nodes, so that a class whose few labels sit in a dense hub of the graph no
+    longer outvotes the others around it; rows are then scaled to sum to 1 again. `LabelGraph.scores` gives an
+    equal prior, and only to label sets with as many labels in every class, which say nothing of the classes'
+    frequencies: with few random labels, neither an equal prior nor the labels' own frequencies was reliably better
+    than none (bench/README.md, "Label propagation's class masses")."""
     mass = scores.sum(0)
-    z = scores * torch.where(labeled & (mass > 0), 1 / mass.clamp(min=1e-30), torch.zeros_like(mass))
+    z = scores * torch.where((prior > 0) & (mass > 0), prior / mass.clamp(min=1e-30), torch.zeros_like(mass))
     return z / z.sum(1, keepdim=True).clamp(min=1e-30)
 
 
