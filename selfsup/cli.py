@@ -364,7 +364,7 @@ def _compare_flags(c: argparse.ArgumentParser) -> None:
     c.add_argument("--baselines", help="comma-separated: supervised, random (default: supervised,random)")
     c.add_argument("--labels-per-class", type=_csv_ints, help="comma-separated label counts (default: 1,10,100, or "
                    "what the labeled images allow; with --labels or --labeled: the labeled images)")
-    c.add_argument("--evals", help="comma-separated; see `selfsup evals` (default: knn,linear,finetune)")
+    c.add_argument("--evals", help="comma-separated; see `selfsup evals` (default: knn,linear,propagate,finetune)")
     c.add_argument("--minutes-per-method", type=float, help="pretraining budget of each method (default: 3)")
     c.add_argument("--seeds", type=_count, help="how many seeds (label subsets and initializations): 0..N-1 (default: 1)")
     c.add_argument("--val-per-class", type=int, help="held-out labeled images per class for early stopping (default: "
@@ -378,7 +378,8 @@ def _compare_flags(c: argparse.ArgumentParser) -> None:
                    "encoder and from scratch alike (default: 500 for 1-channel images, 1,000 for colour; at most 250 passes "
                    "over the training images)")
     c.add_argument("--backbone", default=None, help="encoder for every method (default: the measured one for the "
-                   "data: small_cnn width 16 for grey images, width 32 for colour)")
+                   "data: small_cnn width 16 for grey images; for colour, whiten_cnn width 32 with SimCLR alone and small_cnn "
+                   "width 32 beside other methods)")
     c.add_argument("--backbone-args", type=_kv, default=None, metavar="K=V,...", help="the backbone's arguments")
     c.add_argument("--batch-size", type=int, default=None, help="pretraining batch size (default: 256)")
     c.add_argument("--config", help="YAML of PretrainConfig fields shared by every method (replaces the defaults)")
@@ -473,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "to_label.csv, labeled)")
     e.add_argument("--val-per-class", type=int, default=None, help="held-out labeled images per class for early "
                    "stopping (default: 10, or what the labels allow)")
-    e.add_argument("--evals", default="knn,linear", help="comma-separated; see `selfsup evals`")
+    e.add_argument("--evals", default="knn,linear,propagate", help="comma-separated; see `selfsup evals` (default: "
+                   "knn,linear,propagate)")
     e.add_argument("--seeds", type=_count, default=1, help="how many seeds (label subsets): 0..N-1")
     e.add_argument("--finetune-steps", type=int, help="step budget of fine-tuning (default: 300)")
     e.add_argument("--semisup-steps", type=int, help="step budget of semi-supervised training (default: 500 for "

@@ -46,7 +46,8 @@ class CompareConfig:
     methods: tuple[str, ...] = ("simclr",)
     baselines: tuple[str, ...] = ("supervised", "random")
     labels_per_class: tuple[int, ...] | None = None  # None: 1, 10, 100, or what the labeled images allow
-    evals: tuple[str, ...] = ("knn", "linear", "finetune")
+    evals: tuple[str, ...] = ("knn", "linear", "propagate", "finetune")  # propagation: the best frozen evaluation at
+    # 10 labels per class on MNIST and CIFAR-10 for a few seconds (bench/README.md, "The default evaluations")
     minutes_per_method: float | None = 3.0  # None: keep the budget in `pretrain`
     seeds: tuple[int, ...] = (0,)
     val_per_class: int | None = None  # None: 10, or what the labeled images allow

@@ -38,7 +38,7 @@ def test_too_many_labels_per_class(capsys, tmp_path):
     code, out, _ = run(capsys, "eval", "--checkpoint", str(tmp_path / "r"), "--labels-per-class", "1,2")
     assert code == 0 and "knn@2" in out
     rows = json.loads((tmp_path / "r" / "eval.json").read_text())["rows"]
-    assert {(r["eval"], r["labels_per_class"]) for r in rows} == {("knn", 1), ("knn", 2), ("linear", 1), ("linear", 2)}
+    assert {(r["eval"], r["labels_per_class"]) for r in rows} == {(e, n) for e in ("knn", "linear", "propagate") for n in (1, 2)}
     code, _, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "r"), "--semisup-steps", "0")
     assert code == 2 and "--semisup-steps must be at least 1" in one_line_error(err)
     code, _, _ = run(capsys, "eval", "--checkpoint", str(tmp_path / "r"), "--labels-per-class", "2", "--evals",

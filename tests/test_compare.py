@@ -102,8 +102,8 @@ def test_compare_writes_results_and_report_and_skips_done_work(tmp_path, capsys,
     assert "pretraining simclr" in err and "evaluating supervised" in err
     saved = json.loads((tmp_path / "cmp" / "results.json").read_text())
     keys = {(r["method"], r["eval"], r["labels_per_class"]) for r in saved["rows"]}
-    expected = {("simclr", e, n) for e in ("knn", "linear", "finetune") for n in (1, 5)}
-    expected |= {("random-init", e, n) for e in ("knn", "linear") for n in (1, 5)} | {("supervised", "finetune", n) for n in (1, 5)}
+    expected = {("simclr", e, n) for e in ("knn", "linear", "propagate", "finetune") for n in (1, 5)}
+    expected |= {("random-init", e, n) for e in ("knn", "linear", "propagate") for n in (1, 5)} | {("supervised", "finetune", n) for n in (1, 5)}
     assert keys == expected
     assert all("std" in r and r["seeds"] == [0, 1] for r in saved["rows"])
     assert len(saved["rows_per_seed"]) == 2 * len(expected)
