@@ -130,7 +130,7 @@ def test_semisup_settings_follow_the_kind_of_image_unless_given():
     assert (grey.targets, grey.steps, grey.rounds, grey.encoder_lr_scale, grey.keep) == ("graph", 500, 2, 1.0, "last")
     assert [SemisupConfig(steps=n).resolved(1).rounds for n in (100, 1000, 1500, 2600)] == [2, 2, 3, 5]  # every 500
     assert (colour.targets, colour.steps, colour.rounds, colour.encoder_lr_scale, colour.keep) == (
-        "balanced", 1000, 1, 1.0, "last")
+        "balanced", 2000, 1, 1.0, "last")
     assert (grey.neighbours, colour.neighbours, SemisupConfig(targets="graph").resolved(3).neighbours) == (10, 0, 10)
     assert SemisupConfig(neighbours=4).resolved(3).neighbours == 4
     given = SemisupConfig(targets="graph", steps=40, rounds=3, encoder_lr_scale=0.5).resolved(3)
@@ -142,8 +142,10 @@ def test_semisup_settings_follow_the_kind_of_image_unless_given():
 
 
 def test_the_default_semisup_budget_passes_a_small_pool_at_most_250_times():
-    """256 unlabeled images a step (64 x 4): a pool of 200 photos gets 196 steps, not 1,000 (1,280 passes)."""
-    assert [SemisupConfig().resolved(3, pool).steps for pool in (200, 1100, 50_000)] == [196, 1000, 1000]
+    """256 unlabeled images a step (64 x 4; colour 32 x 4 in twice the steps): a pool of 200 photos gets 196 grey
+    steps or 391 colour ones, not 500 or 2,000 (640 or 1,280 passes)."""
+    assert [SemisupConfig().resolved(3, pool).steps for pool in (200, 1100, 50_000)] == [391, 2000, 2000]
+    assert SemisupConfig().resolved(3).batch_size == 32 and SemisupConfig().resolved(1).batch_size == 64
     assert [SemisupConfig().resolved(1, pool).steps for pool in (200, 600, 60_000)] == [196, 500, 500]
     assert SemisupConfig().resolved(1, 200).rounds == 2 and SemisupConfig().resolved(1, 1).steps == 1
     assert SemisupConfig().resolved(1, 1).rounds == 1  # never more rounds than steps
