@@ -114,9 +114,9 @@ def test_compare_and_eval_work_with_three_labels_per_class(tmp_path, data_root, 
                          "4", "--out", str(tmp_path / "cmp"))
     assert code == 0, err
     res = json.loads((tmp_path / "cmp" / "results.json").read_text())
-    # semi-supervised training on 12 training images: ceil(250 passes x 12 / 256 a step), not 1,000 steps
-    assert {r["steps_run"] for r in res["rows_per_seed"] if r["eval"] == "semisup"} == {12}
-    assert res["config"]["semisup"]["steps"] == 12
+    # semi-supervised training on 12 colour training images: ceil(250 passes x 12 / 128 a step), not 2,000 steps
+    assert {r["steps_run"] for r in res["rows_per_seed"] if r["eval"] == "semisup"} == {24}
+    assert res["config"]["semisup"]["steps"] == 24
     assert res["labels"]["validation"] == {"per_class": 1, "kind": "fewer", "why": res["labels"]["validation"]["why"]}
     assert {r["labels_per_class"] for r in res["rows"]} == {3}
     assert "val_per_class" not in err and "val-per-class" not in err
@@ -143,7 +143,7 @@ def test_eval_with_the_labels_a_person_made(labeled_folder, data_root, capsys, t
                          "--evals", "knn,semisup", "--out", str(tmp_path / "s.json"))
     assert code == 0, err
     semi = next(r for r in json.loads((tmp_path / "s.json").read_text())["rows_per_seed"] if r["eval"] == "semisup")
-    assert semi["steps_run"] == 27  # ceil(250 passes x 27 training images / 256 a step), not 1,000
+    assert semi["steps_run"] == 53  # ceil(250 passes x 27 colour training images / 128 a step), not 2,000
     assert "simclr knn, seed 0, 9 labels: " in err and "simclr semisup, seed 0, 9 labels: " in err
     few = write_csv(tmp_path / "few.csv", [(f, "abc"[k % 3]) for k, f in enumerate(files[:9])])  # 3 a class
     code, out, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "run"), "--labels", str(few),
