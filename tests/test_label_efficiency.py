@@ -139,6 +139,8 @@ def test_semisup_settings_follow_the_kind_of_image_unless_given():
                            ({"keep": "auto"}, "keep"), ({"neighbours": -1}, "neighbours")):
         with pytest.raises(ConfigError, match=message):
             SemisupConfig(**wrong).resolved(3)
+    with pytest.raises(ConfigError, match="batch_size must be at least 1"):  # before the pool's cap divides by it
+        SemisupConfig(batch_size=0).resolved(3, 200)
 
 
 def test_the_default_semisup_budget_passes_a_small_pool_at_most_250_times():

@@ -105,6 +105,8 @@ class SemisupConfig:
         targets = ("graph" if channels == 1 else "balanced") if self.targets == "auto" else self.targets
         graph = targets == "graph"
         batch = self.batch_size if self.batch_size is not None else (64 if graph else 32)
+        if batch < 1:
+            raise ConfigError(f"semisup batch_size must be at least 1, got {batch}")
         steps = self.steps if self.steps is not None else (500 if graph else 2000)
         if self.steps is None and pool:  # a small pool: no more unlabeled draws than POOL_EPOCHS passes over it
             steps = min(steps, math.ceil(POOL_EPOCHS * pool / (batch * self.unlabeled_ratio)))
@@ -118,8 +120,6 @@ class SemisupConfig:
             raise ConfigError(f"semisup neighbours must be 0 (off) or more, got {neighbours}")
         if self.keep not in ("best", "last"):
             raise ConfigError(f"semisup keep must be best or last, got {self.keep!r}")
-        if batch < 1:
-            raise ConfigError(f"semisup batch_size must be at least 1, got {batch}")
         return replace(self, targets=targets, steps=steps, rounds=rounds, neighbours=neighbours, batch_size=batch)
 
     def checked(self) -> "SemisupConfig":
