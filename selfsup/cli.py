@@ -354,6 +354,10 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+SEMISUP_STEPS_DEFAULT = ("(default: 500 for 1-channel images, 2,000 of half the batch for colour; at most 250 passes "
+                         "over the training images)")
+
+
 def _compare_flags(c: argparse.ArgumentParser) -> None:
     """`compare` flags default to None (= not given), so that only what the user typed overrides a recipe."""
     c.add_argument("--recipe", help="start from a packaged experiment (see `selfsup recipes`); flags override it")
@@ -375,9 +379,7 @@ def _compare_flags(c: argparse.ArgumentParser) -> None:
                    "index column for a built-in dataset, path,label for a folder")
     c.add_argument("--finetune-steps", type=int, help="step budget of fine-tuning and supervised training (default: 300)")
     c.add_argument("--semisup-steps", type=int, help="step budget of semi-supervised training, from the pretrained "
-                   "encoder and from scratch alike (default: 500 for 1-channel images, 2,000 of half the batch for colour; at "
-                   "most 250 passes "
-                   "over the training images)")
+                   f"encoder and from scratch alike {SEMISUP_STEPS_DEFAULT}")
     c.add_argument("--backbone", default=None, help="encoder for every method (default: the measured one for the "
                    "data: small_cnn width 16 for grey images; for colour, whiten_cnn width 32 with SimCLR alone and small_cnn "
                    "width 32 beside other methods)")
@@ -479,8 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "knn,linear,propagate)")
     e.add_argument("--seeds", type=_count, default=1, help="how many seeds (label subsets): 0..N-1")
     e.add_argument("--finetune-steps", type=int, help="step budget of fine-tuning (default: 300)")
-    e.add_argument("--semisup-steps", type=int, help="step budget of semi-supervised training (default: 500 for "
-                   "1-channel images, 2,000 of half the batch for colour; at most 250 passes over the training images)")
+    e.add_argument("--semisup-steps", type=int, help=f"step budget of semi-supervised training {SEMISUP_STEPS_DEFAULT}")
     e.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     e.add_argument("--out", help="JSON path (default: RUN/eval.json)")
     e.add_argument("--device", default="auto", help="where evaluation runs: auto (a GPU where torch sees one), cpu, cuda "
