@@ -4,6 +4,7 @@ propagation; measured on a validation split carved out of the training images (n
 
     python bench/eval_features.py --dataset cifar10 --checkpoint RUN --labels-per-class 10 --seeds 3
     python bench/eval_features.py --dataset cifar10 --checkpoint RUN --blocks --tag=-blocks
+    python bench/eval_features.py --dataset cifar10 --checkpoint RUN --head --tag=-head
 
 The last `--val` training images are the validation split; labeled subsets (N per class, per seed) come from the
 rest, and propagation's graph is built over the rest. Writes bench/results/eval-features-<dataset>-<tag>.json.
@@ -65,6 +66,15 @@ def block_variants(encoder, images: np.ndarray) -> dict[str, torch.Tensor]:
             "last block, avg and max": torch.cat([last_avg, extract_features(Blocks(encoder, (last,), "max"), images)], 1)}
 
 
+def head_variants(encoder, images: np.ndarray, checkpoint: str) -> dict[str, torch.Tensor]:
+    """The backbone's features, the method's projection head's (the space selection works in), and both side by side."""
+    from selfsup.select import selection_features, selection_head
+    plain = extract_features(encoder, images)
+    head = selection_features(plain, selection_head(checkpoint))
+    return {"backbone": plain, "projection head": head,
+            "backbone and head": torch.cat([F.normalize(plain, dim=1), F.normalize(head, dim=1)], 1)}
+
+
 def centred(f: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(f, dim=1) - mean, dim=1)
 
@@ -78,6 +88,8 @@ def main() -> None:
     p.add_argument("--val", type=int, default=5000)
     p.add_argument("--blocks", action="store_true", help="pooled features of the last, last two and every block "
                    "(encoders with a `body` of blocks), not centred")
+    p.add_argument("--head", action="store_true", help="the backbone's features against the projection head's and "
+                   "both side by side (a pretraining run with a head), not centred")
     p.add_argument("--tag", default="")
     args = p.parse_args()
     encoder, cfg = encoder_and_config(args.checkpoint)
@@ -85,11 +97,12 @@ def main() -> None:
     n = len(train) - args.val
     y = torch.from_numpy(train.labels)
     t0 = time.perf_counter()
-    feats = (block_variants if args.blocks else variants)(encoder, train.images)
+    feats = block_variants(encoder, train.images) if args.blocks else \
+        head_variants(encoder, train.images, args.checkpoint) if args.head else variants(encoder, train.images)
     rows = []
     for name, f in feats.items():
         mean = F.normalize(f[:n], dim=1).mean(0)  # from the training images only
-        for centre in (False,) if args.blocks else (False, True):
+        for centre in (False,) if args.blocks or args.head else (False, True):
             g = centred(f, mean) if centre else F.normalize(f, dim=1)
             pool, val = g[:n], g[n:]
             graph = LabelGraph(pool)
