@@ -31,6 +31,7 @@ from selfsup.evaluate.knn import knn_accuracy  # noqa: E402
 from selfsup.evaluate.linear import linear_accuracy  # noqa: E402
 from selfsup.evaluate.propagate import LabelGraph  # noqa: E402
 from selfsup.factory import encoder_and_config  # noqa: E402
+from selfsup.select import selection_features, selection_head  # noqa: E402
 
 
 def variants(encoder, images: np.ndarray) -> dict[str, torch.Tensor]:
@@ -68,7 +69,6 @@ def block_variants(encoder, images: np.ndarray) -> dict[str, torch.Tensor]:
 
 def head_variants(encoder, images: np.ndarray, checkpoint: str) -> dict[str, torch.Tensor]:
     """The backbone's features, the method's projection head's (the space selection works in), and both side by side."""
-    from selfsup.select import selection_features, selection_head
     plain = extract_features(encoder, images)
     head = selection_features(plain, selection_head(checkpoint))
     return {"backbone": plain, "projection head": head,

@@ -30,13 +30,12 @@ from common import device_tag, machine, split, write  # noqa: E402
 from selfsup import load_encoder  # noqa: E402
 from selfsup.augment import PRESETS, Augment, check_changes  # noqa: E402
 from selfsup.data import load  # noqa: E402
-from selfsup.evaluate import SemisupConfig, few_label_rows  # noqa: E402
+from selfsup.evaluate import SemisupConfig, Validation, few_label_rows, label_subset, unlabeled_pool  # noqa: E402
 from selfsup.evaluate import semisup as semisup_module  # noqa: E402
-from selfsup.evaluate import Validation, label_subset, unlabeled_pool  # noqa: E402
-from selfsup.evaluate.features import extract_features, prepare  # noqa: E402
+from selfsup.evaluate.features import extract_features  # noqa: E402
+from selfsup.evaluate.finetune import accuracy, scored_probabilities  # noqa: E402
 from selfsup.evaluate.propagate import VOTE_K, LabelGraph, weighted_votes  # noqa: E402
 from selfsup.neighbours import search, unit  # noqa: E402
-from selfsup.evaluate.finetune import accuracy, probabilities  # noqa: E402
 
 
 def watched(trajectory: list, held_x: torch.Tensor, held_y: torch.Tensor, mirror: bool, shift: bool):
@@ -66,8 +65,8 @@ def alone(held_x: torch.Tensor, held_y: torch.Tensor, shift: bool, prior_pool: t
     def keep(row: dict, model) -> None:
         row["accuracy_classifier"] = round(accuracy(model, held_x, held_y, shift=shift), 4)
         if prior_pool is not None:
-            w = uniform_weights(batched_probabilities(model, prior_pool, shift=False))
-            p = batched_probabilities(model, held_x, shift=shift)
+            w = uniform_weights(scored_probabilities(model, prior_pool))
+            p = scored_probabilities(model, held_x, shift=shift)  # as accuracy_classifier scores them
             row["accuracy_prior"] = round(float(((p * w).argmax(1) == held_y).float().mean()), 4)
             row["accuracy_with_propagation"] = round(float(((p * votes).argmax(1) == held_y).float().mean()), 4)
     return keep
@@ -85,13 +84,6 @@ def propagation_votes(encoder, train, held, labels_per_class: int, seed: int) ->
     sim, j = search(graph.nodes, unit(extract_features(encoder, held.images)), VOTE_K, graph.method, index=graph.index)
     votes = weighted_votes(sim, j, scores, 0.07)
     return votes / votes.sum(1, keepdim=True).clamp(min=1e-30)
-
-
-@torch.no_grad()
-def batched_probabilities(model, x: torch.Tensor, shift: bool, batch_size: int = 1000) -> torch.Tensor:
-    model.eval()
-    return torch.cat([probabilities(model, prepare(x[i:i + batch_size], model.encoder), shift=shift)
-                      for i in range(0, len(x), batch_size)])
 
 
 def uniform_weights(probs: torch.Tensor, iters: int = 50) -> torch.Tensor:

@@ -111,20 +111,29 @@ def probabilities(model: nn.Module, x: torch.Tensor, mirror: bool | None = None,
 
 
 @torch.no_grad()
+def scored_probabilities(model: nn.Module, x: torch.Tensor, batch_size: int | None = None, mirror: bool | None = None,
+                         shift: bool = False) -> torch.Tensor:
+    """The trained classifier's class probabilities (N, C, on the CPU) of the uint8 images (N, C, H, W), in eval mode
+    and the precision it trained in, as `probabilities` says: the one pass every score of a classifier comes from."""
+    model.eval()
+    device = next(model.parameters()).device
+    batch_size = batch_size or inference_batch(device)
+    out = []
+    with autocast_for(device, encoder=model.encoder):
+        for i in range(0, len(x), batch_size):
+            xb = prepare(x[i:i + batch_size].to(device), model.encoder)
+            out.append(probabilities(model, xb, mirror, shift).cpu())
+    model.train()
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
 def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None,
             mirror: bool | None = None, shift: bool = False) -> torch.Tensor:
     """Whether the trained classifier gets each of the uint8 images (N, C, H, W) right (N bools, on the CPU),
     scored as `probabilities` says: one pass, from which any subset's accuracy can be taken."""
-    model.eval()
-    device = next(model.parameters()).device
-    batch_size = batch_size or inference_batch(device)
-    hits = []
-    with autocast_for(device, encoder=model.encoder):
-        for i in range(0, len(x), batch_size):
-            xb = prepare(x[i:i + batch_size].to(device), model.encoder)
-            hits.append(probabilities(model, xb, mirror, shift).argmax(1).cpu() == y[i:i + batch_size])
-    model.train()
-    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    return scored_probabilities(model, x, batch_size, mirror, shift).argmax(1) == y
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None,
